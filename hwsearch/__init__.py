@@ -1,0 +1,1 @@
+"""hwsearch: hardware- and robustness-aware mixed-precision search."""

@@ -1,0 +1,137 @@
+"""``apply_policy``: the one place a Policy turns a float model into a fake-quantized copy."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwsearch.errors import PolicyError
+from hwsearch.layers import QUANTIZABLE
+from hwsearch.policy import FLOAT_BITS, Policy
+from hwsearch.quant.calibration import Calibration
+from hwsearch.quant.quantizers import quantize_activation, quantize_weight
+
+__all__ = [
+    "QuantWrapper",
+    "GRADIENT_MODES",
+    "apply_policy",
+    "quantizable_names",
+    "quant_wrappers",
+    "gradient_mode",
+]
+
+GRADIENT_MODES = ("ste", "shadow")
+
+
+class QuantWrapper(nn.Module):
+    """A Conv2d/Linear whose input activations and weights are fake-quantized.
+
+    The wrapped float layer lives at ``.layer`` so its parameters stay trainable (QAT). ``grad_mode``
+    chooses how gradients cross the quantizers: ``ste`` (straight-through) or ``shadow`` (the forward value
+    is quantized, the backward pass is the float layer's), which attacks use against gradient masking.
+    """
+
+    def __init__(self, layer: nn.Module, w_bits: int, a_bits: int, lo: float = 0.0, hi: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(layer, QUANTIZABLE):
+            raise TypeError(f"cannot quantize {type(layer).__name__}; only Conv2d and Linear")
+        self.layer = layer
+        self.w_bits = int(w_bits)
+        self.a_bits = int(a_bits)
+        self.register_buffer("act_lo", torch.tensor(float(lo)))
+        self.register_buffer("act_hi", torch.tensor(float(hi)))
+        self.grad_mode = "ste"
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.act_lo < 0)
+
+    def quantized_weight(self) -> Tensor:
+        return quantize_weight(self.layer.weight, self.w_bits)
+
+    def quantized_input(self, x: Tensor) -> Tensor:
+        return quantize_activation(x, self.a_bits, self.act_lo, self.act_hi, self.signed)
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        layer = self.layer
+        if isinstance(layer, nn.Conv2d):
+            if layer.padding_mode != "zeros":
+                return layer._conv_forward(x, w, layer.bias)
+            return F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.linear(x, w, layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self._op(self.quantized_input(x), self.quantized_weight())
+        if self.grad_mode == "shadow":
+            ref = self._op(x, self.layer.weight)
+            return ref + (out - ref).detach()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"w_bits={self.w_bits}, a_bits={self.a_bits}, range=[{float(self.act_lo):.4g}, {float(self.act_hi):.4g}]"
+
+
+def quantizable_names(model: nn.Module) -> list[str]:
+    """Qualified names of the layers a policy may assign bits to (float Conv2d/Linear, or already wrapped)."""
+    modules = list(model.named_modules())
+    inner = {f"{n}.layer" for n, m in modules if isinstance(m, QuantWrapper)}
+    return [n for n, m in modules if isinstance(m, QuantWrapper) or (isinstance(m, QUANTIZABLE) and n not in inner)]
+
+
+def quant_wrappers(model: nn.Module) -> Iterator[tuple[str, QuantWrapper]]:
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantWrapper):
+            yield name, mod
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def apply_policy(model: nn.Module, policy: Policy, calibration: Calibration | None = None) -> nn.Module:
+    """Return a fake-quantized deep copy of ``model``; the input model is never touched.
+
+    Layers at 32/32 bits stay plain float modules. Activation quantization needs the input ranges that
+    :func:`hwsearch.quant.calibrate` measured on the float model.
+    """
+    if any(isinstance(m, QuantWrapper) for m in model.modules()):
+        raise PolicyError("model is already quantized; apply a policy to the float model")
+    policy.check_against(quantizable_names(model))
+    qmodel = copy.deepcopy(model)
+    for name, bits in policy.layers.items():
+        if bits.w == FLOAT_BITS and bits.a == FLOAT_BITS:
+            continue
+        lo, hi = 0.0, 1.0
+        if bits.a != FLOAT_BITS:
+            if calibration is None or name not in calibration.ranges:
+                raise PolicyError(
+                    f"layer {name!r} quantizes activations to {bits.a} bits but has no calibrated range; "
+                    "pass calibration=calibrate(model, batches)"
+                )
+            r = calibration[name]
+            lo, hi = r.lo, r.hi
+        _set_submodule(qmodel, name, QuantWrapper(qmodel.get_submodule(name), bits.w, bits.a, lo, hi))
+    return qmodel
+
+
+@contextmanager
+def gradient_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Temporarily route gradients through every quantizer in ``model`` as ``mode`` (``ste``/``shadow``)."""
+    if mode not in GRADIENT_MODES:
+        raise ValueError(f"gradient mode {mode!r} is unknown; use one of {GRADIENT_MODES}")
+    wrappers = [w for _, w in quant_wrappers(model)]
+    saved = [w.grad_mode for w in wrappers]
+    for w in wrappers:
+        w.grad_mode = mode
+    try:
+        yield model
+    finally:
+        for w, m in zip(wrappers, saved, strict=True):
+            w.grad_mode = m

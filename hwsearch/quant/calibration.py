@@ -1,0 +1,103 @@
+"""Activation ranges of every quantizable layer's input, measured once on the float model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from torch import Tensor, nn
+
+from hwsearch.layers import QUANTIZABLE
+
+__all__ = ["ActRange", "Calibration", "calibrate"]
+
+_METHODS = ("minmax", "percentile")
+
+
+@dataclass(frozen=True)
+class ActRange:
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        if not (self.lo <= self.hi):
+            raise ValueError(f"activation range lo={self.lo} > hi={self.hi}")
+
+    @property
+    def signed(self) -> bool:
+        """Inputs that are never negative (after ReLU) get the unsigned grid: one more bit of resolution."""
+        return self.lo < 0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    ranges: Mapping[str, ActRange]
+    method: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ranges", MappingProxyType(dict(self.ranges)))
+
+    def __getitem__(self, name: str) -> ActRange:
+        return self.ranges[name]
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "ranges": {n: [r.lo, r.hi] for n, r in self.ranges.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Calibration:
+        return cls({n: ActRange(float(v[0]), float(v[1])) for n, v in d["ranges"].items()}, d["method"])
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Tensor] | Tensor,
+    *,
+    method: str = "percentile",
+    percentile: float = 99.99,
+) -> Calibration:
+    """Record the input range of every Conv2d/Linear over ``batches`` (done once per search, not per episode).
+
+    ``percentile`` clips rare outliers that would waste low-bit levels; ``minmax`` keeps every value.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"calibration method {method!r} is unknown; use one of {_METHODS}")
+    if isinstance(batches, Tensor):
+        batches = [batches]
+    lows: dict[str, list[float]] = {}
+    highs: dict[str, list[float]] = {}
+    handles = []
+
+    def make_hook(name: str):  # type: ignore[no-untyped-def]
+        def hook(_mod: nn.Module, inp: tuple[Tensor, ...]) -> None:
+            x = inp[0].detach().float().flatten()
+            if method == "minmax" or x.numel() < 2:
+                lo, hi = x.min().item(), x.max().item()
+            else:
+                if x.numel() > 1_000_000:  # quantile has a size limit; a strided sample is plenty
+                    x = x[:: x.numel() // 1_000_000 + 1]
+                q = torch.tensor([1 - percentile / 100, percentile / 100], device=x.device)
+                lo, hi = torch.quantile(x, q).tolist()
+                lo = min(lo, 0.0) if x.min().item() < 0 else 0.0
+            lows.setdefault(name, []).append(lo)
+            highs.setdefault(name, []).append(hi)
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, QUANTIZABLE):
+            handles.append(module.register_forward_pre_hook(make_hook(name)))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for xb in batches:
+                model(xb.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    ranges = {n: ActRange(float(min(lows[n])), float(max(max(highs[n]), min(lows[n]) + 1e-8))) for n in lows}
+    return Calibration(ranges, method)
