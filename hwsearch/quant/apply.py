@@ -46,13 +46,23 @@ class QuantWrapper(nn.Module):
         self.register_buffer("act_lo", torch.tensor(float(lo)))
         self.register_buffer("act_hi", torch.tensor(float(hi)))
         self.grad_mode = "ste"
+        self._cached: tuple[tuple[int, int, int], Tensor] | None = None
 
     @property
     def signed(self) -> bool:
         return bool(self.act_lo < 0)
 
     def quantized_weight(self) -> Tensor:
-        return quantize_weight(self.layer.weight, self.w_bits)
+        """Quantized weight; in eval mode it is cached until the weight changes (attacks call it per step)."""
+        weight = self.layer.weight
+        if self.training:
+            self._cached = None
+            return quantize_weight(weight, self.w_bits)
+        key = (weight._version, weight.data_ptr(), self.w_bits)
+        if self._cached is None or self._cached[0] != key:
+            with torch.no_grad():
+                self._cached = (key, quantize_weight(weight, self.w_bits))
+        return self._cached[1]
 
     def quantized_input(self, x: Tensor) -> Tensor:
         return quantize_activation(x, self.a_bits, self.act_lo, self.act_hi, self.signed)

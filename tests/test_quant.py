@@ -1,0 +1,167 @@
+"""Quantizers and apply_policy, tested by their invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hwsearch.errors import PolicyError
+from hwsearch.policy import LayerBits, Policy, uniform_policy
+from hwsearch.quant import (
+    QuantWrapper,
+    activation_levels,
+    apply_policy,
+    calibrate,
+    gradient_mode,
+    quantizable_names,
+    quantize_activation,
+    quantize_weight,
+    weight_levels,
+)
+
+BITS = [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_weight_grid_points_are_fixed_points(bits: int) -> None:
+    qmax = 2 ** (bits - 1) - 1
+    gen = torch.Generator().manual_seed(bits)
+    k = torch.randint(-qmax, qmax + 1, (6, 10), generator=gen).float()
+    k[:, 0] = qmax  # the channel maximum is on the grid, so the scale is exactly 0.1
+    w = k * 0.1
+    assert torch.allclose(quantize_weight(w, bits), w, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("signed", [False, True])
+def test_activation_grid_points_are_fixed_points(bits: int, signed: bool) -> None:
+    levels = activation_levels(bits, signed)
+    grid = torch.linspace(-1.0 if signed else 0.0, 1.0, levels)
+    q = quantize_activation(grid, bits, -1.0 if signed else 0.0, 1.0, signed)
+    assert torch.allclose(q, grid, atol=1e-6)
+
+
+def test_weight_error_non_increasing_in_bits() -> None:
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    errs = [(quantize_weight(w, b) - w).pow(2).mean().item() for b in BITS]
+    assert all(a >= b - 1e-9 for a, b in zip(errs, errs[1:], strict=False)), errs
+    assert quantize_weight(w, 32) is w
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_activation_error_non_increasing_in_bits(signed: bool) -> None:
+    x = torch.rand(1000, generator=torch.Generator().manual_seed(2)) * (2 if signed else 1) - (1 if signed else 0)
+    errs = [(quantize_activation(x, b, x.min(), x.max(), signed) - x).abs().mean().item() for b in BITS]
+    assert all(a >= b - 1e-7 for a, b in zip(errs, errs[1:], strict=False)), errs
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_number_of_levels_at_most_two_to_the_bits(bits: int) -> None:
+    gen = torch.Generator().manual_seed(bits)
+    w = torch.randn(3, 500, generator=gen)
+    for row in quantize_weight(w, bits):
+        assert row.unique().numel() <= min(2**bits, weight_levels(bits))
+    x = torch.randn(5000, generator=gen)
+    assert quantize_activation(x, bits, x.min(), x.max(), True).unique().numel() <= 2**bits
+    assert quantize_activation(x.relu(), bits, 0.0, x.max(), False).unique().numel() <= 2**bits
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_zero_tensors_stay_finite(bits: int) -> None:
+    z = torch.zeros(4, 3, 3, 3)
+    qw = quantize_weight(z, bits)
+    assert torch.isfinite(qw).all()
+    qa = quantize_activation(z, bits, 0.0, 0.0, False)
+    assert torch.isfinite(qa).all() and (qa == 0).all()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_ste_gradient_passes_inside_range_and_stops_outside(bits: int) -> None:
+    x = torch.tensor([-0.5, 0.1, 0.4, 0.9, 1.5], requires_grad=True)
+    quantize_activation(x, bits, 0.0, 1.0, False).sum().backward()
+    assert x.grad is not None
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    w = torch.randn(4, 50, requires_grad=True, generator=torch.Generator().manual_seed(bits))
+    q = quantize_weight(w, bits)
+    q.sum().backward()
+    if bits == 1:
+        assert torch.equal(w.grad, torch.ones_like(w))
+    else:  # 1 inside each channel's clipping range (its largest grid value), 0 beyond it
+        clip = q.detach().abs().amax(dim=1, keepdim=True)
+        inside = w.detach().abs() < clip * (1 - 1e-5)
+        outside = w.detach().abs() > clip * (1 + 1e-5)
+        assert (w.grad[inside] == 1).all() and (w.grad[outside] == 0).all()
+        assert w.grad.mean() > 0.5
+
+
+def test_apply_policy_touches_exactly_the_named_modules_and_not_the_input() -> None:
+    model = _tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = quantizable_names(model)
+    assert names == ["0", "2", "5"]
+    x = torch.rand(16, 1, 8, 8)
+    policy = Policy({"0": LayerBits(4, 8), "2": LayerBits(32, 32), "5": LayerBits(2, 3)})
+    q = apply_policy(model, policy, calibrate(model, x))
+    assert isinstance(q[0], QuantWrapper) and (q[0].w_bits, q[0].a_bits) == (4, 8)
+    assert isinstance(q[2], nn.Conv2d) and not isinstance(q[2], QuantWrapper)
+    assert isinstance(q[5], QuantWrapper) and (q[5].w_bits, q[5].a_bits) == (2, 3)
+    assert isinstance(q[1], nn.ReLU) and isinstance(q[4], nn.Flatten)
+    # the input model is untouched
+    assert all(not isinstance(m, QuantWrapper) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # an all-float policy computes the same function
+    same = apply_policy(model, uniform_policy(names, 32), None)
+    assert torch.allclose(same(x), model(x))
+
+
+def test_apply_policy_rejects_unknown_and_missing_layers() -> None:
+    model = _tiny_model()
+    with pytest.raises(PolicyError, match="does not have"):
+        apply_policy(model, uniform_policy(["0", "2", "5", "nope"], 8), None)
+    with pytest.raises(PolicyError, match="misses"):
+        apply_policy(model, uniform_policy(["0", "2"], 8), None)
+    with pytest.raises(PolicyError, match="calibrat"):
+        apply_policy(model, uniform_policy(["0", "2", "5"], 8), None)
+
+
+def test_quantized_output_converges_to_float_with_bits() -> None:
+    model = _tiny_model()
+    x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    cal = calibrate(model, x, method="minmax")
+    ref = model(x)
+    errs = []
+    for b in [2, 4, 6, 8]:
+        q = apply_policy(model, uniform_policy(quantizable_names(model), b), cal)
+        errs.append((q(x) - ref).abs().mean().item())
+    assert errs == sorted(errs, reverse=True)
+    assert errs[-1] < 0.02 * ref.abs().mean().item() + 1e-3
+
+
+def test_shadow_mode_same_forward_float_backward() -> None:
+    model = _tiny_model()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    q = apply_policy(model, uniform_policy(quantizable_names(model), 2), calibrate(model, x))
+    xs = x.clone().requires_grad_(True)
+    out_ste = q(xs)
+    with gradient_mode(q, "shadow"):
+        out_shadow = q(xs)
+        (g_shadow,) = torch.autograd.grad(out_shadow.sum(), xs)
+    assert torch.allclose(out_ste, out_shadow, atol=1e-5)
+    assert all(w.grad_mode == "ste" for w in q.modules() if isinstance(w, QuantWrapper))
+    # the shadow gradient of a linear chain of float layers: not the STE one, and nonzero
+    (g_ste,) = torch.autograd.grad(q(xs).sum(), xs)
+    assert g_shadow.abs().sum() > 0
+    assert not torch.allclose(g_shadow, g_ste)
