@@ -8,7 +8,6 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from hwsearch.errors import PolicyError
@@ -81,8 +80,8 @@ class Policy:
                 clean[name] = LayerBits(w=bits[0], a=bits[1])
             else:
                 raise PolicyError(f"layer {name!r}: bits {bits!r} must be {{'w': W, 'a': A}} or [W, A]")
-        object.__setattr__(self, "layers", MappingProxyType(clean))
-        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+        object.__setattr__(self, "layers", clean)
+        object.__setattr__(self, "meta", dict(self.meta))
 
     def __getitem__(self, name: str) -> LayerBits:
         return self.layers[name]

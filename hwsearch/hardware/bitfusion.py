@@ -16,6 +16,8 @@ from itertools import permutations
 import numpy as np
 
 from hwsearch.errors import ConfigError
+from hwsearch.hardware.base import LayerCost, check_bits
+from hwsearch.layers import LayerInfo
 
 __all__ = [
     "LOOPS",
@@ -27,6 +29,8 @@ __all__ = [
     "SimResult",
     "perf_factor",
     "simulate",
+    "layer_shape",
+    "BitFusionCostModel",
 ]
 
 #: Tiled loops of a layer. ``b`` batch, ``ow``/``oh`` output columns/rows, ``ic``/``oc`` channels.
@@ -326,3 +330,52 @@ def _simulate_cached(shape: ConvShape, config: BitFusionConfig, orders: tuple[tu
         order=tuple(orders[oi]),
         tiling={k: (int(num[k][idx]), int(tiles[k][idx])) for k in LOOPS},
     )
+
+
+def layer_shape(layer: LayerInfo, w_bits: int, a_bits: int) -> tuple[ConvShape, int]:
+    """The simulator shape of one group of ``layer`` and the number of groups.
+
+    The array reduces over input channels and spreads output channels, so a grouped (depthwise) conv runs
+    as ``groups`` independent convs of in/groups -> out/groups channels; a linear layer is a 1x1 conv on a
+    1x1 input. The network's input layer runs im2col, as in the simulator.
+    """
+    g = layer.groups
+    shape = ConvShape(
+        kernel=layer.kernel,
+        out_hw=layer.out_hw,
+        stride=layer.stride,
+        in_channels=layer.in_channels // g,
+        out_channels=layer.out_channels // g,
+        a_bits=int(a_bits),
+        w_bits=int(w_bits),
+        im2col=layer.is_input_layer,
+    )
+    return shape, g
+
+
+class BitFusionCostModel:
+    """CostModel of a BitFusion configuration: simulator cycles per batch, reported per image."""
+
+    def __init__(self, name: str, config: BitFusionConfig) -> None:
+        self.name = name
+        self.config = config
+
+    def supported_bits(self) -> tuple[int, ...]:
+        return tuple(range(1, self.config.max_bits + 1))
+
+    def simulate_layer(self, layer: LayerInfo, w_bits: int, a_bits: int) -> tuple[SimResult, int]:
+        """The simulator's result for one group of ``layer`` (whole batch) and the group count."""
+        check_bits(self.name, layer, w_bits, a_bits, self.supported_bits())
+        shape, groups = layer_shape(layer, w_bits, a_bits)
+        return simulate(shape, self.config), groups
+
+    def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> LayerCost:
+        res, groups = self.simulate_layer(layer, w_bits, a_bits)
+        per_image = groups / self.config.batch
+        return LayerCost(
+            latency_ms=res.cycles * per_image / (self.config.freq_mhz * 1e3),
+            energy_mj=res.energy_pj * per_image * 1e-9,
+        )
+
+    def __repr__(self) -> str:
+        return f"BitFusionCostModel({self.name!r}, {self.config})"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +36,7 @@ class Calibration:
     method: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ranges", MappingProxyType(dict(self.ranges)))
+        object.__setattr__(self, "ranges", dict(self.ranges))
 
     def __getitem__(self, name: str) -> ActRange:
         return self.ranges[name]

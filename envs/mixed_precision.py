@@ -1,0 +1,310 @@
+"""The mixed-precision search environment (HAQ's design, made Gymnasium-clean)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from hwsearch.budget import Budget
+from hwsearch.errors import BudgetError, ConfigError
+from hwsearch.layers import LayerInfo
+from hwsearch.policy import LayerBits, Policy
+
+__all__ = [
+    "EvalResult",
+    "PolicyEvaluator",
+    "CostModel",
+    "EnvConfig",
+    "MixedPrecisionEnv",
+    "action_to_index",
+    "OBS_FEATURES",
+]
+
+OBS_FEATURES = (
+    "layer_index",
+    "is_linear",
+    "depthwise",
+    "in_channels",
+    "out_channels",
+    "kernel",
+    "stride",
+    "log_params",
+    "input_size",
+    "is_weight",
+    "previous_action",
+)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What an evaluator says of a quantized model: accuracies as fractions in [0, 1]."""
+
+    accuracy: float
+    robust_accuracy: float | None = None
+    per_attack: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PolicyEvaluator(Protocol):
+    """Scores a policy (the env injects it so tests can hand in a cheap fake)."""
+
+    def evaluate(self, policy: Policy) -> EvalResult: ...
+
+
+@runtime_checkable
+class CostModel(Protocol):
+    name: str
+
+    def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Any: ...
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Bit choices, budget and reward weights.
+
+    Reward at episode end: ``w_acc * (acc - acc_ref) + w_rob * (rob - rob_ref) - w_cost * cost / cost_ref``
+    with accuracies as fractions, ``cost_ref`` the fixed 8-bit cost of the budget metric.
+    """
+
+    budget: Budget = field(default_factory=Budget)
+    w_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    a_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    w_acc: float = 10.0
+    w_rob: float = 0.0
+    w_cost: float = 0.0
+    acc_ref: float = 0.0
+    rob_ref: float = 0.0
+
+    def __post_init__(self) -> None:
+        for what in ("w_bits", "a_bits"):
+            bits = tuple(sorted(set(getattr(self, what))))
+            if not bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in bits):
+                raise ConfigError(f"{what} = {getattr(self, what)!r}: choose bit widths among 1..8")
+            object.__setattr__(self, what, bits)
+        for what in ("w_acc", "w_rob", "w_cost", "acc_ref", "rob_ref"):
+            v = getattr(self, what)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{what} = {v!r} must be a finite number")
+            if what.startswith("w_") and v < 0:
+                raise ConfigError(f"{what} = {v!r} must be >= 0")
+
+
+def action_to_index(action: float, n: int) -> int:
+    """Map an action in [-1, 1] to one of ``n`` equal-width bins; total for any float (NaN -> 0)."""
+    a = float(action)
+    if math.isnan(a):
+        a = -1.0
+    x = (min(max(a, -1.0), 1.0) + 1.0) / 2.0
+    return min(int(x * n), n - 1)
+
+
+class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Chooses weight and activation bit widths layer by layer; rewards accuracy, robustness and cost.
+
+    ## Description
+    An episode walks the model's quantizable layers in forward order. Step ``2i`` picks the weight bits of
+    layer ``i``, step ``2i + 1`` its input-activation bits (HAQ's 2N steps). At the last step the requested
+    policy is brought under the budget as HAQ does (from the last layer back, lower activation then weight
+    bits by one choice until the cost fits), then evaluated.
+
+    ## Action Space
+    ``Box(-1, 1, (1,), float32)``; the value is mapped to one of the bit choices by equal-width bins
+    (:func:`action_to_index`), a total function (NaN and infinities included).
+
+    ## Observation Space
+    ``Box(0, 1, (11,), float32)``: the layer's static features (see ``OBS_FEATURES``), min-max normalised over
+    the model's layers, whether this step sets weights (1) or activations (0), and the previous action
+    mapped to [0, 1].
+
+    ## Rewards
+    0.0 on every step but the last; the last gets
+    ``w_acc * (acc - acc_ref) + w_rob * (rob - rob_ref) - w_cost * cost / cost_ref`` (see :class:`EnvConfig`).
+    With the agent's discount at 1.0 every transition's return is the episode's reward, which is HAQ's
+    "every transition gets the episode reward" without rewriting the replay buffer.
+
+    ## Starting State
+    The first layer's weight step; the previous action is 0. Nothing survives from one episode to the next.
+
+    ## Episode End
+    Terminates after ``2 * n_layers`` steps; never truncates. ``info`` of the last step carries ``policy``
+    (enforced, a :class:`Policy`), ``requested_policy``, ``cost`` (latency_ms, energy_mj, size_bits),
+    ``accuracy``, ``robust_accuracy`` and ``reward``.
+
+    ## Arguments
+    ``layers`` from :func:`hwsearch.layers.discover_layers`; ``evaluator`` implements ``evaluate(policy)``;
+    ``cost_model`` implements ``layer_cost(layer, w, a)`` returning an object with ``latency_ms`` and
+    ``energy_mj``; ``config`` an :class:`EnvConfig`.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        evaluator: PolicyEvaluator,
+        cost_model: CostModel,
+        config: EnvConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if not layers:
+            raise ConfigError("the model has no quantizable (Conv2d/Linear) layers to search")
+        self.layers = list(layers)
+        self.evaluator = evaluator
+        self.cost_model = cost_model
+        self.config = config or EnvConfig()
+        self.n_layers = len(self.layers)
+        self.n_steps = 2 * self.n_layers
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBS_FEATURES),), dtype=np.float32)
+        self._features = self._static_features()
+        self._costs = self._cost_tables()
+        metric = self.config.budget.metric
+        wi8 = self.config.w_bits.index(max(self.config.w_bits))
+        ai8 = self.config.a_bits.index(max(self.config.a_bits))
+        self.reference_costs = {m: float(self._costs[m][:, wi8, ai8].sum()) for m in self._costs}
+        self.cost_ref = self.reference_costs[metric]
+        self.budget_limit = self.config.budget.resolve(self.cost_ref)
+        self.min_cost = float(self._costs[metric][:, 0, 0].sum())
+        if self.budget_limit < self.min_cost * (1 - 1e-9):
+            raise BudgetError(
+                f"budget {self.config.budget} = {self.budget_limit:.6g} is below the cost of the lowest bit widths "
+                f"({self.min_cost:.6g} at W{self.config.w_bits[0]}A{self.config.a_bits[0]}); "
+                f"raise it to at least {self.min_cost / self.cost_ref:.3f}x"
+            )
+        self._step = 0
+        self._choice = np.zeros((self.n_layers, 2), dtype=np.int64)
+        self._prev_action = 0.0
+
+    # -- construction helpers -------------------------------------------------------------------------
+    def _static_features(self) -> np.ndarray:
+        rows = []
+        for layer in self.layers:
+            base = [
+                layer.index,
+                1.0 if layer.kind == "linear" else 0.0,
+                1.0 if layer.depthwise else 0.0,
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel[0],
+                layer.stride[0],
+                math.log(max(layer.params, 1)),
+                layer.in_hw[0] * layer.in_hw[1],
+            ]
+            rows.append(base)
+        feats = np.asarray(rows, dtype=np.float64)
+        lo, hi = feats.min(axis=0), feats.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return ((feats - lo) / span).astype(np.float32)
+
+    def _cost_tables(self) -> dict[str, np.ndarray]:
+        """Every layer's cost at every bit pair, priced once so budget enforcement is array arithmetic."""
+        wb, ab = self.config.w_bits, self.config.a_bits
+        lat = np.zeros((self.n_layers, len(wb), len(ab)))
+        energy = np.zeros_like(lat)
+        has_energy = True
+        for i, layer in enumerate(self.layers):
+            for j, w in enumerate(wb):
+                for k, a in enumerate(ab):
+                    c = self.cost_model.layer_cost(layer, w, a)
+                    lat[i, j, k] = c.latency_ms
+                    if c.energy_mj is None:
+                        has_energy = False
+                    else:
+                        energy[i, j, k] = c.energy_mj
+        size = np.array([[[layer.params * w] * len(ab) for w in wb] for layer in self.layers], dtype=np.float64)
+        tables = {"latency": lat, "size": size}
+        if has_energy:
+            tables["energy"] = energy
+        elif self.config.budget.metric == "energy":
+            raise BudgetError(
+                f"device {getattr(self.cost_model, 'name', '?')!r} has no energy figures; budget latency or size"
+            )
+        return tables
+
+    # -- gymnasium API --------------------------------------------------------------------------------
+    def _obs(self) -> np.ndarray:
+        layer = min(self._step // 2, self.n_layers - 1)
+        is_weight = 1.0 if self._step % 2 == 0 else 0.0
+        return np.concatenate(
+            [self._features[layer], np.asarray([is_weight, self._prev_action], dtype=np.float32)]
+        ).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._step = 0
+        self._choice[:] = 0
+        self._prev_action = 0.0
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._step >= self.n_steps:
+            raise RuntimeError("step() called after the episode ended; call reset()")
+        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        layer, is_act = divmod(self._step, 2)
+        choices = self.config.a_bits if is_act else self.config.w_bits
+        self._choice[layer, is_act] = action_to_index(a, len(choices))
+        self._prev_action = (min(max(a if math.isfinite(a) else -1.0, -1.0), 1.0) + 1.0) / 2.0
+        self._step += 1
+        if self._step < self.n_steps:
+            return self._obs(), 0.0, False, False, {}
+        return self._finish()
+
+    # -- episode end ----------------------------------------------------------------------------------
+    def cost_of(self, choice: np.ndarray, metric: str) -> float:
+        t = self._costs[metric]
+        return float(t[np.arange(self.n_layers), choice[:, 0], choice[:, 1]].sum())
+
+    def enforce_budget(self, choice: np.ndarray) -> np.ndarray:
+        """HAQ's budget walk: from the last layer back, lower activation then weight bits until the cost fits."""
+        choice = choice.copy()
+        metric = self.config.budget.metric
+        while self.cost_of(choice, metric) > self.budget_limit:
+            lowered = False
+            for i in reversed(range(self.n_layers)):
+                for col in (1, 0):
+                    if choice[i, col] > 0:
+                        choice[i, col] -= 1
+                        lowered = True
+                        if self.cost_of(choice, metric) <= self.budget_limit:
+                            return choice
+            if not lowered:  # unreachable: construction refuses budgets below the all-minimum cost
+                raise BudgetError(f"budget {self.config.budget} cannot be met")
+        return choice
+
+    def policy_of(self, choice: np.ndarray) -> Policy:
+        wb, ab = self.config.w_bits, self.config.a_bits
+        return Policy({ly.name: LayerBits(wb[c[0]], ab[c[1]]) for ly, c in zip(self.layers, choice, strict=True)})
+
+    def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        cfg = self.config
+        requested = self.policy_of(self._choice)
+        enforced_choice = self.enforce_budget(self._choice)
+        policy = self.policy_of(enforced_choice)
+        result = self.evaluator.evaluate(policy)
+        cost = {m: self.cost_of(enforced_choice, m) for m in self._costs}
+        rob = result.robust_accuracy
+        reward = cfg.w_acc * (result.accuracy - cfg.acc_ref)
+        if rob is not None:
+            reward += cfg.w_rob * (rob - cfg.rob_ref)
+        reward -= cfg.w_cost * cost[cfg.budget.metric] / self.cost_ref
+        info = {
+            "policy": policy,
+            "requested_policy": requested,
+            "cost": {
+                "latency_ms": cost["latency"],
+                "energy_mj": cost.get("energy"),
+                "size_bits": cost["size"],
+                "relative": cost[cfg.budget.metric] / self.cost_ref,
+            },
+            "accuracy": float(result.accuracy),
+            "robust_accuracy": None if rob is None else float(rob),
+            "per_attack": dict(result.per_attack),
+            "reward": float(reward),
+        }
+        return self._obs(), float(reward), True, False, info

@@ -1,0 +1,59 @@
+"""Cost budgets: latency, energy or model size, absolute or relative to fixed 8-bit."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from hwsearch.errors import BudgetError
+
+__all__ = ["METRICS", "UNITS", "Budget", "parse_budget"]
+
+METRICS = ("latency", "energy", "size")
+UNITS = {"latency": "ms", "energy": "mJ", "size": "bits"}
+_PATTERN = re.compile(r"^\s*(latency|energy|size)\s*=\s*([0-9.eE+-]+)\s*(x?)\s*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``value`` in the metric's unit, or a fraction of the fixed 8-bit cost when ``relative``."""
+
+    metric: str = "latency"
+    value: float = 0.5
+    relative: bool = True
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise BudgetError(f"budget metric {self.metric!r} is unknown; use one of {', '.join(METRICS)}")
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise BudgetError(f"budget value {v!r} must be a positive number (e.g. latency=0.5x)")
+        object.__setattr__(self, "value", float(v))
+
+    def resolve(self, fixed8_cost: float) -> float:
+        """Absolute limit in the metric's unit."""
+        return self.value * fixed8_cost if self.relative else self.value
+
+    def __str__(self) -> str:
+        return (
+            f"{self.metric}={self.value:g}x" if self.relative else f"{self.metric}={self.value:g}{UNITS[self.metric]}"
+        )
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "relative": self.relative}
+
+
+def parse_budget(text: str) -> Budget:
+    """Parse ``latency=0.5x`` (relative to fixed 8-bit) or ``latency=0.12`` (ms), ``energy=``, ``size=``."""
+    m = _PATTERN.match(text)
+    if not m:
+        raise BudgetError(
+            f"budget {text!r} is malformed; write METRIC=VALUE[x] with METRIC in {', '.join(METRICS)}, "
+            "e.g. latency=0.5x (half of fixed 8-bit) or latency=0.2 (ms)"
+        )
+    try:
+        value = float(m.group(2))
+    except ValueError:
+        raise BudgetError(f"budget value {m.group(2)!r} in {text!r} is not a number") from None
+    return Budget(metric=m.group(1), value=value, relative=bool(m.group(3)))

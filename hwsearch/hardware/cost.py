@@ -1,0 +1,125 @@
+"""Price a whole policy on a device, and build devices from their parameter files."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+from hwsearch.errors import ConfigError, TableError
+from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, UnknownDeviceError
+from hwsearch.hardware.bismo import BismoConfig, BismoCostModel
+from hwsearch.hardware.bitfusion import BitFusionConfig, BitFusionCostModel, BitFusionEnergy
+from hwsearch.layers import LayerInfo
+from hwsearch.policy import Policy
+
+__all__ = [
+    "DEFAULT_DEVICE",
+    "DEVICE_SCHEMA_VERSION",
+    "PolicyCost",
+    "policy_cost",
+    "get_device",
+    "list_devices",
+    "device_spec",
+    "device_from_spec",
+]
+
+DEFAULT_DEVICE = "bitfusion-edge"
+DEVICE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PolicyCost:
+    """Total latency (ms/image), energy (mJ/image, None if any layer's is unknown), size and the breakdown."""
+
+    latency_ms: float
+    energy_mj: float | None
+    size_bits: int
+    per_layer: Mapping[str, LayerCost]
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.latency_ms) or self.latency_ms < 0:
+            raise TableError(f"policy latency_ms = {self.latency_ms!r} must be finite and non-negative")
+        if self.size_bits < 0:
+            raise TableError(f"policy size_bits = {self.size_bits!r} must be non-negative")
+        object.__setattr__(self, "per_layer", MappingProxyType(dict(self.per_layer)))
+
+
+def policy_cost(cost_model: CostModel, layers: Sequence[LayerInfo], policy: Policy) -> PolicyCost:
+    """Sum per-layer costs of ``policy`` over ``layers`` (forward order); size counts float layers at 32 bits."""
+    policy.check_against(layer.name for layer in layers)
+    per_layer: dict[str, LayerCost] = {}
+    latency = 0.0
+    energy: float | None = 0.0
+    size = 0
+    for layer in layers:
+        bits = policy[layer.name]
+        cost = cost_model.layer_cost(layer, bits.w, bits.a)
+        per_layer[layer.name] = cost
+        latency += cost.latency_ms
+        energy = None if energy is None or cost.energy_mj is None else energy + cost.energy_mj
+        size += layer.params * (FLOAT_BITS if bits.w == FLOAT_BITS else bits.w)
+    return PolicyCost(latency_ms=latency, energy_mj=energy, size_bits=size, per_layer=per_layer)
+
+
+def _devices_dir() -> Any:
+    return resources.files("hwsearch.latency_tables").joinpath("devices")
+
+
+def list_devices() -> list[str]:
+    """Names of the devices with a parameter file, sorted."""
+    folder = _devices_dir()
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def device_spec(name: str) -> dict[str, Any]:
+    """The parsed parameter file of device ``name``."""
+    known = list_devices()
+    if name not in known:
+        raise UnknownDeviceError(f"unknown device {name!r}; known devices: {', '.join(known)}")
+    text = _devices_dir().joinpath(f"{name}.json").read_text(encoding="utf-8")
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TableError(f"device file {name}.json is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(spec, dict) or spec.get("schema") != DEVICE_SCHEMA_VERSION:
+        raise TableError(f"device file {name}.json must be an object with 'schema': {DEVICE_SCHEMA_VERSION}")
+    return spec
+
+
+def _build(cls: type, params: Any, where: str) -> Any:
+    if not isinstance(params, Mapping):
+        raise TableError(f"{where} must be an object of parameters")
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise TableError(f"{where} has unknown parameter(s) {unknown}; known: {sorted(allowed)}")
+    try:
+        return cls(**params)
+    except (ConfigError, TypeError) as exc:
+        raise TableError(f"{where}: {exc}") from None
+
+
+def device_from_spec(spec: Mapping[str, Any]) -> CostModel:
+    """Build the cost model a device file describes (``family`` bitfusion or bismo)."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise TableError(f"device spec needs a non-empty 'name', got {name!r}")
+    family = spec.get("family")
+    params = dict(spec.get("parameters", {}))
+    if family == "bitfusion":
+        energy = _build(BitFusionEnergy, params.pop("energy", {}), f"device {name!r} energy")
+        config = _build(BitFusionConfig, {**params, "energy": energy}, f"device {name!r} parameters")
+        return BitFusionCostModel(name, config)
+    if family == "bismo":
+        return BismoCostModel(name, _build(BismoConfig, params, f"device {name!r} parameters"))
+    raise TableError(f"device {name!r} has family {family!r}; expected 'bitfusion' or 'bismo'")
+
+
+def get_device(name: str) -> CostModel:
+    """The analytical cost model of a named device, parameters read from ``latency_tables/devices/``."""
+    return device_from_spec(device_spec(name))

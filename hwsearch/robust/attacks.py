@@ -1,0 +1,402 @@
+"""White-box attacks (FGSM, PGD) on fake-quantized models, and worst-case robust accuracy.
+
+Quantizers blunt gradients: straight-through (STE) PGD alone flatters low-bit models (DESIGN.md section 7).
+Every attack therefore names how its gradient is taken: ``ste`` (through the quantizers' straight-through
+estimators), ``shadow`` (quantized forward value, float backward) or ``transfer`` (crafted on the FP32 source
+model). :func:`robust_accuracy` counts an image robust only if it is classified correctly clean and survives
+every attack in the list: the per-sample worst case.
+
+Attacks run in eval mode, take inputs in [0, 1] (normalisation lives inside the model) and differentiate with
+respect to the input only (``torch.autograd.grad``), so parameters' ``.grad`` and BatchNorm statistics are
+never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwsearch.errors import ConfigError
+from hwsearch.quant import gradient_mode
+
+__all__ = [
+    "ATTACK_METHODS",
+    "ATTACK_NORMS",
+    "ATTACK_LOSSES",
+    "ATTACK_GRADS",
+    "AttackConfig",
+    "RobustResult",
+    "attack",
+    "robust_accuracy",
+    "search_attacks",
+    "report_attacks",
+]
+
+ATTACK_METHODS = ("fgsm", "pgd")
+ATTACK_NORMS = ("linf", "l2")
+ATTACK_LOSSES = ("ce", "margin")
+ATTACK_GRADS = ("ste", "shadow", "transfer")
+
+_STEP_FACTOR = 2.5  # Madry et al.: step = 2.5 * eps / steps lets PGD reach the boundary from any start
+
+
+def _check_choice(value: object, what: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"attack {what} = {value!r} is unknown; use one of {choices}")
+
+
+def _check_int(value: object, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"attack {what} = {value!r} must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack: method, budget (``eps`` in input units), gradient route, loss and restarts.
+
+    ``eps`` must lie in [0, 1] for ``linf`` (the whole pixel range); for ``l2`` any finite ``eps >= 0``.
+    ``step_size`` defaults to ``2.5 * eps / steps`` for both norms. FGSM is a single deterministic step of
+    size ``eps`` from the clean input, so it ignores ``steps``, ``step_size``, ``random_start`` and ``restarts``.
+    """
+
+    method: str = "pgd"
+    eps: float = 0.1
+    steps: int = 10
+    step_size: float | None = None
+    norm: str = "linf"
+    loss: str = "ce"
+    grad: str = "ste"
+    restarts: int = 1
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice(self.method, "method", ATTACK_METHODS)
+        _check_choice(self.norm, "norm", ATTACK_NORMS)
+        _check_choice(self.loss, "loss", ATTACK_LOSSES)
+        _check_choice(self.grad, "grad", ATTACK_GRADS)
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps):
+            raise ConfigError(f"attack eps = {self.eps!r} must be a finite number")
+        if self.eps < 0 or (self.norm == "linf" and self.eps > 1):
+            bound = "[0, 1] (inputs are in [0, 1])" if self.norm == "linf" else ">= 0"
+            raise ConfigError(f"attack eps = {self.eps!r} is out of range; use {bound}")
+        object.__setattr__(self, "eps", float(self.eps))
+        _check_int(self.steps, "steps", 1)
+        _check_int(self.restarts, "restarts", 1)
+        if self.step_size is not None:
+            ok = not isinstance(self.step_size, bool) and isinstance(self.step_size, (int, float))
+            if not ok or not math.isfinite(self.step_size) or self.step_size <= 0:
+                raise ConfigError(f"attack step_size = {self.step_size!r} must be a finite number > 0 (or None)")
+            object.__setattr__(self, "step_size", float(self.step_size))
+        if not isinstance(self.random_start, bool):
+            raise ConfigError(f"attack random_start = {self.random_start!r} must be True or False")
+
+    @property
+    def alpha(self) -> float:
+        """The PGD step size actually used."""
+        return self.step_size if self.step_size is not None else _STEP_FACTOR * self.eps / self.steps
+
+    @property
+    def label(self) -> str:
+        """Short column name, e.g. ``pgd10-ste``, ``pgd40-shadow-margin-r2``, ``fgsm-ste`` (eps not included)."""
+        head = "fgsm" if self.method == "fgsm" else f"pgd{self.steps}"
+        parts = [head, self.grad]
+        if self.norm != "linf":
+            parts.append(self.norm)
+        if self.loss != "ce":
+            parts.append(self.loss)
+        if self.method == "pgd" and self.restarts > 1:
+            parts.append(f"r{self.restarts}")
+        if self.method == "pgd" and not self.random_start:
+            parts.append("nors")
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class RobustResult:
+    """Clean and robust accuracy (fractions) on ``n`` images; ``worst`` is the per-sample worst case."""
+
+    clean: float
+    worst: float
+    per_attack: Mapping[str, float]
+    n: int
+
+    def __post_init__(self) -> None:
+        for what, v in (("clean", self.clean), ("worst", self.worst), *self.per_attack.items()):
+            if not (0.0 <= v <= 1.0):
+                raise ConfigError(f"accuracy {what} = {v!r} is not a fraction in [0, 1]")
+        if self.worst > self.clean + 1e-12:
+            raise ConfigError(f"robust accuracy {self.worst} exceeds clean accuracy {self.clean}")
+        object.__setattr__(self, "per_attack", MappingProxyType(dict(self.per_attack)))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"clean": self.clean, "worst": self.worst, "per_attack": dict(self.per_attack), "n": self.n}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return fallback
+
+
+@contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Eval mode for the attack; restores every submodule's own flag (a model may be partly in train mode)."""
+    saved = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def _loss_fn(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
+    if kind == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="sum")
+
+    def margin(logits: Tensor, y: Tensor) -> Tensor:
+        # CW-style: best wrong logit minus the true logit; does not saturate the way softmax-CE does
+        true = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+        return (other - true).sum()
+
+    return margin
+
+
+def _flat_norm(t: Tensor) -> Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    if norm == "linf":
+        x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps)
+    else:
+        delta = x_adv - x
+        delta = delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+        x_adv = x + delta
+    return x_adv.clamp(0.0, 1.0)
+
+
+def _step(x_adv: Tensor, g: Tensor, size: float, norm: str) -> Tensor:
+    if norm == "linf":
+        return x_adv + size * g.sign()
+    return x_adv + size * g / _flat_norm(g)
+
+
+def _random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
+    gen_dev = generator.device if generator is not None else x.device
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device=gen_dev, dtype=x.dtype).to(x.device)
+        delta = (2 * u - 1) * eps
+    else:
+        d = torch.randn(x.shape, generator=generator, device=gen_dev, dtype=x.dtype).to(x.device)
+        r = torch.rand((x.shape[0],), generator=generator, device=gen_dev, dtype=x.dtype).to(x.device)
+        delta = d / _flat_norm(d) * (eps * r).view(-1, *([1] * (x.dim() - 1)))
+    return _project(x + delta, x, eps, norm)
+
+
+def _input_grad(
+    model: nn.Module, x: Tensor, y: Tensor, loss: Callable[[Tensor, Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Gradient of the summed loss w.r.t. the input only (no parameter ``.grad`` is written); also the logits."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xg)
+        (g,) = torch.autograd.grad(loss(logits, y), xg)
+    return g, logits.detach()
+
+
+@torch.no_grad()
+def _wrong(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return model(x).argmax(dim=1) != y
+
+
+def _run_once(
+    source: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: AttackConfig,
+    generator: torch.Generator | None,
+    freeze: bool,
+) -> tuple[Tensor, Tensor]:
+    """One restart crafted on ``source``. Returns (x_adv, frozen).
+
+    With ``freeze`` (``source`` is the attacked model itself) a sample stops at the first iterate the model
+    misclassifies (the forward value is the true quantized output in both ``ste`` and ``shadow`` modes) and is
+    marked in ``frozen``; the rest continue. Cheaper, and no weaker than returning the last iterate.
+    """
+    loss = _loss_fn(cfg.loss)
+    frozen = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    if cfg.method == "fgsm":
+        g, _ = _input_grad(source, x, y, loss)
+        return _project(_step(x, g, cfg.eps, cfg.norm), x, cfg.eps, cfg.norm), frozen
+
+    x_adv = _random_start(x, cfg.eps, cfg.norm, generator) if cfg.random_start else x.clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    for _ in range(cfg.steps):
+        xa, ya, x0 = x_adv[active], y[active], x[active]
+        g, logits = _input_grad(source, xa, ya, loss)
+        if freeze:
+            keep = logits.argmax(dim=1) == ya
+            frozen[active[~keep]] = True  # their current iterate, already in x_adv, is the result
+            active, xa, x0, g = active[keep], xa[keep], x0[keep], g[keep]
+            if active.numel() == 0:
+                break
+        x_adv[active] = _project(_step(xa, g, cfg.alpha, cfg.norm), x0, cfg.eps, cfg.norm)
+    return x_adv, frozen
+
+
+# --------------------------------------------------------------------------------------------- public
+
+
+def attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: AttackConfig,
+    *,
+    source_model: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Adversarial examples for ``model`` within ``cfg.eps`` of ``x`` (inputs and outputs in [0, 1]).
+
+    Runs on the model's device and returns the examples on ``x``'s device and dtype; ``x`` is not modified.
+    ``grad="transfer"`` crafts on ``source_model`` (the FP32 model) with plain gradients. With several
+    restarts each sample keeps the first example that ``model`` misclassifies (restarts after the first only
+    attack the samples not yet fooled); a sample never fooled gets the last restart's final iterate.
+    Random starts draw from ``generator`` (any device) for reproducibility.
+    """
+    if not isinstance(cfg, AttackConfig):
+        raise TypeError(f"cfg must be an AttackConfig, got {type(cfg).__name__}")
+    if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ConfigError(
+            f"attack needs a batch x (N, ...) and labels y (N,); got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ConfigError(
+            f"attack inputs must lie in [0, 1] (got [{x.min().item():.4g}, {x.max().item():.4g}]); "
+            "normalise inside the model"
+        )
+    if cfg.grad == "transfer" and source_model is None:
+        raise ConfigError(f"attack {cfg.label} transfers from the FP32 model; pass source_model=")
+    if cfg.eps == 0 or x.shape[0] == 0:
+        return x.clone()
+
+    device = _device_of(model, x.device)
+    xd = x.detach().to(device)
+    yd = y.detach().to(device)
+    if cfg.grad == "transfer":
+        assert source_model is not None
+        source, mode = source_model, "ste"
+        src_device = _device_of(source_model, device)
+    else:
+        source, mode, src_device = model, cfg.grad, device
+    freeze = source is model
+
+    best = xd.clone()
+    done = torch.zeros(xd.shape[0], dtype=torch.bool, device=device)
+    restarts = 1 if cfg.method == "fgsm" else cfg.restarts
+    with _eval_mode(model, source), gradient_mode(source, mode):
+        for _ in range(restarts):
+            todo = (~done).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            xs, ys = xd[todo], yd[todo]
+            x_adv, fooled = _run_once(source, xs.to(src_device), ys.to(src_device), cfg, generator, freeze)
+            x_adv, fooled = x_adv.to(device), fooled.to(device)
+            rest = (~fooled).nonzero().squeeze(1)
+            if rest.numel():
+                fooled[rest] = _wrong(model, x_adv[rest], ys[rest])
+            best[todo] = x_adv
+            done[todo] = fooled
+    return best.to(device=x.device, dtype=x.dtype)
+
+
+def robust_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[AttackConfig],
+    *,
+    source_model: nn.Module | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> RobustResult:
+    """Clean accuracy and per-sample worst-case robust accuracy of ``model`` over ``attacks``.
+
+    An image counts robust only if it is correct clean and correct under every attack; each attack's own
+    column counts images correct clean and under that attack. Each attack draws its random starts from its own
+    generator seeded with ``seed``, so a column does not depend on the other attacks in the list, and two
+    attacks that differ only in gradient route start from the same points. ``device`` moves the models there
+    (default: where the model already is).
+    """
+    attacks = list(attacks)
+    labels = [a.label for a in attacks]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"attack labels must be distinct (they name result columns); got {labels}")
+    if any(a.grad == "transfer" for a in attacks) and source_model is None:
+        raise ConfigError("a transfer attack is listed; pass source_model= (the FP32 model)")
+    _check_int(batch_size, "batch_size", 1)
+    if x.shape[0] != y.shape[0]:
+        raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
+    if device is not None:
+        model = model.to(device)
+        if source_model is not None:
+            source_model = source_model.to(device)
+    dev = _device_of(model, x.device)
+    n = int(x.shape[0])
+    gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in attacks]
+    clean_ok = torch.zeros(n, dtype=torch.bool)
+    per = torch.zeros(len(attacks), n, dtype=torch.bool)
+    with _eval_mode(model):
+        for lo in range(0, n, batch_size):
+            xb = x[lo : lo + batch_size].to(dev)
+            yb = y[lo : lo + batch_size].to(dev)
+            ok = ~_wrong(model, xb, yb)
+            clean_ok[lo : lo + batch_size] = ok.cpu()
+            for i, cfg in enumerate(attacks):
+                x_adv = attack(model, xb, yb, cfg, source_model=source_model, generator=gens[i])
+                per[i, lo : lo + batch_size] = (ok & ~_wrong(model, x_adv, yb)).cpu()
+    worst = clean_ok.clone()
+    for row in per:
+        worst &= row
+    denom = max(n, 1)
+    return RobustResult(
+        clean=clean_ok.sum().item() / denom,
+        worst=worst.sum().item() / denom,
+        per_attack={lab: per[i].sum().item() / denom for i, lab in enumerate(labels)},
+        n=n,
+    )
+
+
+def search_attacks(eps: float, steps: int = 10) -> list[AttackConfig]:
+    """The cheap pair the search runs every episode: STE-PGD and shadow-PGD (no transfer model needed)."""
+    return [AttackConfig("pgd", eps, steps, grad="ste"), AttackConfig("pgd", eps, steps, grad="shadow")]
+
+
+def report_attacks(eps: float, steps: int = 40, restarts: int = 2) -> list[AttackConfig]:
+    """The full set for reports: STE-, shadow- and transfer-PGD (CE), shadow-PGD with the margin loss, FGSM.
+
+    Needs ``source_model`` (the FP32 model) in :func:`robust_accuracy` for the transfer attack.
+    """
+    return [
+        AttackConfig("pgd", eps, steps, grad="ste", restarts=restarts),
+        AttackConfig("pgd", eps, steps, grad="shadow", restarts=restarts),
+        AttackConfig("pgd", eps, steps, grad="transfer", restarts=restarts),
+        AttackConfig("pgd", eps, steps, grad="shadow", loss="margin", restarts=restarts),
+        AttackConfig("fgsm", eps, 1, grad="ste"),
+    ]

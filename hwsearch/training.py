@@ -1,0 +1,172 @@
+"""Train and fine-tune loops (also quantization-aware fine-tuning: quantizers are ordinary modules here)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from hwsearch.data import _tensor_source, make_loader, tensors
+from hwsearch.errors import ConfigError
+
+__all__ = ["TrainConfig", "train", "accuracy", "set_seed"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one (fine-)training run; Adam with cross-entropy."""
+
+    epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
+            raise ConfigError(f"epochs must be an int >= 0, got {self.epochs!r}")
+        if not _finite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if not _finite(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
+        _check_device(self.device)
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_device(device: object) -> torch.device:
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from exc
+    return dev
+
+
+def _available(device: str) -> torch.device:
+    """The device, or ConfigError when this machine has none of it (checked at use, not at config time)."""
+    dev = _check_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but MPS is not available here; use cpu")
+    return dev
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and all GPUs) so model init and training repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    config: TrainConfig,
+    *,
+    regularizer: Callable[[nn.Module], Tensor] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place (moved to ``config.device``); one record per epoch.
+
+    Records are ``{"epoch": 1.., "loss": mean objective, "train_acc": running top-1}`` (plus ``"reg"``, the
+    mean regulariser value, when a regulariser is given). The objective is cross-entropy plus
+    ``regularizer(model)``. Only parameters with ``requires_grad`` are optimised, so frozen parts stay put.
+    Shuffling and any randomness in the model are seeded by ``config.seed``: same seed, same weights on CPU.
+    ``on_epoch(epoch, record)`` is where callers report progress (the library never prints).
+    """
+    device = _available(config.device)
+    set_seed(config.seed)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    history: list[dict] = []
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        total_loss = total_reg = 0.0
+        correct = seen = 0
+        for x, y in loader:
+            x = x.to(device, non_blocking=True)
+            y = torch.as_tensor(y).to(device, non_blocking=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            if regularizer is not None:
+                reg = regularizer(model)
+                loss = loss + reg
+                total_reg += float(reg.detach()) * len(y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+        if seen == 0:
+            raise ConfigError("the training set is empty")
+        record = {"epoch": epoch, "loss": total_loss / seen, "train_acc": correct / seen}
+        if regularizer is not None:
+            record["reg"] = total_reg / seen
+        if not math.isfinite(record["loss"]):
+            raise ConfigError(f"training diverged at epoch {epoch} (loss {record['loss']}); lower lr")
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    return history
+
+
+def accuracy(
+    model: nn.Module,
+    dataset_or_tensors: Dataset | tuple[Tensor, Tensor],
+    *,
+    device: str = "cpu",
+    batch_size: int = 500,
+) -> float:
+    """Top-1 accuracy in [0, 1], in eval mode; every module's train/eval flag is restored afterwards.
+
+    The model is moved to ``device`` (outside inference mode, so its parameters stay trainable).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    dev = _available(device)
+    model.to(dev)
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return _accuracy(model, dataset_or_tensors, dev, batch_size)
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, data: Dataset | tuple[Tensor, Tensor], device: torch.device, batch_size: int) -> float:
+    correct = seen = 0
+    if isinstance(data, tuple) or _tensor_source(data) is not None:
+        x_all, y_all = tensors(data)
+        batches = ((x_all[i : i + batch_size], y_all[i : i + batch_size]) for i in range(0, len(y_all), batch_size))
+    else:
+        batches = iter(make_loader(data, batch_size, shuffle=False, seed=0))
+    for x, y in batches:
+        y = torch.as_tensor(y).to(device)
+        pred = model(x.to(device)).argmax(1)
+        correct += int((pred == y).sum())
+        seen += len(y)
+    if seen == 0:
+        raise ConfigError("cannot measure accuracy on an empty dataset")
+    return correct / seen

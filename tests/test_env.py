@@ -1,0 +1,125 @@
+"""The Gymnasium environment: API conformance, budget enforcement, reward, determinism."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from hwsearch.envs import ENV_ID, EnvConfig, MixedPrecisionEnv, action_to_index
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from hwsearch.budget import Budget
+from hwsearch.errors import BudgetError, ConfigError
+from tests.fakes import FakeCostModel, FakeEvaluator, fake_layers
+
+
+def make_env(budget: float = 0.5, **kw: object) -> MixedPrecisionEnv:
+    cfg = EnvConfig(budget=Budget("latency", budget), **kw)  # type: ignore[arg-type]
+    return MixedPrecisionEnv(fake_layers(), FakeEvaluator(), FakeCostModel(), cfg)
+
+
+def run_episode(env: MixedPrecisionEnv, actions: list[float]) -> tuple[float, dict]:
+    env.reset(seed=0)
+    for i, a in enumerate(actions):
+        obs, reward, terminated, truncated, info = env.step(np.array([a], dtype=np.float32))
+        assert env.observation_space.contains(obs)
+        assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
+        if i < len(actions) - 1:
+            assert reward == 0.0 and not terminated and info == {}
+    assert terminated and not truncated
+    return reward, info
+
+
+def test_both_env_checkers_pass_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(make_env(), skip_render_check=True)
+        sb3_check_env(make_env(), warn=True)
+
+
+def test_registered_id_builds_the_env() -> None:
+    env = gym.make(ENV_ID, layers=fake_layers(), evaluator=FakeEvaluator(), cost_model=FakeCostModel())
+    obs, _ = env.reset(seed=1)
+    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
+
+
+def test_episode_has_two_steps_per_layer_and_info_of_the_enforced_policy() -> None:
+    env = make_env(budget=0.5)
+    reward, info = run_episode(env, [1.0] * env.n_steps)
+    policy = info["policy"]
+    assert policy.names() == [ly.name for ly in fake_layers()]
+    assert info["requested_policy"] == env.policy_of(np.full((5, 2), 6))  # all 8-bit asked
+    assert info["cost"]["relative"] <= 0.5 + 1e-12
+    assert info["cost"]["latency_ms"] <= env.budget_limit + 1e-12
+    assert math.isclose(reward, 10.0 * info["accuracy"])  # acc_ref 0, w_rob 0, w_cost 0
+    assert 0 <= info["robust_accuracy"] <= info["accuracy"]
+
+
+def test_budget_enforcement_walks_from_the_last_layer_activation_first() -> None:
+    env = make_env(budget=0.9)
+    choice = env.enforce_budget(np.full((5, 2), 6))
+    # the first layers keep 8 bits; lowering started at the last layer's activation bits
+    assert (choice[0] == 6).all()
+    assert choice[-1, 1] <= choice[-1, 0]
+    assert env.cost_of(choice, "latency") <= env.budget_limit
+    # a policy already within budget is left alone
+    low = np.zeros((5, 2), dtype=np.int64)
+    assert (env.enforce_budget(low) == low).all()
+
+
+@pytest.mark.parametrize("budget", [0.07, 0.2, 0.5, 0.99])
+def test_enforced_cost_meets_any_feasible_budget(budget: float) -> None:
+    env = make_env(budget=budget)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        _, info = run_episode(env, list(rng.uniform(-1, 1, env.n_steps)))
+        assert info["cost"]["latency_ms"] <= env.budget_limit * (1 + 1e-12)
+
+
+def test_budget_below_all_minimum_cost_is_an_error_with_the_fix() -> None:
+    with pytest.raises(BudgetError, match="raise it to at least"):
+        make_env(budget=0.01)
+
+
+def test_reward_combines_accuracy_robustness_and_cost() -> None:
+    env = make_env(budget=0.5, w_acc=2.0, w_rob=3.0, w_cost=0.5, acc_ref=0.9, rob_ref=0.4)
+    reward, info = run_episode(env, [0.0] * env.n_steps)
+    expected = 2.0 * (info["accuracy"] - 0.9) + 3.0 * (info["robust_accuracy"] - 0.4) - 0.5 * info["cost"]["relative"]
+    assert math.isclose(reward, expected, rel_tol=1e-9)
+
+
+def test_same_seed_same_episodes_and_no_state_leaks() -> None:
+    env = make_env()
+    actions = list(np.random.default_rng(3).uniform(-1, 1, env.n_steps))
+    r1, i1 = run_episode(env, actions)
+    first_obs, _ = env.reset(seed=0)
+    r2, i2 = run_episode(env, actions)
+    assert r1 == r2 and i1["policy"] == i2["policy"]
+    fresh, _ = make_env().reset(seed=0)
+    assert np.array_equal(first_obs, fresh)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+@pytest.mark.parametrize("a", [-1.0, -0.999, -0.3, 0.0, 0.42, 0.999, 1.0, 5.0, -5.0, math.inf, -math.inf, math.nan])
+def test_action_mapping_is_total_and_in_range(a: float, n: int) -> None:
+    i = action_to_index(a, n)
+    assert isinstance(i, int) and 0 <= i < n
+
+
+def test_action_bins_are_equal_width_and_monotone() -> None:
+    xs = np.linspace(-1, 1, 7001)
+    idx = [action_to_index(x, 7) for x in xs]
+    assert idx == sorted(idx)
+    counts = np.bincount(idx, minlength=7)
+    assert counts.max() - counts.min() <= 2
+
+
+def test_bad_config_is_refused() -> None:
+    with pytest.raises(ConfigError, match="w_bits"):
+        EnvConfig(w_bits=(0, 4))
+    with pytest.raises(ConfigError, match="w_cost"):
+        EnvConfig(w_cost=-1.0)
