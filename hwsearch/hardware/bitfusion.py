@@ -9,7 +9,7 @@ configuration and any bit pair, vectorised over the tiling candidates with numpy
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import permutations
 
@@ -29,6 +29,8 @@ __all__ = [
     "SimResult",
     "perf_factor",
     "simulate",
+    "compute_cycles",
+    "fastest_mode",
     "layer_shape",
     "BitFusionCostModel",
 ]
@@ -187,6 +189,18 @@ def perf_factor(a_bits: int, w_bits: int, max_bits: int = 8, min_bits: int = 2) 
     return (max_bits // a) * (max_bits // w)
 
 
+def compute_cycles(shape: ConvShape, config: BitFusionConfig) -> int:
+    """Untiled compute term for the whole batch: B*O^2*K^2*ceil(OC/M)*ceil(IC/(N*pf)), or with im2col
+    B*O^2*ceil(OC/M)*ceil(K^2*IC/(N*pf))."""
+    kh, kw = shape.kernel
+    oh, ow = shape.out_hw
+    npf = config.n * perf_factor(shape.a_bits, shape.w_bits, config.max_bits, config.min_bits)
+    cols = -(-shape.out_channels // config.m)
+    if shape.im2col:
+        return config.batch * oh * ow * cols * -(-(kh * kw * shape.in_channels) // npf)
+    return config.batch * oh * ow * kh * kw * cols * -(-shape.in_channels // npf)
+
+
 def _tile_sizes(total: int, unit: int = 1) -> np.ndarray:
     """Power-of-two tile sizes (times ``unit``), clipped to ``total``, as the simulator enumerates them."""
     count = math.ceil(math.log2(math.ceil(total / unit))) + 1 if total > unit else 1
@@ -274,6 +288,16 @@ def _simulate_cached(shape: ConvShape, config: BitFusionConfig, orders: tuple[tu
     in_wgt_r = np.where(use_is | use_os, macs, red * oc) * w
     in_act_r, in_out, in_wgt_r = num_tiles * in_act_r, num_tiles * in_out, num_tiles * in_wgt_r
 
+    # Orders that differ only in loops that never iterate (one tile for every candidate), or by swapping
+    # output rows and columns of a square layer, give identical results: evaluate one of each.
+    active = {k for k, v in num.items() if int(v.max()) > 1}
+    square = bool(np.array_equal(num["ow"], num["oh"]))
+    distinct: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for o in orders:
+        canon = tuple("ow" if (square and x == "oh") else x for x in o if x in active)
+        distinct.setdefault(canon, o)
+    orders = tuple(distinct.values())
+
     # Every order at once: axis 0 is the order, axis 1 the tiling candidate.
     n_pos = len(LOOPS)
     pos_num = [np.stack([num[o[p]] for o in orders]) for p in range(n_pos)]
@@ -332,6 +356,30 @@ def _simulate_cached(shape: ConvShape, config: BitFusionConfig, orders: tuple[tu
     )
 
 
+def fastest_mode(shape: ConvShape, config: BitFusionConfig) -> tuple[SimResult, int, int]:
+    """Fastest way to run ``shape``: its own bits or any wider mode (data sign-extends into wider bricks).
+
+    The simulator's cost is not monotone in bits (narrower data can let a larger tile fit, whose first load is
+    not overlapped; narrower activations pad weights to a wider reduction), so it can price 1-bit weights
+    above 2-bit ones. A compiler would run such a layer in the wider mode, and the search needs cost to be
+    non-increasing as bits fall; this takes the minimum over all modes at least as wide. Returns the result
+    and the (w, a) mode chosen.
+    """
+    return _fastest_cached(shape, config)
+
+
+@lru_cache(maxsize=65536)
+def _fastest_cached(shape: ConvShape, config: BitFusionConfig) -> tuple[SimResult, int, int]:
+    best = (simulate(shape, config), shape.w_bits, shape.a_bits)
+    top = config.max_bits
+    for w, a in ((shape.w_bits + 1, shape.a_bits), (shape.w_bits, shape.a_bits + 1)):
+        if w <= top and a <= top:
+            cand = _fastest_cached(replace(shape, w_bits=w, a_bits=a), config)
+            if (cand[0].cycles, cand[0].energy_pj) < (best[0].cycles, best[0].energy_pj):
+                best = cand
+    return best
+
+
 def layer_shape(layer: LayerInfo, w_bits: int, a_bits: int) -> tuple[ConvShape, int]:
     """The simulator shape of one group of ``layer`` and the number of groups.
 
@@ -364,13 +412,16 @@ class BitFusionCostModel:
         return tuple(range(1, self.config.max_bits + 1))
 
     def simulate_layer(self, layer: LayerInfo, w_bits: int, a_bits: int) -> tuple[SimResult, int]:
-        """The simulator's result for one group of ``layer`` (whole batch) and the group count."""
+        """The simulator's own result for one group of ``layer`` (whole batch) and the group count."""
         check_bits(self.name, layer, w_bits, a_bits, self.supported_bits())
         shape, groups = layer_shape(layer, w_bits, a_bits)
         return simulate(shape, self.config), groups
 
     def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> LayerCost:
-        res, groups = self.simulate_layer(layer, w_bits, a_bits)
+        """Per-image cost in the fastest mode at least as wide as (w, a); see :func:`fastest_mode`."""
+        check_bits(self.name, layer, w_bits, a_bits, self.supported_bits())
+        shape, groups = layer_shape(layer, w_bits, a_bits)
+        res = fastest_mode(shape, self.config)[0]
         per_image = groups / self.config.batch
         return LayerCost(
             latency_ms=res.cycles * per_image / (self.config.freq_mhz * 1e3),

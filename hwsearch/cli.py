@@ -1,0 +1,308 @@
+"""The ``hwsearch`` command: parses arguments, calls the library, prints. User mistakes exit 2 in one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hwsearch.errors import ConfigError, HwsearchError
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_DEVICE = "bitfusion-edge"
+DEFAULT_CHECKPOINT = "runs/fp32.pt"
+
+
+def _progress(total: int, quiet: bool, desc: str):  # type: ignore[no-untyped-def]
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text)
+
+
+def _out_dir(path: str, overwrite: bool, marker: str) -> Path:
+    """Refuse to mix two runs in one folder; nothing already computed is silently replaced."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {str(out)!r} is a file; name a folder")
+    if (out / marker).exists() and not overwrite:
+        raise ConfigError(
+            f"output folder {str(out)!r} already holds a run ({marker}); pass --overwrite or another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".hwsearch-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"output folder {str(out)!r} is not writable ({exc.strerror}); choose another --out"
+        ) from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from hwsearch.checkpoint import save_checkpoint
+    from hwsearch.data import load_dataset, tensors
+    from hwsearch.evaluate import clean_accuracy
+    from hwsearch.models import build_model
+    from hwsearch.training import TrainConfig, set_seed, train
+    from hwsearch.workflow import resolve_device
+
+    device = resolve_device(args.device)
+    splits = load_dataset(args.dataset, args.data_root)
+    set_seed(args.seed)
+    model = build_model(args.model, splits.num_classes, splits.input_shape, splits.mean, splits.std)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=str(device))
+    regularizer = None
+    if args.lipschitz_beta > 0:
+        from hwsearch.robust import lipschitz_regularizer
+
+        regularizer = lipschitz_regularizer(args.lipschitz_beta)
+    bar = _progress(args.epochs, args.quiet, "train")
+
+    def on_epoch(epoch: int, stats: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")
+
+    t0 = time.perf_counter()
+    train(model, splits.train, cfg, regularizer=regularizer, on_epoch=on_epoch)
+    bar.close()
+    x, y = tensors(splits.test)
+    acc = clean_accuracy(model, x.to(device), y.to(device))
+    path = save_checkpoint(
+        args.out,
+        model,
+        model_name=args.model,
+        dataset=args.dataset,
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+        mean=splits.mean,
+        std=splits.std,
+        metrics={"test_accuracy": acc, "epochs": args.epochs, "lipschitz_beta": args.lipschitz_beta, "seed": args.seed},
+    )
+    _say(
+        args,
+        f"trained {args.model} on {args.dataset} in {time.perf_counter() - t0:.1f}s: test accuracy {100 * acc:.2f}%",
+    )
+    _say(args, f"checkpoint: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- search
+def _attack_list(args: argparse.Namespace) -> tuple[Any, ...]:
+    if args.robust_weight <= 0 and not args.attack:
+        return ()
+    from hwsearch.robust import AttackConfig
+
+    kind = args.attack or "pgd"
+    grads = ("ste", "shadow")  # the cheap pair that masked gradients cannot fool
+    return tuple(AttackConfig(method=kind, eps=args.eps, steps=args.steps, grad=g) for g in grads)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from hwsearch.budget import parse_budget
+    from hwsearch.evaluate import EvaluatorConfig
+    from hwsearch.hardware import get_device
+    from hwsearch.io import atomic_write_json, atomic_write_text
+    from hwsearch.policy import save_policy
+    from hwsearch.report import EpisodeLog, search_summary
+    from hwsearch.search import SearchConfig, run_search
+    from hwsearch.workflow import build_env, prepare
+
+    budget = parse_budget(args.budget)
+    cost_model = get_device(args.device)
+    config = SearchConfig(
+        episodes=args.episodes,
+        warmup_episodes=min(args.warmup, args.episodes),
+        agent=args.agent,
+        seed=args.seed,
+        hidden=tuple(args.hidden),
+        device="cpu",
+    )
+    attacks = _attack_list(args)
+    out = _out_dir(args.out, args.overwrite, "episodes.csv")
+    t0 = time.perf_counter()
+    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    env_kwargs = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
+    if args.min_bits > 1 or args.max_bits < 8:
+        choices = tuple(range(args.min_bits, args.max_bits + 1))
+        env_kwargs.update(w_bits=choices, a_bits=choices)
+    env, evaluator = build_env(
+        ws, cost_model, budget, evaluator_config=EvaluatorConfig(attacks=attacks, seed=args.seed), env_kwargs=env_kwargs
+    )
+    setup_s = time.perf_counter() - t0
+    log = EpisodeLog(out / "episodes.csv", ws.layer_names)
+    bar = _progress(config.episodes, args.quiet, f"search ({config.agent})")
+    best = [float("-inf")]
+
+    def on_episode(rec: Any) -> None:
+        log.append(rec)
+        best[0] = max(best[0], rec.reward)
+        bar.update(1)
+        bar.set_postfix(best=f"{best[0]:.3f}", acc=f"{rec.accuracy:.3f}", cost=f"{rec.relative_cost:.2f}")
+
+    result = run_search(env, config, on_episode=on_episode)
+    bar.close()
+    top = result.best
+    meta = {
+        "source": "hwsearch search",
+        "agent": config.agent,
+        "device": args.device,
+        "budget": str(budget),
+        "episode": top.episode,
+        "reward": top.reward,
+        "val_accuracy": top.accuracy,
+        "val_robust_accuracy": top.robust_accuracy,
+        "latency_ms": top.latency_ms,
+        "relative_cost": top.relative_cost,
+        "checkpoint": str(args.checkpoint),
+        "seed": config.seed,
+    }
+    save_policy(top.policy.with_meta(**meta), out / "policy.json")
+    t = evaluator.timings
+    total = time.perf_counter() - t0
+    timings = {
+        "setup (load, trace, calibrate, price)": setup_s,
+        "evaluation: quantize": t.quantize,
+        "evaluation: accuracy": t.accuracy,
+        "evaluation: attack": t.attack,
+        "agent and other": total - setup_s - t.quantize - t.accuracy - t.attack,
+        "total": total,
+    }
+    ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if attacks else None}
+    summary = search_summary(
+        result,
+        device=args.device,
+        budget=str(budget),
+        budget_limit=env.budget_limit,
+        reference=ref,
+        timings=timings,
+    )
+    summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
+    atomic_write_text(out / "summary.md", summary)
+    atomic_write_json(out / "run.json", {"schema": 1, "args": {k: v for k, v in vars(args).items() if k != "func"}})
+    _say(
+        args,
+        f"best policy: val accuracy {100 * top.accuracy:.2f}% at {top.relative_cost:.3f}x fixed-8-bit "
+        f"{budget.metric} ({top.latency_ms:.5g} ms on {args.device}); written to {out / 'policy.json'}",
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hwsearch.hardware import get_device
+    from hwsearch.policy import load_policy
+    from hwsearch.report import compare_table, write_compare
+    from hwsearch.workflow import compare_policies, prepare, standard_entries
+
+    get_device(args.device)  # fail fast on a bad name, before loading anything
+    policies = {}
+    for spec in args.policy:
+        name, _, path = spec.rpartition("=")
+        policies[name or Path(path).parent.name or Path(path).stem] = load_policy(path)
+    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    entries = standard_entries(ws, policies, bits=tuple(args.fixed))
+    rows = compare_policies(ws, entries, args.device, split="test")
+    header = f"# hwsearch comparison\n\nModel `{ws.model_name}` on `{ws.splits.name}` test split ({len(ws.splits.test)} images), device `{args.device}`."
+    if args.out:
+        out = _out_dir(args.out, True, "report.md")
+        paths = write_compare(out, rows, args.device, header)
+        _say(args, f"report: {paths['md']}")
+    print(compare_table(rows, args.device), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    if checkpoint:
+        p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="FP32 checkpoint from `hwsearch train`")
+    p.add_argument("--data-root", default=None, help="folder of a local dataset (cifar10, svhn, imagefolder)")
+    p.add_argument("--compute-device", default="cpu", help="cpu, cuda or auto: where models run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwsearch",
+        description="Find per-layer bit widths that keep a network accurate and robust within a device budget.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an FP32 baseline and save a checkpoint")
+    p.add_argument("--model", default="smallcnn")
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lipschitz-beta", type=float, default=0.0, help="orthogonality term weight (0 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--out", default=DEFAULT_CHECKPOINT)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="search a mixed-precision policy with DDPG (or random search)")
+    _common(p)
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="target device (see `hwsearch latency devices`)")
+    p.add_argument("--budget", default="latency=0.5x", help="METRIC=VALUE[x]: latency, energy or size")
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20, help="random warm-up episodes before DDPG learns")
+    p.add_argument("--agent", default="ddpg", help="ddpg or random")
+    p.add_argument("--hidden", type=int, nargs="+", default=[300, 300], help="actor/critic hidden widths")
+    p.add_argument("--min-bits", type=int, default=2)
+    p.add_argument("--max-bits", type=int, default=8)
+    p.add_argument("--acc-weight", type=float, default=10.0)
+    p.add_argument("--robust-weight", type=float, default=0.0)
+    p.add_argument("--cost-weight", type=float, default=0.0)
+    p.add_argument("--attack", default=None, help="pgd or fgsm (robustness in the reward)")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/search")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("compare", help="compare FP32, fixed-bit baselines and policies on the test split")
+    _common(p)
+    p.add_argument("--device", default=DEFAULT_DEVICE)
+    p.add_argument("--policy", action="append", default=[], help="[NAME=]policy.json (repeatable)")
+    p.add_argument("--fixed", type=int, nargs="*", default=[8, 4], help="fixed bit widths to include")
+    p.add_argument("--out", default=None, help="folder for report.md/json/csv")
+    p.set_defaults(func=cmd_compare)
+
+    try:
+        from hwsearch.cli_latency import add_latency_parser
+    except ImportError:  # pragma: no cover - the latency commands ship with the package
+        pass
+    else:
+        add_latency_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HwsearchError as exc:
+        print(f"hwsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

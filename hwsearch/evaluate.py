@@ -1,0 +1,138 @@
+"""``Evaluator``: clean and robust accuracy of a policy on a fixed split, cached by the enforced policy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from hwsearch.envs import EvalResult
+from hwsearch.errors import ConfigError
+from hwsearch.policy import Policy
+from hwsearch.quant import Calibration, apply_policy
+
+if TYPE_CHECKING:
+    from hwsearch.robust import AttackConfig
+
+__all__ = ["EvaluatorConfig", "Evaluator", "clean_accuracy"]
+
+
+@torch.inference_mode()
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy as a fraction; inference mode because no gradient is ever needed here."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    try:
+        for i in range(0, len(x), batch_size):
+            out = model(x[i : i + batch_size].to(device))
+            correct += int((out.argmax(dim=1).cpu() == y[i : i + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(len(x), 1)
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How a policy is scored inside the search.
+
+    ``attacks`` empty means no robustness figure. The attack runs on a fixed, seeded subset of
+    ``robust_subset`` images, so every policy faces the same images and the same random starts.
+    """
+
+    batch_size: int = 1000
+    robust_subset: int = 200
+    attacks: tuple[Any, ...] = ()
+    seed: int = 0
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size = {self.batch_size} must be >= 1")
+        if self.robust_subset < 1:
+            raise ConfigError(f"robust_subset = {self.robust_subset} must be >= 1")
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+
+
+@dataclass
+class _Timings:
+    quantize: float = 0.0
+    accuracy: float = 0.0
+    attack: float = 0.0
+    calls: int = 0
+    hits: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Evaluator:
+    """Scores policies of one float model; calibration is done once, outside, and reused for every policy."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calibration: Calibration,
+        x: Tensor,
+        y: Tensor,
+        config: EvaluatorConfig | None = None,
+        *,
+        source_model: nn.Module | None = None,
+    ) -> None:
+        self.model = model
+        self.calibration = calibration
+        self.config = config or EvaluatorConfig()
+        self.device = next(model.parameters()).device
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.source_model = source_model if source_model is not None else model
+        n = min(self.config.robust_subset, len(x))
+        g = torch.Generator().manual_seed(self.config.seed)
+        idx = torch.randperm(len(x), generator=g)[:n].to(self.device)
+        self.x_rob, self.y_rob = self.x[idx], self.y[idx]
+        self.cache: dict[tuple, EvalResult] = {}
+        self.timings = _Timings()
+
+    @property
+    def attacks(self) -> Sequence[AttackConfig]:
+        return self.config.attacks
+
+    def quantize(self, policy: Policy) -> nn.Module:
+        return apply_policy(self.model, policy, self.calibration)
+
+    def evaluate(self, policy: Policy) -> EvalResult:
+        key = policy.key()
+        self.timings.calls += 1
+        if self.config.cache and key in self.cache:
+            self.timings.hits += 1
+            return self.cache[key]
+        t0 = time.perf_counter()
+        qmodel = self.quantize(policy)
+        t1 = time.perf_counter()
+        acc = clean_accuracy(qmodel, self.x, self.y, self.config.batch_size)
+        t2 = time.perf_counter()
+        rob: float | None = None
+        per_attack: dict[str, float] = {}
+        if self.attacks:
+            from hwsearch.robust import robust_accuracy
+
+            res = robust_accuracy(
+                qmodel,
+                self.x_rob,
+                self.y_rob,
+                list(self.attacks),
+                source_model=self.source_model,
+                seed=self.config.seed,
+            )
+            rob, per_attack = float(res.worst), {k: float(v) for k, v in res.per_attack.items()}
+        t3 = time.perf_counter()
+        self.timings.quantize += t1 - t0
+        self.timings.accuracy += t2 - t1
+        self.timings.attack += t3 - t2
+        result = EvalResult(accuracy=acc, robust_accuracy=rob, per_attack=per_attack)
+        if self.config.cache:
+            self.cache[key] = result
+        return result

@@ -1,0 +1,178 @@
+"""Comparison tables and search summaries (Markdown, CSV, JSON); plots come from ``hwsearch.plots``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hwsearch.io import atomic_write_json, atomic_write_text
+from hwsearch.search import EpisodeRecord, SearchResult
+from hwsearch.workflow import CompareRow
+
+__all__ = [
+    "EPISODE_FIELDS",
+    "episode_row",
+    "EpisodeLog",
+    "compare_table",
+    "compare_records",
+    "write_compare",
+    "search_summary",
+]
+
+EPISODE_FIELDS = (
+    "episode",
+    "reward",
+    "accuracy",
+    "robust_accuracy",
+    "latency_ms",
+    "energy_mj",
+    "size_bits",
+    "relative_cost",
+)
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def episode_row(rec: EpisodeRecord) -> dict[str, Any]:
+    """One CSV row: figures, then one ``w/a`` column per layer, keyed by the layer's qualified name."""
+    row: dict[str, Any] = {
+        "episode": rec.episode,
+        "reward": f"{rec.reward:.6f}",
+        "accuracy": f"{rec.accuracy:.4f}",
+        "robust_accuracy": "" if rec.robust_accuracy is None else f"{rec.robust_accuracy:.4f}",
+        "latency_ms": f"{rec.latency_ms:.6g}",
+        "energy_mj": "" if rec.energy_mj is None else f"{rec.energy_mj:.6g}",
+        "size_bits": int(rec.size_bits),
+        "relative_cost": f"{rec.relative_cost:.4f}",
+    }
+    for name, bits in rec.policy.layers.items():
+        row[name] = f"{bits.w}/{bits.a}"
+    return row
+
+
+class EpisodeLog:
+    """``episodes.csv``, appended and flushed one finished episode at a time so a crash loses none."""
+
+    def __init__(self, path: Path, layer_names: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.fields = [*EPISODE_FIELDS, *layer_names]
+        if not self.path.exists():
+            atomic_write_text(self.path, ",".join(self.fields) + "\n")
+
+    def append(self, rec: EpisodeRecord) -> None:
+        buf = io.StringIO()
+        csv.DictWriter(buf, self.fields, lineterminator="\n").writerow(episode_row(rec))
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+
+
+def compare_records(rows: Sequence[CompareRow]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        rec: dict[str, Any] = {
+            "name": r.name,
+            "accuracy": r.accuracy,
+            "latency_ms": r.latency_ms,
+            "energy_mj": r.energy_mj,
+            "size_bits": r.size_bits,
+            "speedup_vs_8bit": r.speedup_vs_8bit,
+            "energy_saving_vs_8bit": r.energy_saving_vs_8bit,
+            "policy": None if r.policy is None else {n: [b.w, b.a] for n, b in r.policy.layers.items()},
+        }
+        for eps, figs in r.robust.items():
+            for k, v in figs.items():
+                rec[f"robust@{eps}:{k}"] = v
+        out.append(rec)
+    return out
+
+
+def compare_table(rows: Sequence[CompareRow], device: str) -> str:
+    """One Markdown table; robust columns appear only when a robustness run produced them."""
+    robust_cols: list[tuple[str, str]] = []
+    for r in rows:
+        for eps, figs in r.robust.items():
+            for k in figs:
+                if (eps, k) not in robust_cols:
+                    robust_cols.append((eps, k))
+    head = ["policy", "accuracy %"]
+    head += [f"robust {k} @{eps} %" for eps, k in robust_cols]
+    head += [f"latency ms ({device})", "speed-up vs 8-bit", "energy mJ", "energy saving vs 8-bit", "size KiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.name, f"{100 * r.accuracy:.2f}"]
+        for eps, k in robust_cols:
+            v = r.robust.get(eps, {}).get(k)
+            cells.append(_fmt(None if v is None else 100 * v, ".2f"))
+        cells += [
+            _fmt(r.latency_ms, ".5g") if r.latency_ms is not None else "n/a (float)",
+            _fmt(r.speedup_vs_8bit, ".2f") + ("x" if r.speedup_vs_8bit else ""),
+            _fmt(r.energy_mj, ".4g") if r.policy is not None else "n/a (float)",
+            _fmt(r.energy_saving_vs_8bit, ".2f") + ("x" if r.energy_saving_vs_8bit else ""),
+            f"{r.size_bits / 8 / 1024:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(out_dir: Path, rows: Sequence[CompareRow], device: str, header: str = "") -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    recs = compare_records(rows)
+    md = (header + "\n\n" if header else "") + compare_table(rows, device)
+    paths = {
+        "md": atomic_write_text(out_dir / "report.md", md),
+        "json": atomic_write_json(out_dir / "report.json", {"schema": 1, "device": device, "rows": recs}),
+    }
+    keys: list[str] = []
+    for rec in recs:
+        keys += [k for k in rec if k not in keys and k != "policy"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, keys, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for rec in recs:
+        w.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in keys})
+    paths["csv"] = atomic_write_text(out_dir / "report.csv", buf.getvalue())
+    return paths
+
+
+def search_summary(
+    result: SearchResult,
+    *,
+    device: str,
+    budget: str,
+    budget_limit: float,
+    reference: dict[str, Any],
+    timings: dict[str, float],
+) -> str:
+    best = result.best
+    lines = [
+        "# hwsearch search summary",
+        "",
+        f"- agent: {result.config.agent}, episodes: {len(result.episodes)}, seed: {result.config.seed}",
+        f"- device: {device}, budget: {budget} (limit {budget_limit:.6g})",
+        f"- best episode: {best.episode}, reward {best.reward:.4f}",
+        f"- best policy: accuracy {100 * best.accuracy:.2f}% (search-val)"
+        + ("" if best.robust_accuracy is None else f", robust accuracy {100 * best.robust_accuracy:.2f}%")
+        + f", latency {best.latency_ms:.5g} ms ({best.relative_cost:.3f} of fixed 8-bit)",
+        f"- fixed 8-bit reference (search-val): {json.dumps(reference)}",
+        "",
+        "## Where time went",
+        "",
+        "| part | seconds | share |",
+        "|---|---|---|",
+    ]
+    total = max(timings.get("total", 0.0), 1e-9)
+    for k, v in timings.items():
+        if k != "total":
+            lines.append(f"| {k} | {v:.2f} | {100 * v / total:.1f}% |")
+    lines.append(f"| total | {total:.2f} | 100% |")
+    lines += ["", "## Best policy (weight / activation bits)", "", "| layer | W | A |", "|---|---|---|"]
+    for name, bits in best.policy.layers.items():
+        lines.append(f"| {name} | {bits.w} | {bits.a} |")
+    return "\n".join(lines) + "\n"

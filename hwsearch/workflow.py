@@ -1,0 +1,183 @@
+"""The user-level steps (prepare, search, compare), shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwsearch.budget import Budget
+from hwsearch.data import DataSplits, load_dataset, tensors
+from hwsearch.envs import EnvConfig, MixedPrecisionEnv
+from hwsearch.errors import ConfigError
+from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
+from hwsearch.hardware import CostModel, get_device, policy_cost
+from hwsearch.layers import LayerInfo, discover_layers
+from hwsearch.policy import Policy, uniform_policy
+from hwsearch.quant import Calibration, apply_policy, calibrate
+from hwsearch.search import EpisodeRecord, SearchConfig, SearchResult, run_search
+
+__all__ = [
+    "Workspace",
+    "resolve_device",
+    "prepare",
+    "build_env",
+    "search_policy",
+    "CompareRow",
+    "compare_policies",
+]
+
+CALIBRATION_IMAGES = 512
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"device {name!r} is unknown; use cpu, cuda or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Workspace:
+    """A trained float model with everything traced and calibrated once, ready to price and score policies."""
+
+    model: nn.Module
+    model_name: str
+    splits: DataSplits
+    layers: list[LayerInfo]
+    calibration: Calibration
+    device: torch.device
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [ly.name for ly in self.layers]
+
+    def uniform(self, w: int, a: int | None = None) -> Policy:
+        return uniform_policy(self.layer_names, w, a)
+
+    def split(self, which: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}[which]
+        return tensors(ds, limit)
+
+
+def prepare(
+    checkpoint: str | Path,
+    *,
+    data_root: str | None = None,
+    device: str = "cpu",
+    calibration_method: str = "percentile",
+) -> Workspace:
+    """Load a checkpoint written by ``hwsearch train`` and the dataset it was trained on; trace and calibrate."""
+    from hwsearch.checkpoint import model_from_checkpoint
+
+    dev = resolve_device(device)
+    model, meta = model_from_checkpoint(checkpoint)
+    splits = load_dataset(meta["dataset"], data_root)
+    model = model.to(dev).eval()
+    layers = discover_layers(model, splits.input_shape)
+    x_cal, _ = tensors(splits.train, CALIBRATION_IMAGES)
+    calibration = calibrate(model, x_cal.to(dev), method=calibration_method)
+    return Workspace(model, meta["model_name"], splits, layers, calibration, dev, dict(meta))
+
+
+def build_env(
+    ws: Workspace,
+    cost_model: CostModel,
+    budget: Budget,
+    *,
+    evaluator_config: EvaluatorConfig | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+    reference_bits: int = 8,
+) -> tuple[MixedPrecisionEnv, Evaluator]:
+    """The env on the search-val split; reward references are fixed ``reference_bits``-bit's figures."""
+    x, y = ws.split("val")
+    evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
+    ref = evaluator.evaluate(ws.uniform(reference_bits))
+    kwargs = dict(env_kwargs or {})
+    kwargs.setdefault("acc_ref", ref.accuracy)
+    if ref.robust_accuracy is not None:
+        kwargs.setdefault("rob_ref", ref.robust_accuracy)
+    env = MixedPrecisionEnv(ws.layers, evaluator, cost_model, EnvConfig(budget=budget, **kwargs))
+    return env, evaluator
+
+
+def search_policy(
+    ws: Workspace,
+    device_name: str,
+    budget: Budget,
+    config: SearchConfig,
+    *,
+    evaluator_config: EvaluatorConfig | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+    on_episode: Callable[[EpisodeRecord], bool | None] | None = None,
+) -> tuple[SearchResult, MixedPrecisionEnv, Evaluator]:
+    env, evaluator = build_env(
+        ws, get_device(device_name), budget, evaluator_config=evaluator_config, env_kwargs=env_kwargs
+    )
+    result = run_search(env, config, on_episode=on_episode)
+    return result, env, evaluator
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    name: str
+    policy: Policy | None  # None = FP32
+    accuracy: float
+    latency_ms: float | None
+    energy_mj: float | None
+    size_bits: int
+    speedup_vs_8bit: float | None
+    energy_saving_vs_8bit: float | None
+    robust: Mapping[str, Any] = field(default_factory=dict)  # eps label -> {"worst": f, attack label: f}
+
+
+def _float_size(ws: Workspace) -> int:
+    return sum(ly.params * 32 for ly in ws.layers)
+
+
+def compare_policies(
+    ws: Workspace,
+    policies: Mapping[str, Policy | None],
+    device_name: str,
+    *,
+    split: str = "test",
+    robust_eval: Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, Any]] | None = None,
+) -> list[CompareRow]:
+    """Score each entry on ``split`` and price it on the device; ``None`` is the FP32 model (not priced)."""
+    cost_model = get_device(device_name)
+    x, y = ws.split(split)
+    ref_cost = policy_cost(cost_model, ws.layers, ws.uniform(8))
+    rows = []
+    for name, policy in policies.items():
+        if policy is None:
+            model, lat, energy, size = ws.model, None, None, _float_size(ws)
+        else:
+            policy.check_against(ws.layer_names)
+            model = apply_policy(ws.model, policy, ws.calibration)
+            pc = policy_cost(cost_model, ws.layers, policy)
+            lat, energy, size = pc.latency_ms, pc.energy_mj, int(pc.size_bits)
+        acc = clean_accuracy(model, x.to(ws.device), y.to(ws.device))
+        speedup = ref_cost.latency_ms / lat if lat else None
+        saving = ref_cost.energy_mj / energy if (energy and ref_cost.energy_mj) else None
+        robust = dict(robust_eval(model, x, y)) if robust_eval else {}
+        rows.append(CompareRow(name, policy, acc, lat, energy, size, speedup, saving, robust))
+    return rows
+
+
+def standard_entries(
+    ws: Workspace, policies: Mapping[str, Policy], bits: Sequence[int] = (8, 4)
+) -> dict[str, Policy | None]:
+    entries: dict[str, Policy | None] = {"FP32": None}
+    for b in bits:
+        entries[f"fixed W{b}A{b}"] = ws.uniform(b)
+    entries.update(policies)
+    return entries
