@@ -13,6 +13,15 @@ from hwsearch.quant import QuantWrapper
 from hwsearch.robust import AmplificationResult, amplification_profile, write_amplification
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads thrash; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _orthogonal_linear(n: int, scale: float = 1.0, seed: int = 0) -> nn.Linear:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g))

@@ -23,6 +23,15 @@ from hwsearch.robust import (
 N_CLASSES = 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads thrash; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _blobs(n: int, seed: int, shape: tuple[int, ...], noise: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Class prototypes in [0, 1] plus Gaussian noise: separable, but only by a margin of order 0.2."""
     g = torch.Generator().manual_seed(seed)

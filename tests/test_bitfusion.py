@@ -114,7 +114,7 @@ def test_published_ms_per_image(reference: dict) -> None:
     assert isinstance(pub, BitFusionCostModel)
     assert rows[0][3] == BitFusionConfig(energy=rows[0][3].energy)  # the sweep's published point
     per_net: dict[str, int] = defaultdict(int)
-    for net, shape, ref, _ in rows:
+    for net, _shape, ref, _cfg in rows:
         per_net[net] += ref["Cycles"]
     for net, cycles in per_net.items():
         ours = sum(simulate(s, pub.config).cycles for n, s, _, _ in rows if n == net)
@@ -172,7 +172,7 @@ LAYERS = [
 
 
 @pytest.mark.parametrize("device", ["bitfusion", "bitfusion-edge", "bitfusion-cloud"])
-@pytest.mark.parametrize("layer", LAYERS, ids=lambda l: l.name)
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
 def test_cost_non_increasing_as_bits_fall(device: str, layer: LayerInfo) -> None:
     model = get_device(device)
     cost = {(w, a): model.layer_cost(layer, w, a).latency_ms for w in range(1, 9) for a in range(1, 9)}

@@ -13,6 +13,15 @@ from hwsearch.quant import QuantWrapper, quantizable_names
 from hwsearch.robust import LipschitzRegularizer, layer_lipschitz_bounds, lipschitz_regularizer, orthogonality_penalty
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads thrash; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _orthogonal_(w: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Fill ``w`` (out, ...) so that its (out, rest) reshape has orthonormal rows or columns."""
     g = torch.Generator().manual_seed(seed)

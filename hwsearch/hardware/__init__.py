@@ -5,8 +5,6 @@ from __future__ import annotations
 from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, UnknownDeviceError, bit_key, check_bits
 from hwsearch.hardware.bismo import BismoConfig, BismoCostModel, BismoResult, bismo_matmul
 from hwsearch.hardware.bitfusion import (
-    compute_cycles,
-    fastest_mode,
     ALL_ORDERS,
     DEFAULT_ORDERS,
     BitFusionConfig,
@@ -14,6 +12,8 @@ from hwsearch.hardware.bitfusion import (
     BitFusionEnergy,
     ConvShape,
     SimResult,
+    compute_cycles,
+    fastest_mode,
     layer_shape,
     perf_factor,
     simulate,

@@ -246,10 +246,8 @@ def _simulate_cached(shape: ConvShape, config: BitFusionConfig, orders: tuple[tu
 
     # Tile footprints in bits: weights padded along the reduction, outputs as padded 32-bit partial sums.
     wgt = _ceil_div(kh * kw * ic, npf) * npf * oc * w
-    if shape.im2col:
-        act = ow * oh * kh * kw * ic * b * a
-    else:
-        act = (kw + (ow - 1) * sw) * (kh + (oh - 1) * sh) * ic * b * a
+    in_rows, in_cols = (oh * kh, ow * kw) if shape.im2col else (kh + (oh - 1) * sh, kw + (ow - 1) * sw)
+    act = in_rows * in_cols * ic * b * a
     out = ow * oh * oc_pad * b * _PSUM_BITS
     half = (cfg.wbuf_bytes * 4, cfg.ibuf_bytes * 4, cfg.obuf_bytes * 4)  # bits in half a buffer
     fits = (wgt <= half[0]) & (act <= half[1]) & (out <= half[2])
@@ -270,10 +268,7 @@ def _simulate_cached(shape: ConvShape, config: BitFusionConfig, orders: tuple[tu
 
     # Buffer accesses inside a tile: the cheapest of input-, output- and weight-stationary (energy only).
     is_loop = oc_pad
-    if shape.im2col:
-        os_loop = _ceil_div(ic * kh * kw, npf) * npf
-    else:
-        os_loop = _ceil_div(ic, npf) * npf * kh * kw
+    os_loop = _ceil_div(ic * kh * kw, npf) * npf if shape.im2col else _ceil_div(ic, npf) * npf * kh * kw
     ws_loop = b * oh * ow
     is_e = (os_loop * ws_loop) * (a + is_loop * (w + _PSUM_BITS))
     os_e = (is_loop * ws_loop) * (_PSUM_BITS + os_loop * (a + w))

@@ -161,9 +161,7 @@ class CostTable:
         key = bit_key(w_bits, a_bits)
         cell = row.get(key)
         if cell is None:
-            raise TableError(
-                f"table for device {self.device!r} has no {key} cost for {who}; it has {', '.join(row)}"
-            )
+            raise TableError(f"table for device {self.device!r} has no {key} cost for {who}; it has {', '.join(row)}")
         return cell
 
     def to_cost(self, cell: TableEntry) -> LayerCost:
@@ -324,7 +322,7 @@ def import_haq_npy(
             f"HAQ table {str(p)!r} has {arr.shape[0]} layers but the model has {len(layers)} quantizable layers"
         )
     entries: dict[str, dict[str, dict[str, float | None]]] = {}
-    for layer, grid in zip(layers, arr):
+    for layer, grid in zip(layers, arr, strict=True):
         sig = layer.signature(batch)
         row = {
             bit_key(w, a): {"latency": float(grid[w - 1, a - 1]), "energy": None}

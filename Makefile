@@ -1,0 +1,34 @@
+# Installs into the active Python environment (your venv when one is active), so an existing torch is reused.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+OUT ?= runs/demo
+# pip's cap on this kind of machine keeps torch at the local 2.14.1 build; elsewhere any torch in range works.
+INSTALL_STAMP := .install.stamp
+
+.PHONY: install install-dev demo test test-fast lint clean
+
+$(INSTALL_STAMP): pyproject.toml
+	$(PIP) install -q -e ".[dev]"
+	@touch $(INSTALL_STAMP)
+
+install: $(INSTALL_STAMP)
+
+demo: install
+	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt
+	$(PYTHON) -m hwsearch.cli search --checkpoint $(OUT)/fp32.pt --device bitfusion-edge --budget latency=0.5x \
+		--out $(OUT)/search --overwrite
+	$(PYTHON) -m hwsearch.cli compare --checkpoint $(OUT)/fp32.pt --device bitfusion-edge \
+		--policy searched=$(OUT)/search/policy.json --out $(OUT)/report
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint: install
+	$(PYTHON) -m ruff check hwsearch envs tests benchmarks
+	$(PYTHON) -m ruff format --check hwsearch envs tests benchmarks
+
+clean:
+	rm -rf $(INSTALL_STAMP) build *.egg-info .pytest_cache .ruff_cache

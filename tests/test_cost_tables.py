@@ -1,0 +1,189 @@
+"""Cost table format: build, save/load, lookups, validation, HAQ and APQ imports."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwsearch.errors import TableError
+from hwsearch.hardware import (
+    CostTable,
+    TableCostModel,
+    build_table,
+    get_device,
+    import_apq_json,
+    import_haq_npy,
+    load_table,
+    policy_cost,
+    save_table,
+)
+from hwsearch.layers import LayerInfo, discover_layers
+from hwsearch.policy import uniform_policy
+
+REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+HAQ = REF / "haq_qmobilenetv2_imagenet100_batch16_latency_table.npy"
+APQ = REF / "apq_BitFusion_new.b1.json"
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(), nn.Linear(512, 10)
+    )
+
+
+@pytest.fixture(scope="module")
+def small_table() -> tuple[CostTable, list[LayerInfo]]:
+    layers = discover_layers(_net(), (3, 8, 8))
+    model = get_device("bitfusion-edge")
+    table = build_table(model, layers, batch=1, model="tiny", bits=(2, 4, 8), generator={"device": "bitfusion-edge"})
+    return table, layers
+
+
+def _good() -> dict:
+    return {
+        "schema": 1,
+        "device": "dev",
+        "batch": 1,
+        "method": "measured",
+        "source": "test",
+        "units": {"latency": "ms", "energy": "mJ"},
+        "entries": {"conv-sig": {"W8A8": {"latency": 1.5, "energy": None}}},
+    }
+
+
+def test_round_trip_and_same_costs_as_analytical(small_table, tmp_path: Path) -> None:
+    table, layers = small_table
+    path = save_table(table, tmp_path / "sub" / "t.json")
+    assert [p.name for p in path.parent.iterdir()] == ["t.json"]  # atomic: no temp file left
+    loaded = load_table(path)
+    assert loaded == table or loaded.to_dict() == table.to_dict()
+    assert loaded.method == "analytical" and loaded.batch == 1 and loaded.model == "tiny"
+    names = [x.name for x in layers]
+    for bits in (2, 4, 8):
+        pol = uniform_policy(names, bits)
+        ours = policy_cost(TableCostModel(loaded), layers, pol)
+        ref = policy_cost(get_device("bitfusion-edge"), layers, pol)
+        assert ours.latency_ms == pytest.approx(ref.latency_ms, rel=1e-12)
+        assert ours.energy_mj == pytest.approx(ref.energy_mj, rel=1e-12)
+    assert TableCostModel(loaded).supported_bits() == (2, 4, 8)
+
+
+def test_missing_signature_names_it_and_the_build_command(small_table) -> None:
+    table, _ = small_table
+    other = LayerInfo("head", "conv", 0, 3, 64, (7, 7), (2, 2), (3, 3), 1, (224, 224), (112, 112), 9408, True)
+    with pytest.raises(TableError) as exc:
+        TableCostModel(table).layer_cost(other, 8, 8)
+    msg = str(exc.value)
+    assert other.signature(1) in msg and "'head'" in msg
+    assert "hwsearch latency build --device bitfusion-edge --model tiny" in msg
+
+
+def test_missing_bit_pair_lists_present_pairs(small_table) -> None:
+    table, layers = small_table
+    with pytest.raises(TableError, match=r"no W3A3 cost .* it has W2A2"):
+        TableCostModel(table).layer_cost(layers[0], 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        ({"schema": 2}, "schema 2 is not supported"),
+        ({"method": "guessed"}, "method"),
+        ({"batch": 0}, "batch"),
+        ({"units": {"latency": "s", "energy": "mJ"}}, "latency unit 's'"),
+        ({"units": {"latency": "ms", "energy": "J"}}, "energy unit 'J'"),
+        ({"units": {"latency": "cycles", "energy": "mJ"}}, "clock_hz"),
+        ({"entries": {}}, "no entries"),
+        ({"entries": {"s": {"W9A8": {"latency": 1.0}}}}, "bit key 'W9A8'"),
+        ({"entries": {"s": {"W8A8": {"latency": -1.0}}}}, "must be positive"),
+        ({"entries": {"s": {"W8A8": {"latency": 0.0}}}}, "must be positive"),
+        ({"entries": {"s": {"W8A8": {"latency": math.inf}}}}, "not finite"),
+        ({"entries": {"s": {"W8A8": {"latency": 1.0, "energy": math.nan}}}}, "not finite"),
+        ({"entries": {"s": {"W8A8": {"latency": "fast"}}}}, "not a number"),
+        ({"extra": 1}, "unknown field"),
+    ],
+)
+def test_bad_tables_are_rejected(tmp_path: Path, patch: dict, match: str) -> None:
+    data = {**_good(), **patch}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TableError, match=match):
+        load_table(path)
+
+
+def test_good_minimal_table_loads(tmp_path: Path) -> None:
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps(_good()))
+    t = load_table(path)
+    assert t.entry("conv-sig", 8, 8).latency == 1.5 and t.entry("conv-sig", 8, 8).energy is None
+
+
+def test_not_json_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text("{nope")
+    with pytest.raises(TableError, match="not valid JSON"):
+        load_table(path)
+    with pytest.raises(TableError, match="does not exist"):
+        load_table(tmp_path / "absent.json")
+
+
+@pytest.mark.skipif(not HAQ.is_file(), reason=f"HAQ reference table not found at {HAQ}")
+def test_haq_import_totals_on_mobilenet_v2(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    with torch.device("meta"):  # shapes only: no weights initialised, no arithmetic
+        net = torchvision.models.mobilenet_v2(num_classes=100)
+    layers = discover_layers(net, (3, 224, 224))
+    assert len(layers) == 53
+    table = import_haq_npy(HAQ, layers, model="mobilenet_v2", clock_hz=500e6)
+    assert table.method == "imported" and table.units["latency"] == "cycles" and table.batch == 16
+    total = {b: sum(table.entry(x.signature(16), b, b).latency for x in layers) for b in (8, 2)}
+    assert total == {8: 39_624_933, 2: 7_063_425}
+    loaded = load_table(save_table(table, tmp_path / "haq.json"))
+    cost = policy_cost(TableCostModel(loaded), layers, uniform_policy([x.name for x in layers], 8))
+    assert cost.latency_ms == pytest.approx(39_624_933 / 500e6 * 1e3 / 16)
+    assert cost.energy_mj is None
+
+
+@pytest.mark.skipif(not HAQ.is_file(), reason=f"HAQ reference table not found at {HAQ}")
+def test_haq_import_refuses_wrong_layer_count() -> None:
+    layers = discover_layers(_net(), (3, 8, 8))
+    with pytest.raises(TableError, match="53 layers but the model has 3"):
+        import_haq_npy(HAQ, layers)
+
+
+@pytest.mark.skipif(not APQ.is_file(), reason=f"APQ reference table not found at {APQ}")
+def test_apq_import_looks_up_known_key() -> None:
+    raw = json.loads(APQ.read_text())
+    key = "(96, 456, 14, 1, 1, 0, 1)-W4A4"
+    table = import_apq_json(APQ)
+    assert table.batch == 1 and table.units["latency"] == "ms"
+    layer = LayerInfo("blk", "conv", 5, 96, 456, (1, 1), (1, 1), (0, 0), 1, (14, 14), (14, 14), 96 * 456, False)
+    cost = TableCostModel(table).layer_cost(layer, 4, 4)
+    assert cost.latency_ms == raw[key]["latency"] and cost.energy_mj == raw[key]["energy"]
+    assert TableCostModel(table).supported_bits() == (4, 6, 8)
+
+
+def test_cli_build_then_show_from_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from hwsearch.cli_latency import add_latency_parser
+
+    parser = argparse.ArgumentParser()
+    add_latency_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "t.json"
+    args = parser.parse_args(["latency", "build", "--device", "bismo-edge", "--model", "smallcnn", "--out", str(out)])
+    assert args.func(args) == 0
+    table = load_table(out)
+    assert table.device == "bismo-edge" and table.model == "smallcnn" and table.method == "analytical"
+    args = parser.parse_args(["latency", "show", "--model", "smallcnn", "--table", str(out)])
+    assert args.func(args) == 0
+    assert "total on bismo-edge" in capsys.readouterr().out
+    args = parser.parse_args(["latency", "show", "--model", "smallcnn", "--device", "nope"])
+    with pytest.raises(TableError, match="unknown device 'nope'"):
+        args.func(args)
