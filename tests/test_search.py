@@ -1,0 +1,92 @@
+"""The search: SB3 DDPG with HAQ's settings, random search, determinism, exploration noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hwsearch.budget import Budget
+from hwsearch.envs import EnvConfig, MixedPrecisionEnv
+from hwsearch.errors import ConfigError
+from hwsearch.search import HaqDDPG, SearchConfig, TruncatedNormalNoise, build_agent, run_search
+from tests.fakes import FakeCostModel, FakeEvaluator, fake_layers
+
+TINY = {"episodes": 8, "warmup_episodes": 3, "hidden": (16, 16), "batch_size": 8}
+
+
+def make_env(evaluator: FakeEvaluator | None = None) -> MixedPrecisionEnv:
+    return MixedPrecisionEnv(
+        fake_layers(), evaluator or FakeEvaluator(), FakeCostModel(), EnvConfig(budget=Budget("latency", 0.4))
+    )
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "random"])
+def test_same_seed_gives_identical_episodes(agent: str) -> None:
+    cfg = SearchConfig(agent=agent, seed=7, **TINY)
+    a = run_search(make_env(), cfg)
+    b = run_search(make_env(), cfg)
+    assert [e.policy for e in a.episodes] == [e.policy for e in b.episodes]
+    assert [e.reward for e in a.episodes] == [e.reward for e in b.episodes]
+    c = run_search(make_env(), SearchConfig(agent=agent, seed=8, **TINY))
+    assert [e.policy for e in a.episodes] != [e.policy for e in c.episodes]
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "random"])
+def test_runs_the_asked_episodes_and_tracks_the_best(agent: str) -> None:
+    ev = FakeEvaluator()
+    seen = []
+    res = run_search(make_env(ev), SearchConfig(agent=agent, **TINY), on_episode=seen.append)
+    assert len(res.episodes) == TINY["episodes"] == len(seen) == ev.calls
+    assert [e.episode for e in res.episodes] == list(range(TINY["episodes"]))
+    assert res.best.reward == max(e.reward for e in res.episodes)
+    assert all(e.relative_cost <= 0.4 + 1e-9 for e in res.episodes)
+
+
+def test_on_episode_returning_false_stops_early() -> None:
+    res = run_search(make_env(), SearchConfig(**TINY), on_episode=lambda rec: rec.episode < 2)
+    assert len(res.episodes) == 3
+
+
+def test_agent_has_haq_settings() -> None:
+    env = make_env()
+    cfg = SearchConfig(episodes=50)
+    agent = build_agent(env, cfg)
+    assert isinstance(agent, HaqDDPG)
+    assert agent.learning_starts == 20 * env.n_steps
+    assert agent.gamma == 1.0 and agent.tau == 0.01 and agent.batch_size == 64
+    assert agent.replay_buffer.buffer_size == 128 * env.n_steps
+    assert [m.out_features for m in agent.actor.mu if isinstance(m, torch.nn.Linear)] == [300, 300, 1]
+    from stable_baselines3.common.logger import configure
+
+    agent.set_logger(configure(None, []))
+    agent._update_learning_rate([agent.actor.optimizer, agent.critic.optimizer])
+    assert agent.actor.optimizer.param_groups[0]["lr"] == 1e-4
+    assert agent.critic.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_truncated_noise_stays_in_bounds_and_decays_after_warmup() -> None:
+    noise = TruncatedNormalNoise(sigma=1.0, decay=0.5, warmup_episodes=2, seed=0)
+    acts = noise.perturb(np.full((1000, 1), 0.9, dtype=np.float32))
+    assert acts.min() >= -1 and acts.max() <= 1
+    assert (acts > 0.9).mean() < 0.5 < (acts < 0.9).mean() + 0.2  # truncation, not clipping: no pile at +1
+    assert (acts == 1.0).sum() == 0
+    for _ in range(2):
+        noise.reset()
+    assert noise.sigma == 1.0
+    noise.reset()
+    noise.reset()
+    assert noise.sigma == 0.25
+    state = noise.get_state()
+    x = noise.perturb(np.zeros((4, 1)))
+    noise.set_state(state)
+    assert np.array_equal(noise.perturb(np.zeros((4, 1))), x)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("agent", "ppo"), ("episodes", 0), ("warmup_episodes", -1), ("actor_lr", 0.0), ("gamma", 1.5), ("hidden", ())],
+)
+def test_bad_search_config_is_refused(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field.split("_")[0]):
+        SearchConfig(**{field: value})
