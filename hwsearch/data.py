@@ -314,6 +314,8 @@ def _torchvision_splits(name: str, root: str | os.PathLike[str] | None, image_si
             classes = tuple(train_full.classes)
     except (RuntimeError, OSError) as exc:
         raise DatasetError(f"{name} files not found or corrupt in {path}; put {what} there") from exc
+    except ImportError as exc:  # torchvision reads SVHN's .mat files with scipy
+        raise DatasetError(f"{name} needs {exc.name or 'an optional package'} installed: {exc}") from exc
     train, val = _train_val_subsets(train_full, labels)
     side = image_size or 32
     return DataSplits(

@@ -67,28 +67,30 @@ class NormalizedModel(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Three 3x3 convs and two linears (5 quantizable layers); the default, ~97% on mnist5k in a few epochs.
+    """Three 3x3 convs and two linears (5 quantizable layers); the default: 95.5-96.7% on mnist5k test
+    after 5 epochs with TrainConfig defaults (val ~97%).
 
+    Shaped for bit widths to matter on an accelerator: the first conv (one input channel, which no array can
+    parallelise) has stride 2 so it is a small share of the cost, and the wider later layers dominate it.
     The last pool is adaptive (to 3x3), so any input size works and the classifier shape is size-independent.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential()
-        self.features.add_module("conv1", nn.Conv2d(in_channels, 16, 3, padding=1))
+        self.features.add_module("conv1", nn.Conv2d(in_channels, 32, 3, stride=2, padding=1))
         self.features.add_module("relu1", nn.ReLU())
-        self.features.add_module("pool1", nn.MaxPool2d(2, ceil_mode=True))
-        self.features.add_module("conv2", nn.Conv2d(16, 32, 3, padding=1))
+        self.features.add_module("conv2", nn.Conv2d(32, 64, 3, padding=1))
         self.features.add_module("relu2", nn.ReLU())
         self.features.add_module("pool2", nn.MaxPool2d(2, ceil_mode=True))
-        self.features.add_module("conv3", nn.Conv2d(32, 64, 3, padding=1))
+        self.features.add_module("conv3", nn.Conv2d(64, 128, 3, padding=1))
         self.features.add_module("relu3", nn.ReLU())
         self.features.add_module("pool3", nn.AdaptiveMaxPool2d(3))
         self.classifier = nn.Sequential()
         self.classifier.add_module("flatten", nn.Flatten())
-        self.classifier.add_module("fc1", nn.Linear(64 * 3 * 3, 128))
+        self.classifier.add_module("fc1", nn.Linear(128 * 3 * 3, 256))
         self.classifier.add_module("relu4", nn.ReLU())
-        self.classifier.add_module("fc2", nn.Linear(128, num_classes))
+        self.classifier.add_module("fc2", nn.Linear(256, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

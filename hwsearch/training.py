@@ -85,7 +85,8 @@ def train(
     Records are ``{"epoch": 1.., "loss": mean objective, "train_acc": running top-1}`` (plus ``"reg"``, the
     mean regulariser value, when a regulariser is given). The objective is cross-entropy plus
     ``regularizer(model)``. Only parameters with ``requires_grad`` are optimised, so frozen parts stay put.
-    Shuffling and any randomness in the model are seeded by ``config.seed``: same seed, same weights on CPU.
+    Shuffling and any randomness in the model are seeded by ``config.seed`` (the global RNGs are reseeded
+    with it): same seed and same initial weights, same trained weights on CPU.
     ``on_epoch(epoch, record)`` is where callers report progress (the library never prints).
     """
     device = _available(config.device)

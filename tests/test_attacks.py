@@ -198,6 +198,23 @@ def test_worst_case_is_per_sample_intersection(cnn) -> None:
     assert set(r.per_attack) == {a.label for a in report_attacks(0.1, steps=5, restarts=1)}
 
 
+def test_cascade_keeps_the_worst_case_and_makes_columns_cumulative(cnn) -> None:
+    model, x, y = cnn
+    q = _quantized(model, 3, x)
+    atks = [
+        AttackConfig("pgd", 0.1, 5, grad="ste", random_start=False),
+        AttackConfig("pgd", 0.1, 5, grad="shadow", loss="margin", random_start=False),
+        AttackConfig("fgsm", 0.1),
+    ]
+    full = robust_accuracy(q, x, y, atks)
+    fast = robust_accuracy(q, x, y, atks, cascade=True)
+    cols = list(fast.per_attack.values())
+    assert fast.clean == full.clean
+    assert cols[0] == full.per_attack[atks[0].label]
+    assert cols == sorted(cols, reverse=True) and cols[-1] == fast.worst
+    assert abs(fast.worst - full.worst) <= 1 / len(y)
+
+
 def test_restarts_keep_every_earlier_success(cnn) -> None:
     model, x, y = cnn
     one = attack(model, x, y, AttackConfig(eps=0.1, steps=3), generator=torch.Generator().manual_seed(5))

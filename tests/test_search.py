@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 
 from hwsearch.budget import Budget
-from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.search import HaqDDPG, SearchConfig, TruncatedNormalNoise, build_agent, run_search
 from tests.fakes import FakeCostModel, FakeEvaluator, fake_layers

@@ -335,14 +335,19 @@ def robust_accuracy(
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | str | None = None,
+    cascade: bool = False,
 ) -> RobustResult:
     """Clean accuracy and per-sample worst-case robust accuracy of ``model`` over ``attacks``.
 
     An image counts robust only if it is correct clean and correct under every attack; each attack's own
-    column counts images correct clean and under that attack. Each attack draws its random starts from its own
-    generator seeded with ``seed``, so a column does not depend on the other attacks in the list, and two
-    attacks that differ only in gradient route start from the same points. ``device`` moves the models there
-    (default: where the model already is).
+    column counts images correct clean and under that attack. Images misclassified clean are never attacked.
+    Each attack draws its random starts from its own generator seeded with ``seed``, so two attacks that
+    differ only in gradient route start from the same points. ``device`` moves the models there (default:
+    where the model already is).
+
+    ``cascade=True`` attacks an image only while it is still robust, in list order: the same worst case for
+    a fraction of the cost (most images fall to the first attack at large eps), but then each column is the
+    cumulative figure, robust to that attack and every one before it (the first column is unchanged).
     """
     attacks = list(attacks)
     labels = [a.label for a in attacks]
@@ -368,9 +373,15 @@ def robust_accuracy(
             yb = y[lo : lo + batch_size].to(dev)
             ok = ~_wrong(model, xb, yb)
             clean_ok[lo : lo + batch_size] = ok.cpu()
+            alive = ok.clone()
             for i, cfg in enumerate(attacks):
-                x_adv = attack(model, xb, yb, cfg, source_model=source_model, generator=gens[i])
-                per[i, lo : lo + batch_size] = (ok & ~_wrong(model, x_adv, yb)).cpu()
+                idx = (alive if cascade else ok).nonzero().squeeze(1)
+                survived = torch.zeros_like(ok)
+                if idx.numel():
+                    x_adv = attack(model, xb[idx], yb[idx], cfg, source_model=source_model, generator=gens[i])
+                    survived[idx] = ~_wrong(model, x_adv, yb[idx])
+                alive &= survived
+                per[i, lo : lo + batch_size] = (alive if cascade else survived).cpu()
     worst = clean_ok.clone()
     for row in per:
         worst &= row

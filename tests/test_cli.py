@@ -1,0 +1,143 @@
+"""The CLI, in-process: outputs of each command, and one clear line with exit code 2 for each user mistake."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hwsearch.cli import main
+from hwsearch.policy import load_policy
+
+SEARCH_FAST = ["--episodes", "4", "--warmup", "2", "--hidden", "16", "16", "--quiet"]
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hwsearch: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_search_writes_policy_episodes_and_summary(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    args = ["search", "--checkpoint", str(checkpoint), "--out", str(out), "--budget", "latency=0.8x"]
+    assert main(args + SEARCH_FAST) == 0
+    policy = load_policy(out / "policy.json")
+    assert policy.names() == [
+        "net.features.conv1",
+        "net.features.conv2",
+        "net.features.conv3",
+        "net.classifier.fc1",
+        "net.classifier.fc2",
+    ]
+    assert policy.meta["relative_cost"] <= 0.8 + 1e-9
+    rows = list(csv.DictReader((out / "episodes.csv").open()))
+    assert len(rows) == 4 and rows[0]["net.features.conv1"].count("/") == 1
+    assert "Where time went" in (out / "summary.md").read_text()
+    # a second run into the same folder is refused unless asked
+    assert main(args + SEARCH_FAST) == 2
+
+
+def test_compare_writes_report_with_baselines(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = tmp_path / "s"
+    assert main(["search", "--checkpoint", str(checkpoint), "--out", str(search), *SEARCH_FAST]) == 0
+    out = tmp_path / "report"
+    code = main(
+        [
+            "compare",
+            "--checkpoint",
+            str(checkpoint),
+            "--policy",
+            f"mine={search / 'policy.json'}",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    for name in ("FP32", "fixed W8A8", "fixed W4A4", "mine"):
+        assert f"| {name} |" in table
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["fixed W8A8"]["speedup_vs_8bit"] == pytest.approx(1.0)
+    assert rows["fixed W4A4"]["latency_ms"] < rows["fixed W8A8"]["latency_ms"]
+    assert rows["FP32"]["latency_ms"] is None
+    assert (out / "report.csv").read_text().startswith("name,")
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["search", "--checkpoint", "/nonexistent/fp32.pt"], "/nonexistent/fp32.pt"),
+        (["search", "--device", "tpu-v9"], "tpu-v9"),
+        (["search", "--budget", "latency=0.01x"], "raise it to at least"),
+        (["search", "--budget", "latency=-1x"], "budget"),
+        (["search", "--budget", "speed=0.5x"], "malformed"),
+        (["search", "--agent", "ppo"], "ppo"),
+        (["compare", "--device", "tpu-v9"], "tpu-v9"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(
+    argv: list[str], match: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*argv]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(checkpoint)]
+    if argv[0] == "search":
+        argv += ["--out", str(tmp_path / "o"), *SEARCH_FAST]
+    assert main(argv) == 2
+    assert match in one_line_error(capsys)
+    assert not (tmp_path / "o" / "policy.json").exists()
+
+
+def test_unknown_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--model", "resnet9000", "--out", str(tmp_path / "x.pt"), "--quiet"]) == 2
+    assert "resnet9000" in one_line_error(capsys)
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("layers", "match"),
+    [
+        ({"net.features.conv1": {"w": 4, "a": 4}, "ghost.layer": {"w": 4, "a": 4}}, "ghost.layer"),
+        ({"net.features.conv1": {"w": 12, "a": 4}}, "out of range"),
+        ({"net.features.conv1": {"w": 4, "a": 4}}, "misses layer"),
+    ],
+)
+def test_bad_policies_exit_2(
+    layers: dict, match: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps({"schema": 1, "layers": layers}))
+    assert main(["compare", "--checkpoint", str(checkpoint), "--policy", str(p), "--quiet"]) == 2
+    assert match in one_line_error(capsys)
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hwsearch.cli",
+            "search",
+            "--checkpoint",
+            str(tmp_path / "missing.pt"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "missing.pt" in proc.stderr
