@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -109,16 +111,58 @@ def _attack_list(args: argparse.Namespace) -> tuple[Any, ...]:
     return tuple(AttackConfig(method=kind, eps=args.eps, steps=args.steps, grad=g) for g in grads)
 
 
+_RUN_KEYS = (
+    "checkpoint",
+    "data_root",
+    "compute_device",
+    "device",
+    "budget",
+    "episodes",
+    "warmup",
+    "agent",
+    "hidden",
+    "min_bits",
+    "max_bits",
+    "acc_weight",
+    "robust_weight",
+    "cost_weight",
+    "attack",
+    "eps",
+    "steps",
+    "seed",
+    "checkpoint_every",
+)
+
+
+def _resume_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The settings of the run being resumed; only output-related flags come from this command line."""
+    run = Path(args.resume) / "run.json"
+    if not run.is_file():
+        raise ConfigError(f"{str(args.resume)!r} holds no search to resume (no run.json); start one with --out")
+    try:
+        saved = json.loads(run.read_text(encoding="utf-8"))["args"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{str(run)!r} is corrupt; start a new search with --out") from None
+    merged = dict(vars(args))
+    merged.update({k: saved[k] for k in _RUN_KEYS if k in saved})
+    merged["out"] = str(args.resume)
+    return argparse.Namespace(**merged)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from hwsearch.budget import parse_budget
+    from hwsearch.envs import EvalResult
     from hwsearch.evaluate import EvaluatorConfig
     from hwsearch.hardware import get_device
     from hwsearch.io import atomic_write_json, atomic_write_text
     from hwsearch.policy import save_policy
-    from hwsearch.report import EpisodeLog, search_summary
-    from hwsearch.search import SearchConfig, run_search
+    from hwsearch.report import EpisodeLog, read_episode_log, search_summary
+    from hwsearch.search import SearchCheckpoint, SearchConfig, run_search
     from hwsearch.workflow import build_env, prepare
 
+    resuming = bool(args.resume)
+    if resuming:
+        args = _resume_args(args)
     budget = parse_budget(args.budget)
     cost_model = get_device(args.device)
     config = SearchConfig(
@@ -130,7 +174,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         device="cpu",
     )
     attacks = _attack_list(args)
-    out = _out_dir(args.out, args.overwrite, "episodes.csv")
+    out = Path(args.out) if resuming else _out_dir(args.out, args.overwrite, "episodes.csv")
+    if not resuming:
+        record = {k: getattr(args, k) for k in _RUN_KEYS}
+        atomic_write_json(out / "run.json", {"schema": 1, "args": record})
     t0 = time.perf_counter()
     ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
     env_kwargs = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
@@ -140,10 +187,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     env, evaluator = build_env(
         ws, cost_model, budget, evaluator_config=EvaluatorConfig(attacks=attacks, seed=args.seed), env_kwargs=env_kwargs
     )
+    history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
+    for rec in history:  # finished episodes need no second evaluation
+        evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)
     setup_s = time.perf_counter() - t0
-    log = EpisodeLog(out / "episodes.csv", ws.layer_names)
+    log = EpisodeLog(out / "episodes.csv", ws.layer_names, keep=len(history) if resuming else None)
+    ckpt = SearchCheckpoint(out / "checkpoint", every=args.checkpoint_every)
     bar = _progress(config.episodes, args.quiet, f"search ({config.agent})")
-    best = [float("-inf")]
+    bar.update(len(history))
+    best = [max((r.reward for r in history), default=float("-inf"))]
 
     def on_episode(rec: Any) -> None:
         log.append(rec)
@@ -151,8 +203,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(best=f"{best[0]:.3f}", acc=f"{rec.accuracy:.3f}", cost=f"{rec.relative_cost:.2f}")
 
-    result = run_search(env, config, on_episode=on_episode)
+    with _StopOnSignal() as stop:
+        result = run_search(env, config, on_episode=on_episode, checkpoint=ckpt, history=history, should_stop=stop)
     bar.close()
+    if stop():
+        print(
+            f"hwsearch: stopped by {stop.signal_name} after {len(result.episodes)} episodes; "
+            f"continue with: hwsearch search --resume {out}",
+            file=sys.stderr,
+        )
+        return 130
     top = result.best
     meta = {
         "source": "hwsearch search",
@@ -190,13 +250,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
     atomic_write_text(out / "summary.md", summary)
-    atomic_write_json(out / "run.json", {"schema": 1, "args": {k: v for k, v in vars(args).items() if k != "func"}})
     _say(
         args,
         f"best policy: val accuracy {100 * top.accuracy:.2f}% at {top.relative_cost:.3f}x fixed-8-bit "
         f"{budget.metric} ({top.latency_ms:.5g} ms on {args.device}); written to {out / 'policy.json'}",
     )
     return 0
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag the search checks every step, so it stops cleanly after a checkpoint."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopOnSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 # -------------------------------------------------------------------------------------------- compare
@@ -271,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/search")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted search in DIR")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="episodes between agent checkpoints")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("compare", help="compare FP32, fixed-bit baselines and policies on the test split")

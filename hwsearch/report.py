@@ -17,6 +17,7 @@ __all__ = [
     "EPISODE_FIELDS",
     "episode_row",
     "EpisodeLog",
+    "read_episode_log",
     "compare_table",
     "compare_records",
     "write_compare",
@@ -59,11 +60,15 @@ def episode_row(rec: EpisodeRecord) -> dict[str, Any]:
 class EpisodeLog:
     """``episodes.csv``, appended and flushed one finished episode at a time so a crash loses none."""
 
-    def __init__(self, path: Path, layer_names: Sequence[str]) -> None:
+    def __init__(self, path: Path, layer_names: Sequence[str], keep: int | None = None) -> None:
+        """Start a log, or with ``keep`` (resume) rewrite it to its first ``keep`` intact episodes."""
         self.path = Path(path)
         self.fields = [*EPISODE_FIELDS, *layer_names]
-        if not self.path.exists():
+        if keep is None or not self.path.exists():
             atomic_write_text(self.path, ",".join(self.fields) + "\n")
+        else:
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            atomic_write_text(self.path, "".join(lines[: 1 + keep]))
 
     def append(self, rec: EpisodeRecord) -> None:
         buf = io.StringIO()
@@ -71,6 +76,41 @@ class EpisodeLog:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(buf.getvalue())
             fh.flush()
+
+
+def read_episode_log(path: Path, layer_names: Sequence[str]) -> list[EpisodeRecord]:
+    """Episodes a run finished, read back from its log; a torn last line (killed mid-write) is dropped."""
+    from hwsearch.policy import LayerBits, Policy
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records: list[EpisodeRecord] = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                layers = {}
+                for n in layer_names:
+                    w, a = row[n].split("/")
+                    layers[n] = LayerBits(int(w), int(a))
+                rob = row["robust_accuracy"]
+                energy = row["energy_mj"]
+                records.append(
+                    EpisodeRecord(
+                        episode=len(records),
+                        policy=Policy(layers),
+                        reward=float(row["reward"]),
+                        accuracy=float(row["accuracy"]),
+                        robust_accuracy=float(rob) if rob else None,
+                        latency_ms=float(row["latency_ms"]),
+                        energy_mj=float(energy) if energy else None,
+                        size_bits=float(row["size_bits"]),
+                        relative_cost=float(row["relative_cost"]),
+                    )
+                )
+            except (KeyError, ValueError, AttributeError, TypeError):
+                break
+    return records
 
 
 def compare_records(rows: Sequence[CompareRow]) -> list[dict[str, Any]]:

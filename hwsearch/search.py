@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ from stable_baselines3.common.noise import ActionNoise
 
 from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import ConfigError
+from hwsearch.io import atomic_write_json, atomic_write_text, atomic_write_with
 from hwsearch.policy import Policy
 
 __all__ = [
@@ -25,6 +29,8 @@ __all__ = [
     "SearchResult",
     "TruncatedNormalNoise",
     "HaqDDPG",
+    "SearchCheckpoint",
+    "build_agent",
     "run_search",
 ]
 
@@ -126,7 +132,8 @@ class TruncatedNormalNoise(ActionNoise):
     """HAQ's exploration: the action is redrawn from N(action, sigma) truncated to [-1, 1].
 
     Truncation (not clipping) keeps exploration from piling onto the extreme bit widths. ``sigma`` decays by
-    ``decay`` at the end of every episode after ``warmup_episodes`` (SB3 calls :meth:`reset` at episode end).
+    ``decay`` per finished episode after ``warmup_episodes``. The search sets :attr:`episodes` from its log:
+    SB3 also calls :meth:`reset` when ``learn`` starts, so counting resets would skew a resumed run.
     """
 
     def __init__(self, sigma: float, decay: float, warmup_episodes: int, seed: int = 0) -> None:
@@ -157,7 +164,7 @@ class TruncatedNormalNoise(ActionNoise):
         return self.rng.normal(0.0, self.sigma, size=(1,)).astype(np.float32)
 
     def reset(self) -> None:
-        self.episodes += 1
+        """Nothing to reset: the decay follows the episode count the search sets."""
 
     def get_state(self) -> dict[str, Any]:
         return {"episodes": self.episodes, "rng": self.rng.bit_generator.state}
@@ -175,7 +182,18 @@ class HaqDDPG(DDPG):
 
     def __init__(self, *args: Any, critic_lr: float | None = None, **kwargs: Any) -> None:
         self.critic_lr = critic_lr
+        self.after_store: Callable[[bool], None] | None = None
         super().__init__(*args, **kwargs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "after_store"]
+
+    def _store_transition(
+        self, replay_buffer: Any, buffer_action: Any, new_obs: Any, reward: Any, dones: Any, infos: Any
+    ) -> None:
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if self.after_store is not None:
+            self.after_store(bool(np.any(dones)))
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """SB3's update, on one thread: the 300x300 nets gain nothing from more, and lose badly when the
@@ -206,16 +224,79 @@ class HaqDDPG(DDPG):
 
 
 class _Recorder(BaseCallback):
-    def __init__(self, on_info: Callable[[dict[str, Any]], bool]) -> None:
+    """Hands each finished episode's info to the search; stops SB3 at the next step when asked.
+
+    A step that ends an episode always returns True, so SB3 stores that episode's last transition (the one
+    carrying the reward) before the search stops or checkpoints.
+    """
+
+    def __init__(self, on_info: Callable[[dict[str, Any]], None], stop_requested: Callable[[], bool]) -> None:
         super().__init__()
         self.on_info = on_info
+        self.stop_requested = stop_requested
 
     def _on_step(self) -> bool:
-        keep_going = True
+        ended = False
         for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
             if done and "policy" in info:
-                keep_going = self.on_info(info) and keep_going
-        return keep_going
+                self.on_info(info)
+                ended = True
+        return ended or not self.stop_requested()
+
+
+class SearchCheckpoint:
+    """Resumable search state under ``root``: versioned folders ``ckpt-NNNNNN`` and a ``LATEST`` pointer.
+
+    Each folder holds the SB3 agent (with its exploration noise), its replay buffer and ``state.json``; the
+    pointer is rewritten atomically only after a folder is complete, so a kill at any instant leaves the
+    previous checkpoint usable. The episode log (``episodes.csv``) is kept by the caller, one flushed row per
+    episode, and is the record of what finished.
+    """
+
+    def __init__(self, root: str | Path, every: int = 10, keep: int = 2) -> None:
+        if every < 1:
+            raise ConfigError(f"checkpoint interval {every} must be >= 1 episode")
+        self.root = Path(root)
+        self.every = int(every)
+        self.keep = int(keep)
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "LATEST"
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text(encoding="utf-8").strip()
+        return path if (path / "state.json").is_file() else None
+
+    def save(self, episodes_done: int, agent: DDPG | None, extra: dict[str, Any]) -> Path:
+        folder = self.root / f"ckpt-{episodes_done:06d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        if agent is not None:
+            atomic_write_with(folder / "agent.zip", lambda tmp: _save_to(tmp, agent.save))
+            atomic_write_with(folder / "replay.pkl", lambda tmp: _save_to(tmp, agent.save_replay_buffer))
+        atomic_write_json(folder / "state.json", {"schema": 1, "episodes_done": episodes_done, **extra})
+        atomic_write_text(self.root / "LATEST", folder.name + "\n")
+        for old in sorted(self.root.glob("ckpt-*"))[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def state(self) -> dict[str, Any] | None:
+        path = self.latest()
+        return None if path is None else json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+    def load_agent(self, env: MixedPrecisionEnv, config: SearchConfig) -> HaqDDPG | None:
+        path = self.latest()
+        if path is None or not (path / "agent.zip").is_file():
+            return None
+        agent = HaqDDPG.load(path / "agent.zip", env=env, device=config.device)
+        agent.load_replay_buffer(path / "replay.pkl")
+        return agent
+
+
+def _save_to(tmp: str, save: Callable[[Any], None]) -> None:
+    with open(tmp, "wb") as fh:
+        save(fh)
 
 
 def _seed_everything(seed: int) -> None:
@@ -254,35 +335,77 @@ def run_search(
     config: SearchConfig,
     *,
     on_episode: Callable[[EpisodeRecord], bool | None] | None = None,
+    checkpoint: SearchCheckpoint | None = None,
+    history: Sequence[EpisodeRecord] = (),
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> SearchResult:
-    """Run ``config.episodes`` episodes; ``on_episode`` sees each finished one (return False to stop early).
+    """Run until ``config.episodes`` episodes are recorded; ``on_episode`` sees each new one.
 
+    ``history`` holds episodes a previous, interrupted run already finished (from its log); with a
+    ``checkpoint`` that has a saved agent, the search goes on from it. ``on_episode`` returning False or
+    ``should_stop()`` turning true (a signal handler) stops at the next step, after a checkpoint.
     Same seed, same episodes on CPU: the seed reaches Python, NumPy, torch, the env and SB3.
     """
-    _seed_everything(config.seed)
-    result = SearchResult(config=config, episodes=[])
+    _seed_everything(config.seed + len(history))
+    result = SearchResult(config=config, episodes=list(history))
     start = time.perf_counter()
+    agent: HaqDDPG | None = None
+    rng = np.random.default_rng(config.seed)
+    state = checkpoint.state() if checkpoint is not None else None
+    if state is not None and "rng" in state:
+        rng.bit_generator.state = state["rng"]
 
-    def record(info: dict[str, Any]) -> bool:
+    def save() -> None:
+        if checkpoint is not None:
+            extra = {"rng": rng.bit_generator.state, "config": asdict(config)}
+            checkpoint.save(len(result.episodes), agent, extra)
+
+    stop_asked = [False]
+
+    def stop_requested() -> bool:
+        return stop_asked[0] or should_stop()
+
+    def record(info: dict[str, Any]) -> None:
         rec = EpisodeRecord.from_info(len(result.episodes), info)
         result.episodes.append(rec)
-        stop = on_episode(rec) is False if on_episode else False
-        return not stop and len(result.episodes) < config.episodes
+        if agent is not None and isinstance(agent.action_noise, TruncatedNormalNoise):
+            agent.action_noise.episodes = len(result.episodes)
+        if on_episode is not None and on_episode(rec) is False:
+            stop_asked[0] = True
 
-    if config.agent == "random":
-        rng = np.random.default_rng(config.seed)
-        env.reset(seed=config.seed)
-        while True:
+    def episode_stored(ended: bool) -> None:
+        """After an episode's last transition is in the replay buffer: checkpoint when due."""
+        n = len(result.episodes)
+        due = n % checkpoint.every == 0 or n >= config.episodes or stop_requested() if checkpoint else False
+        if ended and due:
+            save()
+
+    remaining = config.episodes - len(result.episodes)
+    if remaining > 0 and config.agent == "random":
+        env.reset(seed=config.seed + len(history))
+        while not stop_requested() and len(result.episodes) < config.episodes:
             env.reset()
             for _ in range(env.n_steps):
                 a = rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
                 _, _, terminated, _, info = env.step(a)
             assert terminated
-            if not record(info):
-                break
-    else:
-        agent = build_agent(env, config)
-        agent.learn(total_timesteps=config.episodes * env.n_steps, callback=_Recorder(record))
+            record(info)
+            episode_stored(True)
+    elif remaining > 0:
+        agent = checkpoint.load_agent(env, config) if checkpoint is not None else None
+        resumed = agent is not None
+        agent = agent or build_agent(env, config)
+        if isinstance(agent.action_noise, TruncatedNormalNoise):
+            agent.action_noise.episodes = len(result.episodes)
+        agent.after_store = episode_stored
+        agent.learn(
+            total_timesteps=remaining * env.n_steps,
+            callback=_Recorder(record, stop_requested),
+            reset_num_timesteps=not resumed,
+        )
+        agent.after_store = None
+    if stop_requested() and checkpoint is not None:
+        save()
     result.wall_s = time.perf_counter() - start
     return result
 

@@ -71,11 +71,10 @@ def test_truncated_noise_stays_in_bounds_and_decays_after_warmup() -> None:
     assert acts.min() >= -1 and acts.max() <= 1
     assert (acts > 0.9).mean() < 0.5 < (acts < 0.9).mean() + 0.2  # truncation, not clipping: no pile at +1
     assert (acts == 1.0).sum() == 0
-    for _ in range(2):
-        noise.reset()
+    noise.episodes = 2
+    noise.reset()  # SB3 calls it at learn start and episode ends; the search owns the count
     assert noise.sigma == 1.0
-    noise.reset()
-    noise.reset()
+    noise.episodes = 4
     assert noise.sigma == 0.25
     state = noise.get_state()
     x = noise.perturb(np.zeros((4, 1)))

@@ -1,0 +1,127 @@
+"""Resumable search: checkpoints, clean stops on signals, and no finished episode lost to a kill."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hwsearch.cli import main
+from hwsearch.search import SearchCheckpoint, SearchConfig, run_search
+from tests.test_search import TINY, make_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "random"])
+def test_stop_then_resume_runs_exactly_the_remaining_episodes(agent: str, tmp_path: Path) -> None:
+    cfg = SearchConfig(agent=agent, seed=3, **{**TINY, "episodes": 7})
+    ckpt = SearchCheckpoint(tmp_path / "ckpt", every=2)
+    done: list = []
+    first = run_search(make_env(), cfg, checkpoint=ckpt, on_episode=done.append, should_stop=lambda: len(done) >= 4)
+    assert len(first.episodes) == 4
+    state = ckpt.state()
+    assert state is not None and state["episodes_done"] == 4
+    if agent == "ddpg":
+        assert (ckpt.latest() / "agent.zip").is_file() and (ckpt.latest() / "replay.pkl").is_file()
+        resumed_agent = ckpt.load_agent(make_env(), cfg)
+        n = 4 * make_env().n_steps  # the stop lands on the next step, whose transition is not stored
+        assert resumed_agent.num_timesteps in (n, n + 1)
+        assert resumed_agent.replay_buffer.size() == n
+        assert resumed_agent.action_noise.episodes == 4
+    second = run_search(make_env(), cfg, checkpoint=ckpt, history=first.episodes)
+    assert len(second.episodes) == 7
+    assert second.episodes[:4] == first.episodes
+    assert [e.episode for e in second.episodes] == list(range(7))
+
+
+def test_checkpoint_keeps_only_recent_complete_folders(tmp_path: Path) -> None:
+    ckpt = SearchCheckpoint(tmp_path, every=1, keep=2)
+    for n in range(1, 5):
+        ckpt.save(n, None, {"rng": None})
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000003", "ckpt-000004"]
+    assert ckpt.state()["episodes_done"] == 4
+    (tmp_path / "ckpt-000004" / "state.json").unlink()  # a torn folder is never taken as the latest
+    assert ckpt.latest() is None
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _start_search(checkpoint: Path, out: Path, episodes: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "hwsearch.cli",
+        "search",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--episodes",
+        str(episodes),
+        "--warmup",
+        "3",
+        "--hidden",
+        "16",
+        "16",
+        "--checkpoint-every",
+        "3",
+        "--budget",
+        "latency=0.8x",
+        "--quiet",
+    ]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and len(_rows(path)) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} episodes within {timeout}s")
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_finished_episode_and_resume_completes(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start_search(checkpoint, out, episodes=40)
+    _wait_for_rows(out / "episodes.csv", 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = _rows(out / "episodes.csv")
+    assert len(before) >= 8
+    assert main(["search", "--resume", str(out), "--quiet"]) == 0
+    after = _rows(out / "episodes.csv")
+    assert len(after) == 40
+    assert after[: len(before)] == before  # every finished episode is still in the log, unchanged
+    assert (out / "policy.json").is_file() and (out / "summary.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_stop_cleanly_with_a_checkpoint(
+    sig: signal.Signals, checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = _start_search(checkpoint, out, episodes=200)
+    _wait_for_rows(out / "episodes.csv", 5, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"stopped by {sig.name}" in err and "--resume" in err and "Traceback" not in err
+    rows = _rows(out / "episodes.csv")
+    state = SearchCheckpoint(out / "checkpoint").state()
+    assert state is not None and state["episodes_done"] == len(rows)
+    assert not (out / "policy.json").exists()
