@@ -149,22 +149,26 @@ def _resume_args(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**merged)
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from hwsearch.budget import parse_budget
+def _evaluator_for(args: argparse.Namespace, ws: Any) -> Any:
+    from hwsearch.evaluate import Evaluator, EvaluatorConfig
+
+    x, y = ws.split("val")
+    return Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(attacks=_attack_list(args), seed=args.seed))
+
+
+def _search_into(
+    out: Path, args: argparse.Namespace, ws: Any, evaluator: Any, budget: Any, *, resuming: bool, stop: _StopOnSignal
+) -> Any:
+    """One search written to ``out`` (log, checkpoints, policy, summary); returns the result, or None if stopped."""
     from hwsearch.envs import EvalResult
-    from hwsearch.evaluate import EvaluatorConfig
     from hwsearch.hardware import get_device
-    from hwsearch.io import atomic_write_json, atomic_write_text
+    from hwsearch.io import atomic_write_text
     from hwsearch.policy import save_policy
     from hwsearch.report import EpisodeLog, read_episode_log, search_summary
     from hwsearch.search import SearchCheckpoint, SearchConfig, run_search
-    from hwsearch.workflow import build_env, prepare
+    from hwsearch.workflow import build_env
 
-    resuming = bool(args.resume)
-    if resuming:
-        args = _resume_args(args)
-    budget = parse_budget(args.budget)
-    cost_model = get_device(args.device)
+    t0 = time.perf_counter()
     config = SearchConfig(
         episodes=args.episodes,
         warmup_episodes=min(args.warmup, args.episodes),
@@ -173,27 +177,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         hidden=tuple(args.hidden),
         device="cpu",
     )
-    attacks = _attack_list(args)
-    out = Path(args.out) if resuming else _out_dir(args.out, args.overwrite, "episodes.csv")
-    if not resuming:
-        record = {k: getattr(args, k) for k in _RUN_KEYS}
-        atomic_write_json(out / "run.json", {"schema": 1, "args": record})
-    t0 = time.perf_counter()
-    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
-    env_kwargs = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
+    env_kwargs: dict[str, Any] = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
     if args.min_bits > 1 or args.max_bits < 8:
         choices = tuple(range(args.min_bits, args.max_bits + 1))
         env_kwargs.update(w_bits=choices, a_bits=choices)
-    env, evaluator = build_env(
-        ws, cost_model, budget, evaluator_config=EvaluatorConfig(attacks=attacks, seed=args.seed), env_kwargs=env_kwargs
-    )
+    t_eval0 = _eval_seconds(evaluator)
+    env, _ = build_env(ws, get_device(args.device), budget, env_kwargs=env_kwargs, evaluator=evaluator)
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     for rec in history:  # finished episodes need no second evaluation
         evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)
-    setup_s = time.perf_counter() - t0
     log = EpisodeLog(out / "episodes.csv", ws.layer_names, keep=len(history) if resuming else None)
     ckpt = SearchCheckpoint(out / "checkpoint", every=args.checkpoint_every)
-    bar = _progress(config.episodes, args.quiet, f"search ({config.agent})")
+    bar = _progress(config.episodes, args.quiet, f"search {budget} ({config.agent})")
     bar.update(len(history))
     best = [max((r.reward for r in history), default=float("-inf"))]
 
@@ -203,16 +198,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(best=f"{best[0]:.3f}", acc=f"{rec.accuracy:.3f}", cost=f"{rec.relative_cost:.2f}")
 
-    with _StopOnSignal() as stop:
-        result = run_search(env, config, on_episode=on_episode, checkpoint=ckpt, history=history, should_stop=stop)
+    result = run_search(env, config, on_episode=on_episode, checkpoint=ckpt, history=history, should_stop=stop)
     bar.close()
     if stop():
-        print(
-            f"hwsearch: stopped by {stop.signal_name} after {len(result.episodes)} episodes; "
-            f"continue with: hwsearch search --resume {out}",
-            file=sys.stderr,
-        )
-        return 130
+        return None
     top = result.best
     meta = {
         "source": "hwsearch search",
@@ -231,30 +220,91 @@ def cmd_search(args: argparse.Namespace) -> int:
     save_policy(top.policy.with_meta(**meta), out / "policy.json")
     t = evaluator.timings
     total = time.perf_counter() - t0
+    evaluation = _eval_seconds(evaluator) - t_eval0
     timings = {
-        "setup (load, trace, calibrate, price)": setup_s,
-        "evaluation: quantize": t.quantize,
-        "evaluation: accuracy": t.accuracy,
+        "evaluation: quantize + accuracy": t.quantize + t.accuracy,
         "evaluation: attack": t.attack,
-        "agent and other": total - setup_s - t.quantize - t.accuracy - t.attack,
+        "agent and other": total - evaluation,
         "total": total,
     }
-    ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if attacks else None}
+    ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if evaluator.attacks else None}
     summary = search_summary(
-        result,
-        device=args.device,
-        budget=str(budget),
-        budget_limit=env.budget_limit,
-        reference=ref,
-        timings=timings,
+        result, device=args.device, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
     )
     summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
     atomic_write_text(out / "summary.md", summary)
+    return result
+
+
+def _eval_seconds(evaluator: Any) -> float:
+    t = evaluator.timings
+    return t.quantize + t.accuracy + t.attack
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from hwsearch.budget import parse_budget
+    from hwsearch.hardware import get_device
+    from hwsearch.io import atomic_write_json
+    from hwsearch.workflow import prepare
+
+    resuming = bool(args.resume)
+    if resuming:
+        args = _resume_args(args)
+    budget = parse_budget(args.budget)
+    get_device(args.device)  # fail fast on a bad name, before loading anything
+    _attack_list(args)
+    out = Path(args.out) if resuming else _out_dir(args.out, args.overwrite, "episodes.csv")
+    if not resuming:
+        atomic_write_json(out / "run.json", {"schema": 1, "args": {k: getattr(args, k) for k in _RUN_KEYS}})
+    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    with _StopOnSignal() as stop:
+        result = _search_into(out, args, ws, _evaluator_for(args, ws), budget, resuming=resuming, stop=stop)
+    if result is None:
+        print(
+            f"hwsearch: stopped by {stop.signal_name}; continue with: hwsearch search --resume {out}", file=sys.stderr
+        )
+        return 130
+    top = result.best
     _say(
         args,
         f"best policy: val accuracy {100 * top.accuracy:.2f}% at {top.relative_cost:.3f}x fixed-8-bit "
         f"{budget.metric} ({top.latency_ms:.5g} ms on {args.device}); written to {out / 'policy.json'}",
     )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """One search per budget, sharing one evaluation cache, then the Pareto front of everything evaluated."""
+    from hwsearch.budget import parse_budget
+    from hwsearch.hardware import get_device
+    from hwsearch.pareto import write_pareto
+    from hwsearch.workflow import prepare
+
+    metric, _, values = args.budgets.partition("=") if "=" in args.budgets else ("latency", "", args.budgets)
+    budgets = [parse_budget(f"{metric}={v.strip()}") for v in values.split(",") if v.strip()]
+    if not budgets:
+        raise ConfigError(f"--budgets {args.budgets!r} names no budget; e.g. --budgets 0.3x,0.4x,0.5x")
+    get_device(args.device)
+    _attack_list(args)
+    out = _out_dir(args.out, args.overwrite, "pareto.csv")
+    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    evaluator = _evaluator_for(args, ws)
+    episodes = []
+    with _StopOnSignal() as stop:
+        for budget in budgets:
+            sub = out / str(budget).replace("=", "-")
+            sub.mkdir(parents=True, exist_ok=True)
+            result = _search_into(sub, args, ws, evaluator, budget, resuming=False, stop=stop)
+            if result is None:
+                print(f"hwsearch: stopped by {stop.signal_name} during {budget}", file=sys.stderr)
+                return 130
+            episodes += [(str(budget), rec) for rec in result.episodes]
+            _say(
+                args,
+                f"{budget}: best val accuracy {100 * result.best.accuracy:.2f}% at {result.best.relative_cost:.3f}x",
+            )
+    paths = write_pareto(out, episodes)
+    _say(args, f"Pareto front: {paths['csv']} and {paths['png']}")
     return 0
 
 
@@ -315,6 +365,24 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     p.add_argument("--data-root", default=None, help="folder of a local dataset (cifar10, svhn, imagefolder)")
     p.add_argument("--compute-device", default="cpu", help="cpu, cuda or auto: where models run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models)")
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="target device (see `hwsearch latency devices`)")
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=20, help="random warm-up episodes before DDPG learns")
+    p.add_argument("--agent", default="ddpg", help="ddpg or random (same episodes, same budget enforcement)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[300, 300], help="actor/critic hidden widths")
+    p.add_argument("--min-bits", type=int, default=2)
+    p.add_argument("--max-bits", type=int, default=8)
+    p.add_argument("--acc-weight", type=float, default=10.0)
+    p.add_argument("--robust-weight", type=float, default=0.0)
+    p.add_argument("--cost-weight", type=float, default=0.0)
+    p.add_argument("--attack", default=None, help="pgd or fgsm (robustness in the reward)")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,30 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--out", default=DEFAULT_CHECKPOINT)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="search a mixed-precision policy with DDPG (or random search)")
     _common(p)
-    p.add_argument("--device", default=DEFAULT_DEVICE, help="target device (see `hwsearch latency devices`)")
+    _search_options(p)
     p.add_argument("--budget", default="latency=0.5x", help="METRIC=VALUE[x]: latency, energy or size")
-    p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--warmup", type=int, default=20, help="random warm-up episodes before DDPG learns")
-    p.add_argument("--agent", default="ddpg", help="ddpg or random")
-    p.add_argument("--hidden", type=int, nargs="+", default=[300, 300], help="actor/critic hidden widths")
-    p.add_argument("--min-bits", type=int, default=2)
-    p.add_argument("--max-bits", type=int, default=8)
-    p.add_argument("--acc-weight", type=float, default=10.0)
-    p.add_argument("--robust-weight", type=float, default=0.0)
-    p.add_argument("--cost-weight", type=float, default=0.0)
-    p.add_argument("--attack", default=None, help="pgd or fgsm (robustness in the reward)")
-    p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/search")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the interrupted search in DIR")
     p.add_argument("--checkpoint-every", type=int, default=10, help="episodes between agent checkpoints")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("sweep", help="one search per budget and the Pareto front of all of them")
+    _common(p)
+    _search_options(p)
+    p.add_argument("--budgets", default="latency=0.3x,0.4x,0.5x,0.6x", help="[METRIC=]V1,V2,... e.g. 0.3x,0.5x")
+    p.add_argument("--out", default="runs/sweep")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_sweep, checkpoint_every=10)
 
     p = sub.add_parser("compare", help="compare FP32, fixed-bit baselines and policies on the test split")
     _common(p)
@@ -381,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(f"hwsearch: error: --threads {threads} must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
     except HwsearchError as exc:

@@ -19,8 +19,8 @@ ONNX (:func:`export_onnx`), opset 13 QDQ form, chosen so ONNX Runtime reproduces
 - quantized weights are stored as int8 initializers holding the integers of the layer's own b-bit grid
   (``|q| <= 2^(b-1)-1``; 1 bit: +-1) with a per-output-channel ``DequantizeLinear`` (axis 0). ``q * scale`` in
   float32 is exactly the weight the fake quantizer computes, so every width 1..8 is exact, not only 8 bits;
-- quantized activations are ``Clip`` to the calibrated range (omitted at 8 bits, where saturation does the
-  same) then ``QuantizeLinear``/``DequantizeLinear``: uint8 with zero point 0 for unsigned inputs (after ReLU),
+- quantized activations are ``Clip`` to the calibrated range (omitted for unsigned 8 bits, where uint8
+  saturation does the same; int8 would admit -128, one level below the symmetric grid) then ``QuantizeLinear``/``DequantizeLinear``: uint8 with zero point 0 for unsigned inputs (after ReLU),
   int8 symmetric for signed ones. Signed 1-bit activations (+-m, no zero level) are not a linear grid and are
   exported as ``Where(x >= 0, m, -m)``;
 - layers at 32 bits stay float; the policy and calibration are in the model's ``metadata_props``.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import ast
 import copy
 import csv
+import functools
 import io
 import json
 import os
@@ -447,7 +448,8 @@ class _OnnxQuantLayer(nn.Module):
         self.act = "float"
         if wrapper.a_bits != FLOAT_BITS:
             grid = activation_grid(wrapper.a_bits, wrapper.act_lo, wrapper.act_hi, wrapper.signed)
-            self.act = "binary" if grid["binary"] else ("qdq" if wrapper.a_bits == 8 else "clip-qdq")
+            saturates = wrapper.a_bits == 8 and not wrapper.signed  # uint8's [0, 255] is the grid's own range
+            self.act = "binary" if grid["binary"] else ("qdq" if saturates else "clip-qdq")
             self.register_buffer("act_scale", grid["scale"].clone())
             self.register_buffer("act_zero_point", torch.tensor(grid["zero_point"], dtype=grid["dtype"]))
             self.register_buffer("act_lo", grid["clip_lo"].clone())
@@ -464,6 +466,64 @@ class _OnnxQuantLayer(nn.Module):
         if self.is_conv:
             return F.conv2d(x, w, self.bias, *self.conv_args)
         return F.linear(x, w, self.bias)
+
+
+def _bins(size: int, out: int) -> list[tuple[int, int]]:
+    """Adaptive pooling's bins: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+class _StaticPool(nn.Module):
+    """Adaptive max/avg pooling for one known input size, in ops ONNX has for any size ratio.
+
+    The exporter refuses adaptive pooling whose output size does not divide the input size (smallcnn's 7 -> 3).
+    Uniform bins become a plain pooling window; others are sliced and reduced one bin at a time.
+    """
+
+    def __init__(self, kind: str, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.bins = (_bins(in_hw[0], out_hw[0]), _bins(in_hw[1], out_hw[1]))
+        self.window: tuple[tuple[int, int], tuple[int, int]] | None = None
+        kernels = [{e - s for s, e in b} for b in self.bins]
+        strides = [{b[i + 1][0] - b[i][0] for i in range(len(b) - 1)} or {1} for b in self.bins]
+        starts_ok = all(b[0][0] == 0 for b in self.bins)
+        if all(len(k) == 1 for k in kernels) and all(len(s) == 1 for s in strides) and starts_ok:
+            k = (next(iter(kernels[0])), next(iter(kernels[1])))
+            st = (next(iter(strides[0])), next(iter(strides[1])))
+            self.window = (k, st)
+
+    def _reduce(self, x: Tensor, dim: int) -> Tensor:
+        return x.amax(dim=dim, keepdim=True) if self.kind == "max" else x.mean(dim=dim, keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.window is not None:
+            k, st = self.window
+            return F.max_pool2d(x, k, st) if self.kind == "max" else F.avg_pool2d(x, k, st)
+        rows = torch.cat([self._reduce(x[..., s:e, :], -2) for s, e in self.bins[0]], dim=-2)
+        return torch.cat([self._reduce(rows[..., s:e], -1) for s, e in self.bins[1]], dim=-1)
+
+
+def _replace_adaptive_pools(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Swap every adaptive 2-D pool for a :class:`_StaticPool` sized by one forward pass at ``shape``."""
+    pools = {n: m for n, m in model.named_modules() if isinstance(m, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d))}
+    seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
+        seen.setdefault(name, (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:])))  # type: ignore[arg-type]
+
+    handles = [m.register_forward_hook(functools.partial(hook, name=n)) for n, m in pools.items()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape)))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, (in_hw, out_hw) in seen.items():
+        kind = "max" if isinstance(pools[name], nn.AdaptiveMaxPool2d) else "avg"
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _StaticPool(kind, in_hw, out_hw))  # type: ignore[arg-type]
 
 
 def _policy_of(qmodel: nn.Module) -> Policy:
@@ -515,6 +575,7 @@ def export_onnx(
         parent_name, _, child = name.rpartition(".")
         parent = export_model.get_submodule(parent_name) if parent_name else export_model
         setattr(parent, child, _OnnxQuantLayer(wrapper))
+    _replace_adaptive_pools(export_model, shape)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -97,10 +97,16 @@ def build_env(
     evaluator_config: EvaluatorConfig | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
     reference_bits: int = 8,
+    evaluator: Evaluator | None = None,
 ) -> tuple[MixedPrecisionEnv, Evaluator]:
-    """The env on the search-val split; reward references are fixed ``reference_bits``-bit's figures."""
-    x, y = ws.split("val")
-    evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
+    """The env on the search-val split; reward references are fixed ``reference_bits``-bit's figures.
+
+    Pass an ``evaluator`` to share its cache between searches (a budget sweep): its figures do not depend on
+    the budget.
+    """
+    if evaluator is None:
+        x, y = ws.split("val")
+        evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
     ref = evaluator.evaluate(ws.uniform(reference_bits))
     kwargs = dict(env_kwargs or {})
     kwargs.setdefault("acc_ref", ref.accuracy)
