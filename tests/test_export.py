@@ -1,0 +1,291 @@
+"""Policy file formats, quantized checkpoints, ONNX export and the export/evaluate/show commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwsearch.cli_export import add_export_parser
+from hwsearch.errors import CheckpointError, ConfigError, HwsearchError, PolicyError
+from hwsearch.export import (
+    POLICY_FORMATS,
+    export_onnx,
+    export_policy,
+    import_policy,
+    integer_weight,
+    load_quantized,
+    policy_from_text,
+    save_quantized,
+)
+from hwsearch.policy import Policy, save_policy
+from hwsearch.quant import apply_policy, quant_wrappers
+from hwsearch.quant.quantizers import quantize_weight
+
+NAMES = ["net.features.conv1", "net.features.conv2", "net.features.conv3", "net.classifier.fc1", "net.classifier.fc2"]
+MIXED = Policy(
+    dict(zip(NAMES, [(8, 8), (4, 4), (2, 3), (1, 32), (32, 32)], strict=True)), {"kind": "test", "n": [1, 2]}
+)
+LOW = Policy(dict(zip(NAMES, [(3, 1), (5, 1), (6, 2), (7, 5), (1, 1)], strict=True)), {})
+
+
+@pytest.fixture(scope="module")
+def ws(checkpoint: Path):  # type: ignore[no-untyped-def]
+    from hwsearch.workflow import prepare
+
+    return prepare(checkpoint)
+
+
+# ------------------------------------------------------------------------------------------- policy files
+@pytest.mark.parametrize("fmt", POLICY_FORMATS)
+@pytest.mark.parametrize("policy", [MIXED, LOW], ids=["mixed", "low"])
+def test_policy_round_trip_in_every_format(fmt: str, policy: Policy, tmp_path: Path) -> None:
+    path = export_policy(policy, tmp_path / f"p.{fmt}", fmt)
+    back = import_policy(path, fmt, layer_names=NAMES)
+    assert back == policy
+    assert back.names() == policy.names()  # forward order kept
+    if fmt in ("json", "yaml"):
+        assert back.meta == policy.meta
+    else:
+        assert back.meta == {}  # csv and haq carry bits only (documented)
+    assert import_policy(path, layer_names=NAMES) == policy  # format from the extension
+
+
+def test_json_export_reads_with_the_policy_loader(tmp_path: Path) -> None:
+    from hwsearch.policy import load_policy
+
+    assert load_policy(export_policy(MIXED, tmp_path / "p.json")) == MIXED
+    assert (tmp_path / "p.csv").exists() is False
+    text = export_policy(MIXED, tmp_path / "p.csv").read_text()
+    assert text.splitlines()[0] == "layer,w_bits,a_bits"
+    assert text.splitlines()[1] == "net.features.conv1,8,8"
+    assert export_policy(MIXED, tmp_path / "p.haq").read_text().strip() == "[[8, 8], [4, 4], [2, 3], [1, 32], [32, 32]]"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text", "needle"),
+    [
+        ("json", "{not json", "not valid JSON"),
+        ("json", '{"schema": 2, "layers": {}}', "schema 2"),
+        ("yaml", "layers: [unclosed", "not valid YAML"),
+        ("yaml", "- 1\n- 2\n", "must be a JSON object"),
+        ("yaml", "schema: 1\nlayers:\n  a: {w: 9, a: 8}\n", "out of range"),
+        ("csv", "", "empty CSV"),
+        ("csv", "name,w,a\nx,8,8\n", "header"),
+        ("csv", "layer,w_bits,a_bits\nx,8\n", "row 2 has 2 cells"),
+        ("csv", "layer,w_bits,a_bits\nx,eight,8\n", "row 2 w_bits"),
+        ("csv", "layer,w_bits,a_bits\nx,8,8\nx,4,4\n", "repeats layer 'x'"),
+        ("csv", "layer,w_bits,a_bits\nx,8,0\n", "out of range"),
+        ("haq", "[[8, 8], [4, 4]]", "has 2 pairs but the model has 5"),
+        ("haq", "[[8, 8, 8]]", "list of [w, a] pairs"),
+        ("haq", "import os", "not a HAQ strategy"),
+        ("haq", "[[8, 8], [4, 4], [2, 3], [1, 3], [33, 8]]", "out of range"),
+    ],
+)
+def test_malformed_policy_files_raise_one_line(fmt: str, text: str, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / f"bad.{fmt}"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        import_policy(path, fmt, layer_names=NAMES)
+    msg = str(info.value)
+    assert needle in msg and "\n" not in msg and str(path) in msg
+
+
+def test_policy_file_user_mistakes(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="haq.*no layer names"):
+        policy_from_text("[[8, 8]]", "haq")
+    with pytest.raises(PolicyError, match="format 'xml' is unknown"):
+        export_policy(MIXED, tmp_path / "p.xml", "xml")
+    with pytest.raises(PolicyError, match="cannot tell the policy format"):
+        import_policy(tmp_path / "p.xml")
+    with pytest.raises(PolicyError, match="does not exist"):
+        import_policy(tmp_path / "missing.json")
+
+
+def test_haq_accepts_python_literals_but_never_code() -> None:
+    assert policy_from_text("[(8, 8), (4, 2)]", "haq", layer_names=["a", "b"]) == Policy({"a": (8, 8), "b": (4, 2)})
+    with pytest.raises(PolicyError, match="not a HAQ strategy"):
+        policy_from_text("__import__('os').getcwd()", "haq", layer_names=["a"])
+
+
+def test_export_is_atomic_and_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    path = export_policy(MIXED, tmp_path / "p.json")
+    bad = Policy({"x": (8, 8)}, {"obj": object()})
+    with pytest.raises(PolicyError, match="meta"):
+        export_policy(bad, path)
+    assert import_policy(path) == MIXED
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+# ------------------------------------------------------------------------------------------- integer weights
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_integer_weights_times_scale_are_the_fake_quant_weights(bits: int) -> None:
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(bits))
+    q, scale = integer_weight(w, bits)
+    assert q.dtype == torch.int8 and scale.shape == (16,)
+    qmax = 1 if bits == 1 else 2 ** (bits - 1) - 1
+    assert int(q.abs().max()) <= qmax
+    assert torch.equal(q.float() * scale.view(-1, 1, 1, 1), quantize_weight(w, bits))
+
+
+# ------------------------------------------------------------------------------------------- quantized checkpoint
+@pytest.mark.parametrize("policy", [MIXED, LOW], ids=["mixed", "low"])
+def test_quantized_checkpoint_round_trip_gives_identical_outputs(ws, policy: Policy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = save_quantized(tmp_path / "q.pt", ws, policy, ws.calibration, {"note": "hi"})
+    raw = torch.load(path, weights_only=True)  # plain tensors and primitives only
+    qmodel, back, meta = load_quantized(path)
+    assert back == policy and meta["note"] == "hi" and meta["model_name"] == "smallcnn"
+    ref = apply_policy(ws.model, policy, ws.calibration).eval()
+    x, _ = ws.split("test", 256)
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), ref(x))
+    wrappers = dict(quant_wrappers(ref))
+    for name, rec in raw["quantized"].items():
+        if rec["w_bits"] != 32:
+            assert rec["weight_int"].dtype == torch.int8
+            shape = (-1,) + (1,) * (rec["weight_int"].dim() - 1)
+            assert torch.equal(
+                rec["weight_int"].float() * rec["weight_scale"].view(shape), wrappers[name].quantized_weight()
+            )
+    assert set(raw["quantized"]) == {n for n in NAMES if policy[n].w != 32 or policy[n].a != 32}
+
+
+def test_quantized_checkpoint_is_also_a_float_checkpoint(ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from hwsearch.checkpoint import model_from_checkpoint
+
+    path = save_quantized(tmp_path / "q.pt", ws, MIXED)
+    model, _ = model_from_checkpoint(path)
+    x, _ = ws.split("test", 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), ws.model(x))
+
+
+def test_load_quantized_refuses_float_checkpoints_and_save_needs_meta(ws, checkpoint: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CheckpointError, match="float checkpoint, not a quantized one"):
+        load_quantized(checkpoint)
+    with pytest.raises(CheckpointError, match="model_name"):
+        save_quantized(tmp_path / "q.pt", ws.model, MIXED, ws.calibration)
+    with pytest.raises(PolicyError, match="misses layer"):
+        save_quantized(tmp_path / "q.pt", ws, Policy({NAMES[0]: (8, 8)}))
+    assert not (tmp_path / "q.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------------ ONNX
+@pytest.mark.parametrize("policy", [None, MIXED, LOW], ids=["w8a8", "mixed", "low"])
+def test_onnx_runtime_agrees_with_fake_quant_model(ws, policy: Policy | None, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    policy = policy or ws.uniform(8)
+    path = export_onnx(ws, policy, ws.calibration, tmp_path / "m.onnx", ws.splits.input_shape)
+    proto = onnx.load(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert Policy.from_dict(json.loads(props["hwsearch.policy"])) == policy
+    ops = [n.op_type for n in proto.graph.node]
+    n_weight_dq = sum(policy[n].w != 32 for n in NAMES)
+    n_act_q = sum(policy[n].a != 32 and not (policy[n].a == 1 and n == NAMES[0]) for n in NAMES)
+    assert ops.count("QuantizeLinear") == n_act_q
+    assert ops.count("DequantizeLinear") == n_weight_dq + n_act_q
+    int8_inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8_inits) == n_weight_dq
+
+    x, y = ws.split("test")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        ref = apply_policy(ws.model, policy, ws.calibration).eval()(x)
+    agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+    assert len(y) >= 500 and agree >= 0.99
+
+
+def test_onnx_export_of_an_already_quantized_model_and_bad_inputs(ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    qmodel = apply_policy(ws.model, MIXED, ws.calibration)
+    assert export_onnx(qmodel, None, None, tmp_path / "a.onnx", (1, 28, 28)).stat().st_size > 1000
+    with pytest.raises(PolicyError, match="differs"):
+        export_onnx(qmodel, LOW, None, tmp_path / "b.onnx", (1, 28, 28))
+    with pytest.raises(ConfigError, match=r"\(C, H, W\)"):
+        export_onnx(ws.model, MIXED, ws.calibration, tmp_path / "c.onnx", (28, 28))
+    with pytest.raises(PolicyError, match="needs a policy"):
+        export_onnx(ws.model, None, ws.calibration, tmp_path / "d.onnx", (1, 28, 28))
+    assert not (tmp_path / "b.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def _run(argv: list[str]) -> int:
+    """Parse with the commands' own parser and call the handler, as ``hwsearch.cli.main`` will."""
+    parser = argparse.ArgumentParser(prog="hwsearch")
+    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "csv", "haq"])
+def test_cli_export_policy_formats(
+    fmt: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = save_policy(MIXED, tmp_path / "p.json")
+    out = tmp_path / f"out.{fmt}"
+    assert _run(["export", "--policy", str(src), "--format", fmt, "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert import_policy(out, layer_names=NAMES) == MIXED
+    back = tmp_path / "back.json"  # and back, naming the haq file's layers from the checkpoint
+    assert (
+        _run(["export", "--policy", str(out), "--format", "json", "--out", str(back), "--checkpoint", str(checkpoint)])
+        == 0
+    )
+    assert import_policy(back) == MIXED
+
+
+def test_cli_export_checkpoint_onnx_then_evaluate_and_show(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = save_policy(MIXED, tmp_path / "p.json")
+    qpt, onnx_path = tmp_path / "q.pt", tmp_path / "m.onnx"
+    common = ["--policy", str(src), "--checkpoint", str(checkpoint)]
+    assert _run(["export", *common, "--format", "checkpoint", "--out", str(qpt)]) == 0
+    assert _run(["export", *common, "--format", "onnx", "--out", str(onnx_path)]) == 0
+    assert qpt.stat().st_size > 0 and onnx_path.stat().st_size > 0
+    capsys.readouterr()
+
+    assert _run(["evaluate", *common]) == 0
+    a = capsys.readouterr().out
+    assert _run(["evaluate", "--quantized", str(qpt)]) == 0
+    b = capsys.readouterr().out
+    for text in (a, b):
+        assert "test accuracy" in text and "speed-up vs fixed 8-bit" in text and "ms/image" in text
+    pick = [ln for ln in a.splitlines() if "test accuracy" in ln]
+    assert pick == [ln for ln in b.splitlines() if "test accuracy" in ln]  # same model, same figure
+
+    assert _run(["show", "--policy", str(src)]) == 0
+    plain = capsys.readouterr().out
+    assert "net.classifier.fc2" in plain and "fp" in plain and "share" not in plain
+    assert _run(["show", *common, "--device", "bitfusion-edge"]) == 0
+    priced = capsys.readouterr().out
+    assert "share" in priced and "%" in priced and "total on" in priced
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["export", "--policy", "{p}", "--format", "onnx", "--out", "m.onnx"], "needs --checkpoint"),
+        (["export", "--policy", "{d}/nope.json", "--format", "csv", "--out", "x.csv"], "does not exist"),
+        (["export", "--policy", "{d}/p.haq", "--format", "json", "--out", "x.json"], "pass --checkpoint"),
+        (["evaluate", "--policy", "{p}"], "--policy and --checkpoint go together"),
+        (["evaluate"], "either --policy"),
+        (["evaluate", "--quantized", "{p}", "--device", "no-such-device"], "no-such-device"),
+        (["show", "--policy", "{p}", "--device", "bitfusion-edge"], "needs --checkpoint"),
+    ],
+)
+def test_cli_user_mistakes_raise_hwsearch_errors(argv: list[str], needle: str, tmp_path: Path) -> None:
+    p = save_policy(MIXED, tmp_path / "p.json")
+    export_policy(MIXED, tmp_path / "p.haq")
+    argv = [a.format(p=p, d=tmp_path) for a in argv]
+    with pytest.raises(HwsearchError) as info:
+        _run(argv)
+    assert needle in str(info.value) and "\n" not in str(info.value)
