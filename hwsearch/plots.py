@@ -81,7 +81,7 @@ def plot_policy_bits(
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks([*range(0, 9), _FLOAT_BAR])
     ax.set_yticklabels([*map(str, range(0, 9)), "float"])
-    ax.set_ylim(0, _FLOAT_BAR + 0.8)
+    ax.set_ylim(0, _FLOAT_BAR + 2.2)  # headroom for the legend row
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("bit width")
     ax.grid(axis="y", alpha=0.3)
@@ -94,10 +94,10 @@ def plot_policy_bits(
         shares = [100.0 * float(per_layer_latency_share[n]) for n in names]
         (line,) = twin.plot(xs, shares, color="#2ca02c", marker="o", linewidth=1.5, label="latency share")
         twin.set_ylabel("share of model latency (%)")
-        twin.set_ylim(0, max(max(shares) * 1.15, 1.0))
+        twin.set_ylim(0, max(max(shares), 1.0) * (_FLOAT_BAR + 2.2) / _FLOAT_BAR)
         handles.append(line)
         labels.append("latency share (%)")
-    ax.legend(handles, labels, loc="upper left", fontsize=8, framealpha=0.9)
+    ax.legend(handles, labels, loc="upper center", ncol=len(handles), fontsize=8, framealpha=0.9)
     kind = policy.meta.get("kind") if isinstance(policy.meta, Mapping) else None
     ax.set_title(title or f"Per-layer bit widths{f' ({kind})' if kind else ''}")
     return _save(fig, path)
