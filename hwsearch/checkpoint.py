@@ -11,6 +11,7 @@ Loading uses ``torch.load(weights_only=True)``, which refuses any pickle that wo
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -65,8 +66,13 @@ def save_checkpoint(
     mean: Sequence[float],
     std: Sequence[float],
     metrics: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model``'s weights and build arguments to ``path`` atomically (old file or complete new one)."""
+    """Write ``model``'s weights and build arguments to ``path`` atomically (old file or complete new one).
+
+    ``extra`` (JSON-serialisable: e.g. the policy and calibration a defended model was fine-tuned with) is
+    stored as a JSON string, so loading stays weights-only.
+    """
     payload = {
         "schema": SCHEMA,
         "model_name": str(model_name),
@@ -78,6 +84,7 @@ def save_checkpoint(
         "metrics": _plain_metrics(metrics),
         "torch_version": str(torch.__version__),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "extra_json": json.dumps(dict(extra or {})),
     }
     return atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
 
@@ -149,7 +156,11 @@ def model_from_checkpoint(path: str | os.PathLike[str], model_name: str | None =
         raise CheckpointError(f"checkpoint {path}: cannot rebuild model {name!r}: {exc}") from exc
     _load_state(model, ckpt["state_dict"], path, name, stored)
     model.eval()
-    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "extra_json")}
+    try:
+        meta["extra"] = json.loads(ckpt.get("extra_json", "{}"))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"checkpoint {path}: its extra metadata is corrupt") from None
     return model, meta
 
 

@@ -439,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_latency_parser(sub)
+    from hwsearch.cli_export import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 

@@ -18,8 +18,9 @@ from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
 from hwsearch.hardware import CostModel, get_device, policy_cost
 from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import Policy, uniform_policy
-from hwsearch.quant import Calibration, apply_policy, calibrate
+from hwsearch.quant import Calibration, apply_policy, calibrate, remove_quantizers
 from hwsearch.search import EpisodeRecord, SearchConfig, SearchResult, run_search
+from hwsearch.training import TrainConfig
 
 __all__ = [
     "Workspace",
@@ -29,6 +30,8 @@ __all__ = [
     "search_policy",
     "CompareRow",
     "compare_policies",
+    "finetune_policy",
+    "standard_entries",
 ]
 
 CALIBRATION_IMAGES = 512
@@ -84,8 +87,12 @@ def prepare(
     splits = load_dataset(meta["dataset"], data_root)
     model = model.to(dev).eval()
     layers = discover_layers(model, splits.input_shape)
-    x_cal, _ = tensors(splits.train, CALIBRATION_IMAGES)
-    calibration = calibrate(model, x_cal.to(dev), method=calibration_method)
+    stored = meta.get("extra", {}).get("calibration")
+    if stored is not None:  # a fine-tuned (defended) model keeps the ranges it was trained with
+        calibration = Calibration.from_dict(stored)
+    else:
+        x_cal, _ = tensors(splits.train, CALIBRATION_IMAGES)
+        calibration = calibrate(model, x_cal.to(dev), method=calibration_method)
     return Workspace(model, meta["model_name"], splits, layers, calibration, dev, dict(meta))
 
 
@@ -177,6 +184,30 @@ def compare_policies(
         robust = dict(robust_eval(model, x, y)) if robust_eval else {}
         rows.append(CompareRow(name, policy, acc, lat, energy, size, speedup, saving, robust))
     return rows
+
+
+def finetune_policy(
+    ws: Workspace,
+    policy: Policy,
+    config: TrainConfig,
+    *,
+    lipschitz_beta: float = 0.0,
+    model: nn.Module | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> nn.Module:
+    """Quantization-aware fine-tuning of ``policy`` (Defensive Quantization when ``lipschitz_beta`` > 0).
+
+    Returns the float model holding the fine-tuned weights; apply the same policy with the same calibration
+    (``ws.calibration``) to get the defended quantized model.
+    """
+    from hwsearch.robust import lipschitz_regularizer
+    from hwsearch.training import train
+
+    policy.check_against(ws.layer_names)
+    qmodel = apply_policy(model if model is not None else ws.model, policy, ws.calibration)
+    regularizer = lipschitz_regularizer(lipschitz_beta) if lipschitz_beta > 0 else None
+    train(qmodel, ws.splits.train, config, regularizer=regularizer, on_epoch=on_epoch)
+    return remove_quantizers(qmodel).eval()
 
 
 def standard_entries(

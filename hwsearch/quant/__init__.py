@@ -7,6 +7,7 @@ from hwsearch.quant.apply import (
     gradient_mode,
     quant_wrappers,
     quantizable_names,
+    remove_quantizers,
 )
 from hwsearch.quant.calibration import ActRange, Calibration, calibrate
 from hwsearch.quant.quantizers import activation_levels, quantize_activation, quantize_weight, weight_levels
@@ -24,5 +25,6 @@ __all__ = [
     "quantizable_names",
     "quantize_activation",
     "quantize_weight",
+    "remove_quantizers",
     "weight_levels",
 ]

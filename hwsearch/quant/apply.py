@@ -23,6 +23,7 @@ __all__ = [
     "quantizable_names",
     "quant_wrappers",
     "gradient_mode",
+    "remove_quantizers",
 ]
 
 GRADIENT_MODES = ("ste", "shadow")
@@ -129,6 +130,17 @@ def apply_policy(model: nn.Module, policy: Policy, calibration: Calibration | No
             lo, hi = r.lo, r.hi
         _set_submodule(qmodel, name, QuantWrapper(qmodel.get_submodule(name), bits.w, bits.a, lo, hi))
     return qmodel
+
+
+def remove_quantizers(qmodel: nn.Module) -> nn.Module:
+    """A float copy of a fake-quantized model: every QuantWrapper replaced by its (possibly fine-tuned) layer.
+
+    Its state dict has the original model's keys, so it saves as an ordinary checkpoint.
+    """
+    model = copy.deepcopy(qmodel)
+    for name, wrapper in list(quant_wrappers(model)):
+        _set_submodule(model, name, wrapper.layer)
+    return model
 
 
 @contextmanager
