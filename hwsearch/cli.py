@@ -107,8 +107,9 @@ def _attack_list(args: argparse.Namespace) -> tuple[Any, ...]:
     from hwsearch.robust import AttackConfig
 
     kind = args.attack or "pgd"
+    steps = 1 if kind == "fgsm" else args.steps
     grads = ("ste", "shadow")  # the cheap pair that masked gradients cannot fool
-    return tuple(AttackConfig(method=kind, eps=args.eps, steps=args.steps, grad=g) for g in grads)
+    return tuple(AttackConfig(method=kind, eps=args.eps, steps=steps, grad=g) for g in grads)
 
 
 _RUN_KEYS = (
@@ -335,27 +336,162 @@ class _StopOnSignal:
 
 
 # -------------------------------------------------------------------------------------------- compare
+def _named(spec: str, what: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep:
+        name, value = Path(spec).parent.name or Path(spec).stem, spec
+    if not name or not value:
+        raise ConfigError(f"{what} {spec!r} is malformed; write NAME=PATH")
+    return name, value
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from hwsearch.hardware import get_device
+    from hwsearch.plots import latency_shares, plot_policy_bits, plot_tradeoff
     from hwsearch.policy import load_policy
     from hwsearch.report import compare_table, write_compare
-    from hwsearch.workflow import compare_policies, prepare, standard_entries
+    from hwsearch.workflow import compare_policies, prepare, robust_evaluator, standard_entries
 
-    get_device(args.device)  # fail fast on a bad name, before loading anything
-    policies = {}
+    cost_model = get_device(args.device)  # fail fast on a bad name, before loading anything
+    for eps in args.eps:
+        if not 0 < eps <= 1:
+            raise ConfigError(f"--eps {eps} is outside (0, 1]; eps is in input units of [0, 1] images")
+    policies: dict[str, Any] = {}
+    others: dict[str, Any] = {}
     for spec in args.policy:
-        name, _, path = spec.rpartition("=")
-        policies[name or Path(path).parent.name or Path(path).stem] = load_policy(path)
+        name, value = _named(spec, "--policy")
+        path, _, ckpt = value.partition("@")
+        policies[name] = (load_policy(path), ckpt or None)
+    for spec in args.model:
+        name, ckpt = _named(spec, "--model")
+        policies[name] = (None, ckpt)
     ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
-    entries = standard_entries(ws, policies, bits=tuple(args.fixed))
-    rows = compare_policies(ws, entries, args.device, split="test")
-    header = f"# hwsearch comparison\n\nModel `{ws.model_name}` on `{ws.splits.name}` test split ({len(ws.splits.test)} images), device `{args.device}`."
+    entries: dict[str, Any] = standard_entries(ws, {}, bits=tuple(args.fixed))
+    for name, (policy, ckpt) in policies.items():
+        if ckpt is None:
+            entries[name] = policy
+        else:
+            if ckpt not in others:
+                others[ckpt] = prepare(ckpt, data_root=args.data_root, device=args.compute_device)
+            entries[name] = (policy, others[ckpt])
+    robust = robust_evaluator(ws, args.eps, steps=args.attack_steps, restarts=args.restarts, images=args.robust_images)
+    rows = compare_policies(ws, entries, args.device, split="test", robust_eval=robust if args.eps else None)
+    header = (
+        f"# hwsearch comparison\n\nModel `{ws.model_name}` on the `{ws.splits.name}` test split "
+        f"({len(ws.splits.test)} images), device `{args.device}`."
+    )
+    if args.eps:
+        header += (
+            f" Robust accuracy: per-sample worst case over STE-, shadow- and transfer-PGD ({args.attack_steps} steps, "
+            f"{args.restarts} restart(s)), margin-loss PGD and FGSM, L-inf, on the first {args.robust_images} test images."
+        )
     if args.out:
         out = _out_dir(args.out, True, "report.md")
+        plots = ["tradeoff.png"]
+        plot_tradeoff(rows, out / "tradeoff.png", device=args.device)
+        from hwsearch.hardware import policy_cost
+
+        for row in rows:
+            if row.policy is not None and not row.name.startswith("fixed"):
+                fname = f"bits-{''.join(c if c.isalnum() else '_' for c in row.name)}.png"
+                src = entries[row.name][1] if isinstance(entries[row.name], tuple) else ws
+                shares = latency_shares(policy_cost(cost_model, src.layers, row.policy))
+                plot_policy_bits(row.policy, shares, out / fname, title=f"{row.name}: bits per layer")
+                plots.append(fname)
+        header += "\n\n" + "\n".join(f"![{p}]({p})" for p in plots)
         paths = write_compare(out, rows, args.device, header)
         _say(args, f"report: {paths['md']}")
     print(compare_table(rows, args.device), end="")
     return 0
+
+
+# ------------------------------------------------------------------------------------ finetune, amplify
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from hwsearch.checkpoint import save_checkpoint
+    from hwsearch.policy import load_policy, save_policy
+    from hwsearch.training import TrainConfig
+    from hwsearch.workflow import finetune_policy, prepare
+
+    if args.lipschitz_beta < 0:
+        raise ConfigError(f"--lipschitz-beta {args.lipschitz_beta} must be >= 0 (0 = plain QAT)")
+    policy = load_policy(args.policy)
+    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    policy.check_against(ws.layer_names)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=str(ws.device))
+    bar = _progress(args.epochs, args.quiet, "finetune")
+
+    def on_epoch(epoch: int, stats: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_acc']:.3f}")
+
+    model = finetune_policy(ws, policy, cfg, lipschitz_beta=args.lipschitz_beta, on_epoch=on_epoch)
+    bar.close()
+    out = Path(args.out)
+    meta = ws.meta
+    extra = {"policy": policy.to_dict(), "calibration": ws.calibration.to_dict(), "lipschitz_beta": args.lipschitz_beta}
+    save_checkpoint(
+        out,
+        model,
+        model_name=meta["model_name"],
+        dataset=meta["dataset"],
+        num_classes=meta["num_classes"],
+        input_shape=meta["input_shape"],
+        mean=meta["mean"],
+        std=meta["std"],
+        metrics={"finetune_epochs": args.epochs, "lipschitz_beta": args.lipschitz_beta, "seed": args.seed},
+        extra=extra,
+    )
+    save_policy(policy.with_meta(finetuned=str(out)), out.with_suffix(".policy.json"))
+    _say(
+        args,
+        f"fine-tuned weights: {out} (apply {out.with_suffix('.policy.json')} to them; compare with "
+        f"--policy defended={out.with_suffix('.policy.json')}@{out})",
+    )
+    return 0
+
+
+def cmd_amplify(args: argparse.Namespace) -> int:
+    from hwsearch.policy import load_policy
+    from hwsearch.quant import apply_policy
+    from hwsearch.robust import AttackConfig, amplification_profile, attack, write_amplification
+    from hwsearch.workflow import prepare
+
+    if not 0 < args.eps <= 1:
+        raise ConfigError(f"--eps {args.eps} is outside (0, 1]; eps is in input units of [0, 1] images")
+    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    models: dict[str, Any] = {"FP32": ws.model}
+    if args.policy:
+        policy = load_policy(args.policy)
+        models[f"quantized ({Path(args.policy).name})"] = apply_policy(ws.model, policy, ws.calibration)
+    if args.defended:
+        dws = prepare(args.defended, data_root=args.data_root, device=args.compute_device)
+        stored = dws.meta.get("extra", {}).get("policy")
+        if stored is None and not args.policy:
+            raise ConfigError(f"{args.defended!r} was not written by `hwsearch finetune`; pass --policy too")
+        from hwsearch.policy import Policy
+
+        dpolicy = Policy.from_dict(stored) if stored is not None else load_policy(args.policy)
+        models["defended"] = apply_policy(dws.model, dpolicy, dws.calibration)
+    x, y = ws.split("test", args.images)
+    x, y = x.to(ws.device), y.to(ws.device)
+    cfg = AttackConfig("pgd", args.eps, args.steps, grad="shadow")
+    results = {}
+    for name, model in models.items():
+        g = torch_generator(args.seed)
+        x_adv = attack(model, x, y, cfg, generator=g)
+        results[name] = amplification_profile(model, x, x_adv, generator=torch_generator(args.seed))
+    out = _out_dir(args.out, True, "amplification.csv")
+    write_amplification(results, out / "amplification.csv", out / "amplification.png")
+    _say(args, f"error amplification: {out / 'amplification.csv'} and {out / 'amplification.png'}")
+    for name, r in results.items():
+        _say(args, f"{name}: last layer amplification {r.adversarial[-1]:.2f} (noise control {r.noise[-1]:.2f})")
+    return 0
+
+
+def torch_generator(seed: int) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -430,8 +566,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=DEFAULT_DEVICE)
     p.add_argument("--policy", action="append", default=[], help="[NAME=]policy.json (repeatable)")
     p.add_argument("--fixed", type=int, nargs="*", default=[8, 4], help="fixed bit widths to include")
-    p.add_argument("--out", default=None, help="folder for report.md/json/csv")
+    p.add_argument("--model", action="append", default=[], help="NAME=CKPT: another FP32 model (e.g. + Lipschitz)")
+    p.add_argument("--eps", type=float, nargs="*", default=[], help="robust accuracy at these L-inf eps (e.g. 0.1 0.2)")
+    p.add_argument("--attack-steps", type=int, default=20)
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--robust-images", type=int, default=500)
+    p.add_argument("--out", default=None, help="folder for report.md/json/csv and plots")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("finetune", help="quantization-aware fine-tuning of a policy, with the Lipschitz term")
+    _common(p)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--lipschitz-beta", type=float, default=0.0, help="orthogonality term weight (0 = plain QAT)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/defended.pt")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("amplify", help="per-layer error amplification of FP32, a policy and its defended version")
+    _common(p)
+    p.add_argument("--policy", default=None)
+    p.add_argument("--defended", default=None, help="checkpoint written by `hwsearch finetune`")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/amplify")
+    p.set_defaults(func=cmd_amplify)
 
     try:
         from hwsearch.cli_latency import add_latency_parser

@@ -134,21 +134,22 @@ def compare_records(rows: Sequence[CompareRow]) -> list[dict[str, Any]]:
 
 
 def compare_table(rows: Sequence[CompareRow], device: str) -> str:
-    """One Markdown table; robust columns appear only when a robustness run produced them."""
-    robust_cols: list[tuple[str, str]] = []
+    """Markdown: one main table (worst-case robust accuracy per eps when a robustness run produced it), then
+    a per-attack breakdown table."""
+    eps_list: list[str] = []
+    attack_cols: list[tuple[str, str]] = []
     for r in rows:
         for eps, figs in r.robust.items():
-            for k in figs:
-                if (eps, k) not in robust_cols:
-                    robust_cols.append((eps, k))
-    head = ["policy", "accuracy %"]
-    head += [f"robust {k} @{eps} %" for eps, k in robust_cols]
+            if eps not in eps_list:
+                eps_list.append(eps)
+            attack_cols += [(eps, k) for k in figs if k != "worst" and (eps, k) not in attack_cols]
+    head = ["policy", "accuracy %"] + [f"robust @{eps} %" for eps in eps_list]
     head += [f"latency ms ({device})", "speed-up vs 8-bit", "energy mJ", "energy saving vs 8-bit", "size KiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.name, f"{100 * r.accuracy:.2f}"]
-        for eps, k in robust_cols:
-            v = r.robust.get(eps, {}).get(k)
+        for eps in eps_list:
+            v = r.robust.get(eps, {}).get("worst")
             cells.append(_fmt(None if v is None else 100 * v, ".2f"))
         cells += [
             _fmt(r.latency_ms, ".5g") if r.latency_ms is not None else "n/a (float)",
@@ -158,7 +159,17 @@ def compare_table(rows: Sequence[CompareRow], device: str) -> str:
             f"{r.size_bits / 8 / 1024:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if attack_cols:
+        head = ["policy"] + [f"{k} @{eps}" for eps, k in attack_cols]
+        lines = ["", "Robust accuracy (%) per attack:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            vals = [r.robust.get(eps, {}).get(k) for eps, k in attack_cols]
+            lines.append(
+                "| " + " | ".join([r.name] + [_fmt(None if v is None else 100 * v, ".2f") for v in vals]) + " |"
+            )
+        text += "\n".join(lines) + "\n"
+    return text
 
 
 def write_compare(out_dir: Path, rows: Sequence[CompareRow], device: str, header: str = "") -> dict[str, Path]:

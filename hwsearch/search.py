@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from stable_baselines3 import DDPG
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
+from stable_baselines3.common.vec_env import VecEnv
 
 from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import ConfigError
@@ -31,6 +32,7 @@ __all__ = [
     "HaqDDPG",
     "SearchCheckpoint",
     "build_agent",
+    "episode_steps",
     "run_search",
 ]
 
@@ -163,8 +165,9 @@ class TruncatedNormalNoise(ActionNoise):
     def __call__(self) -> np.ndarray:  # additive form, for SB3 code paths that expect it
         return self.rng.normal(0.0, self.sigma, size=(1,)).astype(np.float32)
 
-    def reset(self) -> None:
-        """Nothing to reset: the decay follows the episode count the search sets."""
+    def reset(self, indices: Any = None) -> None:
+        """Nothing to reset: the decay follows the episode count the search sets (SB3 passes ``indices`` when
+        it steps several envs)."""
 
     def get_state(self) -> dict[str, Any]:
         return {"episodes": self.episodes, "rng": self.rng.bit_generator.state}
@@ -187,6 +190,15 @@ class HaqDDPG(DDPG):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "after_store"]
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        """SB3 wraps the noise in one copy per env when ``n_envs > 1``; the truncated noise already perturbs a
+        batch of actions, and the search must keep setting its episode count, so it stays unwrapped."""
+        noise = self.action_noise
+        out = super()._setup_learn(*args, **kwargs)
+        if isinstance(noise, TruncatedNormalNoise) and isinstance(self.action_noise, VectorizedActionNoise):
+            self.action_noise = noise
+        return out
 
     def _store_transition(
         self, replay_buffer: Any, buffer_action: Any, new_obs: Any, reward: Any, dones: Any, infos: Any
@@ -285,7 +297,7 @@ class SearchCheckpoint:
         path = self.latest()
         return None if path is None else json.loads((path / "state.json").read_text(encoding="utf-8"))
 
-    def load_agent(self, env: MixedPrecisionEnv, config: SearchConfig) -> HaqDDPG | None:
+    def load_agent(self, env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDPG | None:
         path = self.latest()
         if path is None or not (path / "agent.zip").is_file():
             return None
@@ -307,8 +319,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_agent(env: MixedPrecisionEnv, config: SearchConfig) -> HaqDDPG:
-    steps = env.n_steps
+def episode_steps(env: MixedPrecisionEnv | VecEnv) -> int:
+    """Steps per episode (the same in every env of a ``VecEnv``: they are copies of one env)."""
+    if isinstance(env, VecEnv):
+        return int(env.get_attr("n_steps", indices=[0])[0])
+    return int(env.n_steps)
+
+
+def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDPG:
+    """HAQ's DDPG. One env trains after every episode on as many gradient steps as it collected transitions.
+    SB3 refuses episodic ``train_freq`` with several envs; as they all end episodes on the same step, training
+    every ``steps`` vec steps on ``steps * n_envs`` gradient steps is the same schedule (one update per
+    transition, after each round of episodes)."""
+    steps = episode_steps(env)
+    n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+    train_freq: tuple[int, str] = (1, "episode") if n_envs == 1 else (steps, "step")
     noise = TruncatedNormalNoise(config.noise_sigma, config.noise_decay, config.warmup_episodes, seed=config.seed)
     return HaqDDPG(
         "MlpPolicy",
@@ -320,7 +345,7 @@ def build_agent(env: MixedPrecisionEnv, config: SearchConfig) -> HaqDDPG:
         batch_size=config.batch_size,
         tau=config.tau,
         gamma=config.gamma,
-        train_freq=(1, "episode"),
+        train_freq=train_freq,
         gradient_steps=-1,
         action_noise=noise,
         policy_kwargs={"net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)}},
@@ -331,7 +356,7 @@ def build_agent(env: MixedPrecisionEnv, config: SearchConfig) -> HaqDDPG:
 
 
 def run_search(
-    env: MixedPrecisionEnv,
+    env: MixedPrecisionEnv | VecEnv,
     config: SearchConfig,
     *,
     on_episode: Callable[[EpisodeRecord], bool | None] | None = None,
@@ -345,20 +370,35 @@ def run_search(
     ``checkpoint`` that has a saved agent, the search goes on from it. ``on_episode`` returning False or
     ``should_stop()`` turning true (a signal handler) stops at the next step, after a checkpoint.
     Same seed, same episodes on CPU: the seed reaches Python, NumPy, torch, the env and SB3.
+
+    ``env`` may be a ``VecEnv`` of copies of one env (:mod:`hwsearch.parallel`): its envs finish episodes on the
+    same step, recorded in env order; a round that overshoots ``config.episodes`` has its extra episodes
+    evaluated but not recorded. The random agent draws the same actions as with one env (same seed, same
+    episodes); DDPG does not (it acts on a batch and trains after each round), but any backend with the same
+    ``n_envs`` and seed gives the same episodes. Resume with the ``n_envs`` the run started with.
     """
     _seed_everything(config.seed + len(history))
     result = SearchResult(config=config, episodes=list(history))
     start = time.perf_counter()
     agent: HaqDDPG | None = None
     rng = np.random.default_rng(config.seed)
+    n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+    steps = episode_steps(env)
     state = checkpoint.state() if checkpoint is not None else None
     if state is not None and "rng" in state:
         rng.bit_generator.state = state["rng"]
+    if state is not None and int(state.get("n_envs", 1)) != n_envs and config.agent != "random":
+        raise ConfigError(
+            f"the checkpoint was written with {state.get('n_envs', 1)} env(s); resume with n_envs = "
+            f"{state.get('n_envs', 1)} (got {n_envs}): its replay buffer is laid out per env"
+        )
+    saved_at = [len(result.episodes)]
 
     def save() -> None:
         if checkpoint is not None:
-            extra = {"rng": rng.bit_generator.state, "config": asdict(config)}
+            extra = {"rng": rng.bit_generator.state, "config": asdict(config), "n_envs": n_envs}
             checkpoint.save(len(result.episodes), agent, extra)
+            saved_at[0] = len(result.episodes)
 
     stop_asked = [False]
 
@@ -366,6 +406,8 @@ def run_search(
         return stop_asked[0] or should_stop()
 
     def record(info: dict[str, Any]) -> None:
+        if len(result.episodes) >= config.episodes:  # the overshoot of a last round of several envs
+            return
         rec = EpisodeRecord.from_info(len(result.episodes), info)
         result.episodes.append(rec)
         if agent is not None and isinstance(agent.action_noise, TruncatedNormalNoise):
@@ -374,23 +416,28 @@ def run_search(
             stop_asked[0] = True
 
     def episode_stored(ended: bool) -> None:
-        """After an episode's last transition is in the replay buffer: checkpoint when due."""
+        """After an episode's last transition is in the replay buffer: checkpoint when due (an interval
+        boundary was crossed: several envs add several episodes at once)."""
+        if checkpoint is None or not ended:
+            return
         n = len(result.episodes)
-        due = n % checkpoint.every == 0 or n >= config.episodes or stop_requested() if checkpoint else False
-        if ended and due:
+        if n // checkpoint.every > saved_at[0] // checkpoint.every or n >= config.episodes or stop_requested():
             save()
 
     remaining = config.episodes - len(result.episodes)
     if remaining > 0 and config.agent == "random":
-        env.reset(seed=config.seed + len(history))
-        while not stop_requested() and len(result.episodes) < config.episodes:
-            env.reset()
-            for _ in range(env.n_steps):
-                a = rng.uniform(-1.0, 1.0, size=(1,)).astype(np.float32)
-                _, _, terminated, _, info = env.step(a)
-            assert terminated
-            record(info)
-            episode_stored(True)
+        _random_search(
+            env,
+            config,
+            rng,
+            steps,
+            n_envs,
+            len(history),
+            record,
+            episode_stored,
+            stop_requested,
+            recorded=lambda: len(result.episodes),
+        )
     elif remaining > 0:
         agent = checkpoint.load_agent(env, config) if checkpoint is not None else None
         resumed = agent is not None
@@ -399,7 +446,7 @@ def run_search(
             agent.action_noise.episodes = len(result.episodes)
         agent.after_store = episode_stored
         agent.learn(
-            total_timesteps=remaining * env.n_steps,
+            total_timesteps=remaining * steps,
             callback=_Recorder(record, stop_requested),
             reset_num_timesteps=not resumed,
         )
@@ -408,6 +455,43 @@ def run_search(
         save()
     result.wall_s = time.perf_counter() - start
     return result
+
+
+def _random_search(
+    env: MixedPrecisionEnv | VecEnv,
+    config: SearchConfig,
+    rng: np.random.Generator,
+    steps: int,
+    n_envs: int,
+    done_before: int,
+    record: Callable[[dict[str, Any]], None],
+    episode_stored: Callable[[bool], None],
+    stop_requested: Callable[[], bool],
+    *,
+    recorded: Callable[[], int],
+) -> None:
+    """Uniform actions. A round of ``n_envs`` episodes draws ``(n_envs, steps)`` actions in one call: the same
+    numbers, in the same episode order, as ``n_envs`` episodes drawn one after another with one env."""
+    if isinstance(env, VecEnv):
+        env.seed(config.seed + done_before)
+        env.reset()
+    else:
+        env.reset(seed=config.seed + done_before)
+    while not stop_requested() and recorded() < config.episodes:
+        actions = rng.uniform(-1.0, 1.0, size=(n_envs, steps, 1)).astype(np.float32)
+        if isinstance(env, VecEnv):
+            for t in range(steps):
+                _, _, dones, infos = env.step(actions[:, t])
+            assert bool(np.all(dones)), "the envs of a VecEnv must share one episode length"
+        else:
+            env.reset()
+            for t in range(steps):
+                _, _, terminated, _, info = env.step(actions[0, t])
+            assert terminated
+            infos = [info]
+        for info in infos:
+            record(info)
+        episode_stored(True)
 
 
 def config_dict(config: SearchConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "CompareRow",
     "compare_policies",
     "finetune_policy",
+    "robust_evaluator",
     "standard_entries",
 ]
 
@@ -157,33 +158,68 @@ def _float_size(ws: Workspace) -> int:
     return sum(ly.params * 32 for ly in ws.layers)
 
 
+Entry = tuple["Policy | None", "Workspace | None"]
+
+
 def compare_policies(
     ws: Workspace,
-    policies: Mapping[str, Policy | None],
+    entries: Mapping[str, Policy | None | tuple[Policy | None, Workspace | None]],
     device_name: str,
     *,
     split: str = "test",
     robust_eval: Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, Any]] | None = None,
 ) -> list[CompareRow]:
-    """Score each entry on ``split`` and price it on the device; ``None`` is the FP32 model (not priced)."""
+    """Score each entry on ``split`` and price it on the device.
+
+    An entry is a policy (applied to ``ws``'s model), ``None`` (``ws``'s FP32 model, not priced), or a
+    ``(policy, workspace)`` pair for another checkpoint of the same architecture: an FP32 model trained with
+    the Lipschitz term, or the weights a defended policy was fine-tuned into.
+    """
     cost_model = get_device(device_name)
     x, y = ws.split(split)
     ref_cost = policy_cost(cost_model, ws.layers, ws.uniform(8))
     rows = []
-    for name, policy in policies.items():
+    for name, entry in entries.items():
+        policy, own = entry if isinstance(entry, tuple) else (entry, None)
+        src = own or ws
+        if src.layer_names != ws.layer_names:
+            raise ConfigError(
+                f"entry {name!r} is a model with other layers than {ws.model_name}; compare like with like"
+            )
         if policy is None:
-            model, lat, energy, size = ws.model, None, None, _float_size(ws)
+            model, lat, energy, size = src.model, None, None, _float_size(src)
         else:
-            policy.check_against(ws.layer_names)
-            model = apply_policy(ws.model, policy, ws.calibration)
-            pc = policy_cost(cost_model, ws.layers, policy)
+            policy.check_against(src.layer_names)
+            model = apply_policy(src.model, policy, src.calibration)
+            pc = policy_cost(cost_model, src.layers, policy)
             lat, energy, size = pc.latency_ms, pc.energy_mj, int(pc.size_bits)
-        acc = clean_accuracy(model, x.to(ws.device), y.to(ws.device))
+        acc = clean_accuracy(model, x.to(src.device), y.to(src.device))
         speedup = ref_cost.latency_ms / lat if lat else None
         saving = ref_cost.energy_mj / energy if (energy and ref_cost.energy_mj) else None
         robust = dict(robust_eval(model, x, y)) if robust_eval else {}
         rows.append(CompareRow(name, policy, acc, lat, energy, size, speedup, saving, robust))
     return rows
+
+
+def robust_evaluator(
+    ws: Workspace, eps_list: Sequence[float], *, steps: int = 20, restarts: int = 1, images: int = 500, seed: int = 0
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, dict[str, float]]]:
+    """The report-grade attack set (STE, shadow, transfer from ``ws``'s FP32 model, margin loss, FGSM) per eps.
+
+    Runs on the first ``images`` images of the split (the split order is a fixed stratified permutation).
+    """
+    from hwsearch.robust import report_attacks, robust_accuracy
+
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        xs, ys = x[:images].to(ws.device), y[:images].to(ws.device)
+        for eps in eps_list:
+            attacks = report_attacks(eps, steps=steps, restarts=restarts)
+            res = robust_accuracy(model, xs, ys, attacks, source_model=ws.model, seed=seed)
+            out[f"{eps:g}"] = {"worst": float(res.worst), **{k: float(v) for k, v in res.per_attack.items()}}
+        return out
+
+    return run
 
 
 def finetune_policy(

@@ -165,3 +165,14 @@ def test_shadow_mode_same_forward_float_backward() -> None:
     (g_ste,) = torch.autograd.grad(q(xs).sum(), xs)
     assert g_shadow.abs().sum() > 0
     assert not torch.allclose(g_shadow, g_ste)
+
+
+def test_weight_cache_made_in_inference_mode_serves_autograd_later() -> None:
+    model = _tiny_model()
+    x = torch.rand(4, 1, 8, 8)
+    q = apply_policy(model, uniform_policy(quantizable_names(model), 4), calibrate(model, x)).eval()
+    with torch.inference_mode():
+        ref = q(x)
+    xs = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(q(xs).sum(), xs)
+    assert torch.isfinite(g).all() and torch.allclose(q(x), ref)

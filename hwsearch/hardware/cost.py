@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 from types import MappingProxyType
@@ -14,6 +16,7 @@ from hwsearch.errors import ConfigError, TableError
 from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, UnknownDeviceError
 from hwsearch.hardware.bismo import BismoConfig, BismoCostModel
 from hwsearch.hardware.bitfusion import BitFusionConfig, BitFusionCostModel, BitFusionEnergy
+from hwsearch.hardware.table import TableCostModel, load_table
 from hwsearch.layers import LayerInfo
 from hwsearch.policy import Policy
 
@@ -26,6 +29,9 @@ __all__ = [
     "list_devices",
     "device_spec",
     "device_from_spec",
+    "is_table_path",
+    "supported_pairs",
+    "bit_grid",
 ]
 
 DEFAULT_DEVICE = "bitfusion-edge"
@@ -120,6 +126,58 @@ def device_from_spec(spec: Mapping[str, Any]) -> CostModel:
     raise TableError(f"device {name!r} has family {family!r}; expected 'bitfusion' or 'bismo'")
 
 
-def get_device(name: str) -> CostModel:
-    """The analytical cost model of a named device, parameters read from ``latency_tables/devices/``."""
-    return device_from_spec(device_spec(name))
+def is_table_path(name: str | os.PathLike[str]) -> bool:
+    """Whether a ``--device`` value names a table file rather than a device: a ``.json`` name or a path."""
+    text = os.fspath(name)
+    return text.endswith(".json") or os.sep in text or (os.altsep is not None and os.altsep in text)
+
+
+def get_device(name: str | os.PathLike[str]) -> CostModel:
+    """The cost model of a named analytical device (``latency_tables/devices/``) or of a table file.
+
+    A value ending in ``.json`` or containing a path separator is read as a cost table (analytical, measured or
+    imported; see :func:`hwsearch.hardware.load_table`) and priced by a :class:`TableCostModel`, whose
+    :meth:`~TableCostModel.supported_pairs` says which bit pairs the search may use.
+    """
+    if is_table_path(name):
+        return TableCostModel(load_table(name), path=os.fspath(name))
+    return device_from_spec(device_spec(str(name)))
+
+
+def supported_pairs(cost_model: CostModel, layers: Iterable[LayerInfo]) -> frozenset[tuple[int, int]]:
+    """(w, a) pairs ``cost_model`` prices for every layer: a table's own pairs, else all pairs of its widths."""
+    own = getattr(cost_model, "supported_pairs", None)
+    if callable(own):
+        return frozenset(own(list(layers)))
+    bits = cost_model.supported_bits()
+    return frozenset(itertools.product(bits, bits))
+
+
+def bit_grid(
+    cost_model: CostModel, layers: Iterable[LayerInfo], candidates: Iterable[int] = range(1, 9)
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The largest grid ``w_bits x a_bits`` of ``candidates`` whose every pair the device prices for every layer.
+
+    The env chooses weight and activation widths independently, so it needs a full grid; this picks the grid
+    with most pairs (ties: more weight widths, then wider ones). For an analytical device it is the device's
+    widths among ``candidates``; for a measured table typically ``((8,), (8,))``. Raises when no pair fits.
+    """
+    allowed = set(candidates)
+    pairs = {(w, a) for w, a in supported_pairs(cost_model, layers) if w in allowed and a in allowed}
+    ws = sorted({w for w, _ in pairs})
+    best: tuple[tuple[int, int, tuple[int, ...]], tuple[int, ...], tuple[int, ...]] | None = None
+    for n in range(1, len(ws) + 1):
+        for wsub in itertools.combinations(ws, n):
+            a_common = set.intersection(*({a for w2, a in pairs if w2 == w} for w in wsub))
+            if not a_common:
+                continue
+            key = (len(wsub) * len(a_common), len(wsub), wsub)
+            if best is None or key > best[0]:
+                best = (key, wsub, tuple(sorted(a_common)))
+    if best is None:
+        name = getattr(cost_model, "name", "?")
+        raise TableError(
+            f"device {name!r} prices no bit pair among {sorted(allowed)} for every layer; "
+            f"build a table with those widths (hwsearch latency build/measure) or pick another device"
+        )
+    return best[1], best[2]

@@ -21,7 +21,7 @@ import numpy as np
 
 from hwsearch.errors import TableError
 from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, bit_key
-from hwsearch.io import atomic_write_json
+from hwsearch.io import atomic_write_text
 from hwsearch.layers import LayerInfo
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "build_table",
     "load_table",
     "save_table",
+    "render_table",
     "import_haq_npy",
     "import_apq_json",
     "apq_key_to_signatures",
@@ -236,17 +237,38 @@ def load_table(path: str | os.PathLike[str]) -> CostTable:
         raise TableError(f"cost table {str(p)!r}: {exc}") from None
 
 
+def render_table(table: CostTable) -> str:
+    """The table as compact, deterministic JSON: metadata first, then one line per layer signature.
+
+    Compact (no spaces) keeps shipped tables small; a line per signature keeps their diffs readable.
+    Floats are written with ``repr`` precision, so a loaded table prices exactly as the one written.
+    """
+    data = table.to_dict()
+    entries = data.pop("entries")
+    head = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    rows = ",\n".join(
+        f"{json.dumps(sig)}:{json.dumps(row, separators=(',', ':'), allow_nan=False)}" for sig, row in entries.items()
+    )
+    return f'{head[:-1]},\n"entries":{{\n{rows}\n}}}}\n'
+
+
 def save_table(table: CostTable, path: str | os.PathLike[str]) -> Path:
-    """Write a table atomically (the old file or the complete new one, never half)."""
-    return atomic_write_json(path, table.to_dict())
+    """Write a table atomically (the old file or the complete new one, never half), as :func:`render_table`."""
+    return atomic_write_text(path, render_table(table))
 
 
 class TableCostModel:
-    """CostModel reading a loaded table; supports the bit widths that occur in the table."""
+    """CostModel reading a loaded table.
 
-    def __init__(self, table: CostTable) -> None:
+    ``supported_bits()`` lists every width that occurs in the table (as weight or activation width); a table
+    need not hold every pair of them (a measured table may hold W32A32, W8A8 and W4A32 only), so the search
+    should restrict itself to :meth:`supported_pairs` of the layers it prices.
+    """
+
+    def __init__(self, table: CostTable, path: str | None = None) -> None:
         self.table = table
         self.name = table.device
+        self.path = path
 
     def supported_bits(self) -> tuple[int, ...]:
         bits: set[int] = set()
@@ -255,12 +277,39 @@ class TableCostModel:
                 bits.update(_parse_bit_key(key, "table"))
         return tuple(sorted(bits))
 
+    def layer_pairs(self, layer: LayerInfo) -> frozenset[tuple[int, int]]:
+        """The (w, a) pairs the table prices ``layer`` at (empty when its signature is absent)."""
+        row = self.table.entries.get(layer.signature(self.table.batch), {})
+        return frozenset(_parse_bit_key(key, "table") for key in row)
+
+    def supported_pairs(self, layers: Iterable[LayerInfo] | None = None) -> frozenset[tuple[int, int]]:
+        """(w, a) pairs priced for every one of ``layers`` (or, without layers, for every signature in the table).
+
+        A layer whose signature the table lacks is an error naming it and the command that builds it.
+        """
+        rows: list[Iterable[str]]
+        if layers is None:
+            rows = [row.keys() for row in self.table.entries.values()]
+        else:
+            rows = []
+            for layer in layers:
+                sig = layer.signature(self.table.batch)
+                if sig not in self.table.entries:
+                    self.table.entry(sig, 8, 8, layer.name)  # raises, naming the layer and the build command
+                rows.append(self.table.entries[sig].keys())
+        common: set[tuple[int, int]] | None = None
+        for keys in rows:
+            pairs = {_parse_bit_key(key, "table") for key in keys}
+            common = pairs if common is None else common & pairs
+        return frozenset(common or ())
+
     def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> LayerCost:
         sig = layer.signature(self.table.batch)
         return self.table.to_cost(self.table.entry(sig, w_bits, a_bits, layer.name))
 
     def __repr__(self) -> str:
-        return f"TableCostModel({self.table.device!r}, {len(self.table.entries)} signatures)"
+        where = f", from {self.path!r}" if self.path else ""
+        return f"TableCostModel({self.table.device!r}, {len(self.table.entries)} signatures{where})"
 
 
 def build_table(

@@ -61,7 +61,8 @@ class QuantWrapper(nn.Module):
             return quantize_weight(weight, self.w_bits)
         key = (weight._version, weight.data_ptr(), self.w_bits)
         if self._cached is None or self._cached[0] != key:
-            with torch.no_grad():
+            # a normal tensor even when first called under inference_mode, so attacks can reuse it later
+            with torch.inference_mode(False), torch.no_grad():
                 self._cached = (key, quantize_weight(weight, self.w_bits))
         return self._cached[1]
 
