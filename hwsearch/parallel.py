@@ -335,6 +335,7 @@ class RayVecEnv(VecEnv):
         super().__init__(len(env_fns), obs_space, act_space)
         self.metadata = metadata
         self._pending: list[Any] | None = None
+        self.closed = False
 
     def cache_items(self) -> list[tuple[tuple, EvalResult]]:
         return [] if self._cache_actor is None else _RayCache(self._cache_actor).items()
