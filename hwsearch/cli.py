@@ -132,6 +132,8 @@ _RUN_KEYS = (
     "steps",
     "seed",
     "checkpoint_every",
+    "episode_finetune_steps",
+    "episode_lipschitz_beta",
 )
 
 
@@ -154,7 +156,14 @@ def _evaluator_for(args: argparse.Namespace, ws: Any) -> Any:
     from hwsearch.evaluate import Evaluator, EvaluatorConfig
 
     x, y = ws.split("val")
-    return Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(attacks=_attack_list(args), seed=args.seed))
+    cfg = EvaluatorConfig(
+        attacks=_attack_list(args),
+        seed=args.seed,
+        finetune_steps=args.episode_finetune_steps,
+        lipschitz_beta=args.episode_lipschitz_beta,
+    )
+    train = ws.split("train") if args.episode_finetune_steps else None
+    return Evaluator(ws.model, ws.calibration, x, y, cfg, train_data=train)
 
 
 def _search_into(
@@ -519,6 +528,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episode-finetune-steps", type=int, default=0, help="QAT steps per evaluated policy (0 = off)")
+    p.add_argument("--episode-lipschitz-beta", type=float, default=0.0, help="Lipschitz term in those steps")
 
 
 def build_parser() -> argparse.ArgumentParser:

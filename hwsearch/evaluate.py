@@ -50,8 +50,17 @@ class EvaluatorConfig:
     attacks: tuple[Any, ...] = ()
     seed: int = 0
     cache: bool = True
+    finetune_steps: int = 0
+    finetune_lr: float = 5e-4
+    finetune_batch: int = 64
+    lipschitz_beta: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.finetune_steps < 0 or self.finetune_batch < 1 or self.finetune_lr <= 0 or self.lipschitz_beta < 0:
+            raise ConfigError(
+                f"episode fine-tune settings steps={self.finetune_steps}, batch={self.finetune_batch}, "
+                f"lr={self.finetune_lr}, beta={self.lipschitz_beta} must be >= 0, >= 1, > 0, >= 0"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size = {self.batch_size} must be >= 1")
         if self.robust_subset < 1:
@@ -81,6 +90,7 @@ class Evaluator:
         config: EvaluatorConfig | None = None,
         *,
         source_model: nn.Module | None = None,
+        train_data: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.model = model
         self.calibration = calibration
@@ -93,6 +103,9 @@ class Evaluator:
         g = torch.Generator().manual_seed(self.config.seed)
         idx = torch.randperm(len(x), generator=g)[:n].to(self.device)
         self.x_rob, self.y_rob = self.x[idx], self.y[idx]
+        if self.config.finetune_steps and train_data is None:
+            raise ConfigError("episode fine-tuning needs train_data=(x, y)")
+        self.train_data = train_data
         self.cache: dict[tuple, EvalResult] = {}
         self.timings = _Timings()
 
@@ -101,7 +114,33 @@ class Evaluator:
         return self.config.attacks
 
     def quantize(self, policy: Policy) -> nn.Module:
-        return apply_policy(self.model, policy, self.calibration)
+        """The policy's fake-quantized model, after the short per-episode fine-tune when one is configured."""
+        qmodel = apply_policy(self.model, policy, self.calibration)
+        if self.config.finetune_steps:
+            self._finetune(qmodel)
+        return qmodel.eval()
+
+    def _finetune(self, qmodel: nn.Module) -> None:
+        """A few QAT steps on fixed, seeded batches (HAQ fine-tunes one epoch; this is the cheap version)."""
+        assert self.train_data is not None
+        x, y = self.train_data
+        g = torch.Generator().manual_seed(self.config.seed)
+        opt = torch.optim.Adam([p for p in qmodel.parameters() if p.requires_grad], lr=self.config.finetune_lr)
+        reg = None
+        if self.config.lipschitz_beta > 0:
+            from hwsearch.robust import lipschitz_regularizer
+
+            reg = lipschitz_regularizer(self.config.lipschitz_beta)
+        qmodel.train()
+        for _ in range(self.config.finetune_steps):
+            idx = torch.randint(0, len(x), (self.config.finetune_batch,), generator=g)
+            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            loss = nn.functional.cross_entropy(qmodel(xb), yb)
+            if reg is not None:
+                loss = loss + reg(qmodel)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
     def evaluate(self, policy: Policy) -> EvalResult:
         key = policy.key()

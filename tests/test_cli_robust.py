@@ -23,8 +23,20 @@ def w2_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def defended(checkpoint: Path, w2_policy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("def") / "defended.pt"
-    argv = ["finetune", "--checkpoint", str(checkpoint), "--policy", str(w2_policy), "--lipschitz-beta", "1e-3",
-            "--epochs", "1", "--out", str(out), "--quiet"]
+    argv = [
+        "finetune",
+        "--checkpoint",
+        str(checkpoint),
+        "--policy",
+        str(w2_policy),
+        "--lipschitz-beta",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     return out
 
@@ -41,9 +53,25 @@ def test_finetune_writes_weights_with_policy_and_calibration(defended: Path, w2_
 def test_compare_reports_worst_case_and_per_attack_robustness(
     checkpoint: Path, defended: Path, w2_policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["compare", "--checkpoint", str(checkpoint), "--policy", f"w2={w2_policy}",
-            "--policy", f"w2-defended={defended.with_suffix('.policy.json')}@{defended}",
-            "--eps", "0.1", "0.3", "--attack-steps", "3", "--robust-images", "60", "--out", str(tmp_path), "--quiet"]
+    argv = [
+        "compare",
+        "--checkpoint",
+        str(checkpoint),
+        "--policy",
+        f"w2={w2_policy}",
+        "--policy",
+        f"w2-defended={defended.with_suffix('.policy.json')}@{defended}",
+        "--eps",
+        "0.1",
+        "0.3",
+        "--attack-steps",
+        "3",
+        "--robust-images",
+        "60",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(argv) == 0
     rows = {r["name"]: r for r in json.loads((tmp_path / "report.json").read_text())["rows"]}
     assert set(rows) == {"FP32", "fixed W8A8", "fixed W4A4", "w2", "w2-defended"}
@@ -62,8 +90,22 @@ def test_compare_reports_worst_case_and_per_attack_robustness(
 def test_amplify_writes_profiles_for_fp32_quantized_and_defended(
     checkpoint: Path, defended: Path, w2_policy: Path, tmp_path: Path
 ) -> None:
-    argv = ["amplify", "--checkpoint", str(checkpoint), "--policy", str(w2_policy), "--defended", str(defended),
-            "--images", "40", "--steps", "3", "--out", str(tmp_path), "--quiet"]
+    argv = [
+        "amplify",
+        "--checkpoint",
+        str(checkpoint),
+        "--policy",
+        str(w2_policy),
+        "--defended",
+        str(defended),
+        "--images",
+        "40",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(argv) == 0
     rows = list(csv.DictReader((tmp_path / "amplification.csv").open()))
     assert rows and (tmp_path / "amplification.png").stat().st_size > 1000
