@@ -6,12 +6,15 @@ import math
 import re
 from dataclasses import dataclass
 
-from hwsearch.errors import BudgetError
+from hwsearch.errors import BudgetError, ConfigError
 
-__all__ = ["METRICS", "UNITS", "Budget", "parse_budget"]
+__all__ = ["METRICS", "UNITS", "MAX_TABLE_ENTRIES", "Budget", "parse_budget", "check_table_size"]
 
 METRICS = ("latency", "energy", "size")
 UNITS = {"latency": "ms", "energy": "mJ", "size": "bits"}
+MAX_TABLE_ENTRIES = 2_000_000
+"""Most (layer, w, a) cells a search prices up front: each is a cost-model call and 3 float64s per metric."""
+_BYTES_PER_ENTRY = 3 * 8
 _PATTERN = re.compile(r"^\s*(latency|energy|size)\s*=\s*([0-9.eE+-]+)\s*(x?)\s*$")
 
 
@@ -57,3 +60,22 @@ def parse_budget(text: str) -> Budget:
     except ValueError:
         raise BudgetError(f"budget value {m.group(2)!r} in {text!r} is not a number") from None
     return Budget(metric=m.group(1), value=value, relative=bool(m.group(3)))
+
+
+def check_table_size(
+    n_layers: int, n_w: int, n_a: int, *, limit: int | None = None, what: str = "the search's cost table"
+) -> int:
+    """The number of cells ``n_layers x n_w x n_a``; a one-line ConfigError with the estimate above ``limit``.
+
+    Called before any cell is priced, so a model too large to search is refused at once rather than after
+    minutes of cost-model calls or an out-of-memory kill.
+    """
+    limit = MAX_TABLE_ENTRIES if limit is None else limit
+    entries = int(n_layers) * int(n_w) * int(n_a)
+    if entries > limit:
+        mib = entries * _BYTES_PER_ENTRY / 2**20
+        raise ConfigError(
+            f"{what} would hold {n_layers} layers x {n_w} weight x {n_a} activation widths = {entries:,} entries "
+            f"(~{mib:.3g} MiB), above the limit of {limit:,}; narrow --min-bits/--max-bits or search a smaller model"
+        )
+    return entries

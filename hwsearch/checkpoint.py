@@ -86,7 +86,11 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "extra_json": json.dumps(dict(extra or {})),
     }
-    return atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        return atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
+    except OSError as exc:  # a folder in the way, a file where a folder should be, no permission, disk full
+        why = exc.strerror or type(exc).__name__
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({why}); choose another --out") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict:
@@ -107,9 +111,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict:
             ) from exc
         detail = re.search(r"WeightsUnpickler error: *\n?\s*(.+)", text)
         why = detail.group(1).strip()[:160] if detail else _first_line(exc)
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only torch file ({why})") from exc
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a weights-only torch file ({why}); {_REMEDY}"
+        ) from exc
     except Exception as exc:  # torch raises many types for truncated/foreign files; all mean "cannot use"
-        raise CheckpointError(f"checkpoint {path} is not a readable torch file: {_first_line(exc)}") from exc
+        why = "empty or truncated" if isinstance(exc, EOFError) else _first_line(exc)
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file ({why}); {_REMEDY}") from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not an hwsearch checkpoint dict")
     if ckpt.get("schema") != SCHEMA:
@@ -127,9 +134,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict:
     return ckpt
 
 
+_REMEDY = "re-create it with `hwsearch train` or pass another --checkpoint"
+
+
 def _first_line(exc: BaseException) -> str:
+    """``Type: first sentence`` of an exception, at most ~120 characters (torch's messages run long)."""
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0].split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:120]}"
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -172,7 +172,13 @@ def cmd_latency_measure(args: argparse.Namespace) -> int:
             config=config,
             device=args.name,
             model=args.model,
-            generator={"input_shape": list(shape), "num_classes": args.num_classes},
+            generator={
+                "command": f"hwsearch latency measure --model {args.model} --input-shape {' '.join(map(str, shape))} "
+                f"--num-classes {args.num_classes} --runtime {args.runtime} --threads {args.threads} "
+                f"--repeats {args.repeats} --warmup {args.warmup}",
+                "input_shape": list(shape),
+                "num_classes": args.num_classes,
+            },
         )
         save_table(table, args.out)
         print(f"wrote measured table ({table.device}) to {args.out}")

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from hwsearch.envs import EvalResult
-from hwsearch.errors import ConfigError
+from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.policy import Policy
 from hwsearch.quant import Calibration, apply_policy
 
@@ -21,17 +21,48 @@ if TYPE_CHECKING:
 __all__ = ["EvaluatorConfig", "Evaluator", "clean_accuracy"]
 
 
+def _is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is an out-of-memory error (CUDA's own type, or a RuntimeError saying so)."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 @torch.inference_mode()
 def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy as a fraction; inference mode because no gradient is ever needed here."""
+    """Top-1 accuracy as a fraction; inference mode because no gradient is ever needed here.
+
+    On out-of-memory the batch is halved and the failed batch retried, down to one image; if even one image
+    does not fit, a one-line :class:`HwsearchError` says so. The smaller batch is kept for the rest of the pass.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size = {batch_size} must be >= 1")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     correct = 0
+    i = 0
     try:
-        for i in range(0, len(x), batch_size):
-            out = model(x[i : i + batch_size].to(device))
-            correct += int((out.argmax(dim=1).cpu() == y[i : i + batch_size]).sum())
+        while i < len(x):
+            try:
+                out = model(x[i : i + batch_size].to(device))
+            except (RuntimeError, MemoryError) as exc:
+                if not (_is_oom(exc) or isinstance(exc, MemoryError)):
+                    raise
+                del exc
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch_size == 1:
+                    raise HwsearchError(
+                        f"out of memory evaluating one image on {device}; free memory on that device or use "
+                        "--compute-device cpu"
+                    ) from None
+                batch_size = max(1, batch_size // 2)
+                continue
+            correct += int((out.argmax(dim=1).cpu() == y[i : i + batch_size].cpu()).sum())
+            i += batch_size
     finally:
         model.train(was_training)
     return correct / max(len(x), 1)

@@ -16,11 +16,14 @@ backend with the same ``n_envs`` (the envs are deterministic functions of the ag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing as mp
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from multiprocessing.managers import SyncManager
 from typing import Any
 
 import cloudpickle
@@ -228,17 +231,29 @@ class _ClonedEnv:
         return env
 
 
+def _ignore_sigint() -> None:
+    """Ctrl-C reaches every process of the terminal's group; only the driver acts on it (a clean stop with a
+    checkpoint), so worker and manager processes must survive it until the driver closes them."""
+    with contextlib.suppress(ValueError):  # ValueError: not the process's main thread, nothing to protect
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _WorkerFactory:
     """Builds one worker's env in the worker: thread count, compute device, shared cache."""
 
-    def __init__(self, fn: Callable[[], gym.Env], threads: int, device: str | None, cache: Any) -> None:
+    def __init__(
+        self, fn: Callable[[], gym.Env], threads: int, device: str | None, cache: Any, *, own_process: bool = True
+    ) -> None:
         self.fn = fn
         self.threads = threads
         self.device = device
         self.cache = cache
+        self.own_process = own_process
 
     def __call__(self) -> gym.Env:
-        torch.set_num_threads(self.threads)
+        if self.own_process:
+            _ignore_sigint()
+            torch.set_num_threads(self.threads)
         env = self.fn()
         base = env.unwrapped
         if hasattr(base, "evaluator"):
@@ -324,6 +339,32 @@ class RayVecEnv(VecEnv):
                     logging_level=logging.WARNING,
                     log_to_driver=False,
                 )
+        try:
+            self._start(ray, env_fns, cpus_per_env, gpus_per_env, cache, threads, compute_device)
+        except BaseException:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
+        self._pending: list[Any] | None = None
+        self.closed = False
+
+    def _start(
+        self,
+        ray: Any,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        cpus_per_env: float,
+        gpus_per_env: float,
+        cache: Mapping[tuple, EvalResult] | None,
+        threads: int,
+        compute_device: str | None,
+    ) -> None:
+        have = ray.cluster_resources()
+        for what, need in (("CPU", cpus_per_env), ("GPU", gpus_per_env)):
+            if need > have.get(what, 0.0):  # an actor that no node can hold would wait forever, silently
+                raise ConfigError(
+                    f"each worker asks for {need:g} {what}(s) but the Ray cluster has {have.get(what, 0.0):g} in all; "
+                    f"lower --{what.lower()}s-per-env or add nodes"
+                )
         self._cache_actor = None
         client = None
         if cache is not None:
@@ -332,10 +373,8 @@ class RayVecEnv(VecEnv):
         actor_cls = ray.remote(_EnvActor).options(num_cpus=cpus_per_env, num_gpus=gpus_per_env)
         self.actors = [actor_cls.remote(_WorkerFactory(fn, threads, compute_device, client)) for fn in env_fns]
         obs_space, act_space, metadata = ray.get(self.actors[0].spaces.remote())
-        super().__init__(len(env_fns), obs_space, act_space)
+        VecEnv.__init__(self, len(env_fns), obs_space, act_space)
         self.metadata = metadata
-        self._pending: list[Any] | None = None
-        self.closed = False
 
     def cache_items(self) -> list[tuple[tuple, EvalResult]]:
         return [] if self._cache_actor is None else _RayCache(self._cache_actor).items()
@@ -446,14 +485,15 @@ def make_vec_env(
         store = None if cache is None else cache
         client = None if store is None else _DictCache(store)
         vec = _SharedDummyVecEnv(
-            [_WorkerFactory(fn, torch.get_num_threads(), device, client) for fn in env_fns]  # in-process: keep
+            [_WorkerFactory(fn, config.threads, device, client, own_process=False) for fn in env_fns]
         )
         vec.cache_store = store
         return vec
     start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     manager = store = client = None
     if cache is not None:
-        manager = mp.get_context(start_method).Manager()
+        manager = SyncManager(ctx=mp.get_context(start_method))
+        manager.start(_ignore_sigint)
         store = manager.dict(cache)
         client = _DictCache(store)
     try:
@@ -469,9 +509,10 @@ def make_vec_env(
 
 
 def parallel_env(env: MixedPrecisionEnv, config: ParallelConfig) -> MixedPrecisionEnv | VecEnv:
-    """``env`` itself for one serial env (the unchanged path); otherwise a ``VecEnv`` of ``n_envs`` copies of it,
-    whose shared cache starts from ``env``'s evaluator cache."""
-    if config.n_envs == 1 and config.backend == "serial":
+    """``env`` itself for one local env (the unchanged path: a subprocess for one env gains nothing); otherwise a
+    ``VecEnv`` of ``n_envs`` copies of it, whose shared cache starts from ``env``'s evaluator cache. One Ray env
+    is kept: it runs the evaluation where the cluster has the resources (a GPU node)."""
+    if config.n_envs == 1 and config.backend != "ray":
         return env
     initial = getattr(env.evaluator, "cache", None)
     return make_vec_env(clone_env_fns(env, config.n_envs), config, initial_cache=initial)

@@ -169,7 +169,10 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"cannot read policy file {str(p)!r}: {exc}") from None
-    return Policy.from_json(text)
+    try:
+        return Policy.from_json(text)
+    except PolicyError as exc:  # name the file: a command may read several
+        raise PolicyError(f"policy file {str(p)!r}: {exc}") from None
 
 
 def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:

@@ -187,3 +187,165 @@ def test_cli_build_then_show_from_table(tmp_path: Path, capsys: pytest.CaptureFi
     args = parser.parse_args(["latency", "show", "--model", "smallcnn", "--device", "nope"])
     with pytest.raises(TableError, match="unknown device 'nope'"):
         args.func(args)
+
+
+# ------------------------------------------------------------------ shipped tables, table devices, bit grids
+
+SHIPPED_SMALL = ["bismo-edge__smallcnn", "bitfusion-edge__smallcnn"]
+
+
+@pytest.mark.parametrize("stem", SHIPPED_SMALL)
+def test_shipped_table_regenerates_exactly(stem: str, tmp_path: Path) -> None:
+    from hwsearch.hardware.regenerate import regenerate, shipped_dir
+
+    shipped = shipped_dir() / f"{stem}.json"
+    assert regenerate(shipped_dir(), only=[stem], check=True) == [(shipped, "unchanged")]
+    [(path, status)] = regenerate(tmp_path, only=[stem])
+    assert status == "written" and path.read_bytes() == shipped.read_bytes()
+
+
+def test_cli_build_command_recorded_in_table_reproduces_it(tmp_path: Path) -> None:
+    import shlex
+
+    from hwsearch.cli import main
+    from hwsearch.hardware.regenerate import shipped_table_path
+
+    shipped = shipped_table_path("bismo-edge", "smallcnn")
+    command = json.loads(shipped.read_text())["generator"]["command"]
+    assert (
+        command == "hwsearch latency build --device bismo-edge --model smallcnn --input-shape 1 28 28 --num-classes 10"
+    )
+    out = tmp_path / shipped.name
+    assert main([*shlex.split(command)[1:], "--out", str(out)]) == 0
+    assert out.read_bytes() == shipped.read_bytes()
+
+
+def test_every_shipped_table_is_present_small_and_complete() -> None:
+    from hwsearch.hardware import list_devices
+    from hwsearch.hardware.regenerate import SHIPPED_MODELS, shipped_dir, shipped_table_name
+
+    names = {m.name for m in SHIPPED_MODELS}
+    assert {"smallcnn", "resnet20", "mobilenet_v2", "resnet18"} <= names
+    total = 0
+    for device in list_devices():
+        for model in SHIPPED_MODELS:
+            path = shipped_dir() / shipped_table_name(device, model.name)
+            total += path.stat().st_size
+            assert path.stat().st_size < 200_000, path.name
+            table = load_table(path)
+            assert (table.device, table.model, table.method) == (device, model.name, "analytical")
+            assert table.generator["input_shape"] == list(model.input_shape)
+            assert table.generator["num_classes"] == model.num_classes
+            cost = TableCostModel(table)
+            assert cost.supported_bits() == tuple(range(1, 9))
+            assert cost.supported_pairs() == {(w, a) for w in range(1, 9) for a in range(1, 9)}
+    assert total < 3_000_000
+    extra = {p.name for p in shipped_dir().glob("*.json")} - {
+        shipped_table_name(d, m.name) for d in list_devices() for m in SHIPPED_MODELS
+    }
+    assert not extra, f"unregistered tables {extra}: add them to SHIPPED_MODELS or remove them"
+
+
+def test_shipped_table_prices_like_the_device_model() -> None:
+    from hwsearch.hardware.regenerate import shipped_table_path
+    from hwsearch.models import build_model
+
+    torch.manual_seed(0)
+    layers = discover_layers(build_model("resnet20", 10, (3, 32, 32)), (3, 32, 32))
+    table = get_device(str(shipped_table_path("bitfusion-edge", "resnet20")))
+    analytical = get_device("bitfusion-edge")
+    for bits in (2, 5, 8):
+        pol = uniform_policy([x.name for x in layers], bits)
+        assert policy_cost(table, layers, pol) == policy_cost(analytical, layers, pol)
+
+
+def test_missing_shipped_table_names_the_build_command() -> None:
+    from hwsearch.hardware.regenerate import shipped_table_path
+
+    with pytest.raises(TableError, match="hwsearch latency build --device bitfusion --model resnet99"):
+        shipped_table_path("bitfusion", "resnet99")
+
+
+def test_unknown_table_stem_is_refused() -> None:
+    from hwsearch.hardware.regenerate import regenerate
+
+    with pytest.raises(TableError, match="unknown shipped table"):
+        regenerate(only=["bitfusion__nope"], check=True)
+
+
+def test_get_device_reads_a_table_path(small_table, tmp_path: Path) -> None:
+    from hwsearch.hardware import is_table_path
+
+    table, layers = small_table
+    path = save_table(table, tmp_path / "t.json")
+    for spec in (str(path), path):
+        model = get_device(spec)
+        assert isinstance(model, TableCostModel) and model.name == "bitfusion-edge"
+        assert model.supported_bits() == (2, 4, 8)
+        assert model.supported_pairs(layers) == {(w, a) for w in (2, 4, 8) for a in (2, 4, 8)}
+    assert is_table_path("x.json") and is_table_path("dir/x") and not is_table_path("bitfusion-edge")
+    with pytest.raises(TableError, match="does not exist"):
+        get_device(tmp_path / "absent.json")
+
+
+def _pairs_table(rows: dict[str, list[str]]) -> TableCostModel:
+    entries = {sig: {k: {"latency": 1.0, "energy": None} for k in keys} for sig, keys in rows.items()}
+    return TableCostModel(CostTable(device="t", batch=1, method="measured", source="", entries=entries))
+
+
+_L0 = LayerInfo("a", "conv", 0, 3, 8, (3, 3), (1, 1), (1, 1), 1, (8, 8), (8, 8), 216, True)
+_L1 = LayerInfo("b", "linear", 1, 8, 10, (1, 1), (1, 1), (0, 0), 1, (1, 1), (1, 1), 80, False)
+
+
+@pytest.mark.parametrize(
+    ("rows", "grid"),
+    [
+        ({_L0.signature(1): ["W32A32", "W8A8"], _L1.signature(1): ["W32A32", "W8A8", "W4A32"]}, ((8,), (8,))),
+        (
+            {
+                _L0.signature(1): ["W4A4", "W4A8", "W8A4", "W8A8", "W2A8"],
+                _L1.signature(1): ["W4A4", "W4A8", "W8A4", "W8A8"],
+            },
+            ((4, 8), (4, 8)),
+        ),
+        (
+            {_L0.signature(1): ["W2A8", "W4A8", "W8A8", "W8A4"], _L1.signature(1): ["W2A8", "W4A8", "W8A8"]},
+            ((2, 4, 8), (8,)),
+        ),
+    ],
+)
+def test_bit_grid_of_a_table(rows: dict[str, list[str]], grid: tuple) -> None:
+    from hwsearch.hardware import bit_grid, supported_pairs
+
+    model = _pairs_table(rows)
+    pairs = supported_pairs(model, [_L0, _L1])
+    assert all(p in pairs for w in grid[0] for a in grid[1] for p in [(w, a)])
+    assert bit_grid(model, [_L0, _L1]) == grid
+
+
+def test_bit_grid_of_devices_and_failures() -> None:
+    from hwsearch.hardware import bit_grid
+
+    assert bit_grid(get_device("bismo-edge"), [_L0], range(2, 9)) == (tuple(range(2, 9)), tuple(range(2, 9)))
+    only_float = _pairs_table({_L0.signature(1): ["W32A32"], _L1.signature(1): ["W32A32"]})
+    with pytest.raises(TableError, match="prices no bit pair among"):
+        bit_grid(only_float, [_L0, _L1])
+    with pytest.raises(TableError, match=r"no entry for layer 'b'"):
+        bit_grid(_pairs_table({_L0.signature(1): ["W8A8"]}), [_L0, _L1])
+
+
+def test_cli_show_accepts_a_table_as_device(small_table, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwsearch.cli import main
+    from hwsearch.hardware.regenerate import shipped_table_path
+
+    path = shipped_table_path("bismo-edge", "smallcnn")
+    assert main(["latency", "show", "--model", "smallcnn", "--device", str(path)]) == 0
+    assert "total on bismo-edge" in capsys.readouterr().out
+
+
+def test_saved_table_is_compact_one_line_per_signature(small_table, tmp_path: Path) -> None:
+    table, _ = small_table
+    text = save_table(table, tmp_path / "t.json").read_text()
+    lines = text.splitlines()
+    assert len(lines) == 3 + len(table.entries) and ": " not in lines[0]
+    assert json.loads(text) == table.to_dict()

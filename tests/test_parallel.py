@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +29,8 @@ def test_two_subprocess_envs_run_the_asked_episodes_like_the_serial_vec_env() ->
     cfg = SearchConfig(seed=5, **SEVEN)
     vec = _vec("subproc")
     try:
+        for pid in [*(w.pid for w in vec.processes), vec.manager._process.pid]:
+            os.kill(pid, signal.SIGINT)  # Ctrl-C reaches the whole process group; only the driver may act on it
         seen: list = []
         par = run_search(vec, cfg, on_episode=seen.append)
         cached = dict(vec.cache_items())

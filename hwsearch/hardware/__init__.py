@@ -1,4 +1,8 @@
-"""Device cost models (BitFusion, BISMO, tables) that price a bit-width policy in latency, energy and size."""
+"""Device cost models (BitFusion, BISMO, tables) that price a bit-width policy in latency, energy and size.
+
+Submodules not imported here: ``hwsearch.hardware.measure`` (per-layer timing with PyTorch / ONNX Runtime) and
+``hwsearch.hardware.regenerate`` (the shipped tables; ``python -m hwsearch.hardware.regenerate``).
+"""
 
 from __future__ import annotations
 
@@ -21,11 +25,14 @@ from hwsearch.hardware.bitfusion import (
 from hwsearch.hardware.cost import (
     DEFAULT_DEVICE,
     PolicyCost,
+    bit_grid,
     device_from_spec,
     device_spec,
     get_device,
+    is_table_path,
     list_devices,
     policy_cost,
+    supported_pairs,
 )
 from hwsearch.hardware.table import (
     TABLE_SCHEMA_VERSION,
@@ -38,6 +45,7 @@ from hwsearch.hardware.table import (
     import_apq_json,
     import_haq_npy,
     load_table,
+    render_table,
     save_table,
 )
 
@@ -64,6 +72,7 @@ __all__ = [
     "UnknownDeviceError",
     "apq_key_to_signatures",
     "bismo_matmul",
+    "bit_grid",
     "bit_key",
     "build_command",
     "build_table",
@@ -75,11 +84,14 @@ __all__ = [
     "get_device",
     "import_apq_json",
     "import_haq_npy",
+    "is_table_path",
     "layer_shape",
     "list_devices",
     "load_table",
     "perf_factor",
     "policy_cost",
+    "render_table",
     "save_table",
     "simulate",
+    "supported_pairs",
 ]

@@ -156,14 +156,22 @@ class CostTable:
         row = self.entries.get(signature)
         if row is None:
             raise TableError(
-                f"table for device {self.device!r} has no entry for {who}; build one with: "
-                f"{build_command(self.device, self.model)}"
+                f"table for device {self.device!r} has no entry for {who}; build one with: {self.build_hint()}"
             )
         key = bit_key(w_bits, a_bits)
         cell = row.get(key)
         if cell is None:
             raise TableError(f"table for device {self.device!r} has no {key} cost for {who}; it has {', '.join(row)}")
         return cell
+
+    def build_hint(self) -> str:
+        """The command that rebuilds this table: its ``generator.command`` when recorded, else a generic one."""
+        command = self.generator.get("command")
+        if isinstance(command, str) and command:
+            return command
+        if self.method == "measured":
+            return f"hwsearch latency measure --model {self.model or 'MODEL'} --out TABLE.json"
+        return build_command(self.device, self.model)
 
     def to_cost(self, cell: TableEntry) -> LayerCost:
         """A cell in ms and mJ per image."""
