@@ -16,7 +16,8 @@ accuracy and per-sample worst-case robust accuracy over ``report_attacks`` (STE-
 CE, shadow-PGD with the margin loss, FGSM; transfer crafted on the FP32 row's model). The STE-PGD column alone
 is printed too, to show how much it flatters low-bit models. Attacks run as a cascade (an image is attacked
 only while still robust: the same worst case, about half the time); PGD uses 10 steps and 1 restart by
-default (``report_attacks`` defaults to 40 and 2) to keep the run near 10 minutes on 2 cores. Then the
+default (``report_attacks`` defaults to 40 and 2) to save time: measured 22 min wall on 2 cores that other jobs
+shared (load 4-7); ``--input-bits 0`` drops the two slowest rows, ``--test-limit`` scores fewer images. Then the
 error-amplification profile of the FP32 and W2A2 rows under each model's own shadow-PGD examples at eps 0.1.
 
 Run: ``python benchmarks/defensive_quantization.py [--out benchmarks/results/]``

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hwsearch.budget import Budget
+from hwsearch.budget import Budget, check_table_size
 from hwsearch.errors import BudgetError, ConfigError
 from hwsearch.layers import LayerInfo
 from hwsearch.policy import LayerBits, Policy
@@ -163,6 +163,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(OBS_FEATURES),), dtype=np.float32)
         self._features = self._static_features()
+        check_table_size(self.n_layers, len(self.config.w_bits), len(self.config.a_bits))
         self._costs = self._cost_tables()
         metric = self.config.budget.metric
         wi8 = self.config.w_bits.index(max(self.config.w_bits))

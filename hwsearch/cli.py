@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import time
@@ -263,12 +264,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     get_device(args.device)  # fail fast on a bad name, before loading anything
     _attack_list(args)
+    existed = Path(args.out).exists()
     out = Path(args.out) if resuming else _out_dir(args.out, args.overwrite, "episodes.csv")
-    if not resuming:
-        atomic_write_json(out / "run.json", {"schema": 1, "args": {k: getattr(args, k) for k in _RUN_KEYS}})
-    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
-    with _StopOnSignal() as stop:
-        result = _search_into(out, args, ws, _evaluator_for(args, ws), budget, resuming=resuming, stop=stop)
+    try:
+        if not resuming:
+            atomic_write_json(out / "run.json", {"schema": 1, "args": {k: getattr(args, k) for k in _RUN_KEYS}})
+        ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+        with _StopOnSignal() as stop:
+            result = _search_into(out, args, ws, _evaluator_for(args, ws), budget, resuming=resuming, stop=stop)
+    except HwsearchError:
+        if not resuming and not (out / "episodes.csv").exists():  # failed before any episode: leave nothing
+            if existed:
+                (out / "run.json").unlink(missing_ok=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
     if result is None:
         print(
             f"hwsearch: stopped by {stop.signal_name}; continue with: hwsearch search --resume {out}", file=sys.stderr

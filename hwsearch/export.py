@@ -202,7 +202,12 @@ def policy_from_text(
 def export_policy(policy: Policy, path: str | os.PathLike[str], fmt: str | None = None) -> Path:
     """Write ``policy`` atomically as ``fmt`` (default: from the extension)."""
     fmt = format_from_path(path) if fmt is None else _check_format(fmt)
-    return atomic_write_text(path, policy_to_text(policy, fmt))
+    try:
+        return atomic_write_text(path, policy_to_text(policy, fmt))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {str(path)!r} ({exc.strerror or type(exc).__name__}); choose another --out"
+        ) from None
 
 
 def import_policy(

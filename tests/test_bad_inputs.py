@@ -36,7 +36,6 @@ class Case:
     id: str
     setup: Setup
     expect: str
-    xfail: str | None = None
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -405,13 +404,11 @@ CASES: list[Case] = [
         "search-compute-device-unknown",
         lambda t, c: _search(c, "--compute-device", "tpu"),
         "unknown",
-        xfail="cmd_search writes out/run.json before prepare() validates --compute-device",
     ),
     Case(
         "search-ckpt-missing",
         lambda t, c: _search(t / "nope.pt"),
         "does not exist",
-        xfail="cmd_search writes out/run.json before prepare() loads the checkpoint",
     ),
     # --- budgets
     Case("budget-zero", lambda t, c: _search(c, "--budget", "latency=0"), "positive"),
@@ -434,13 +431,11 @@ CASES: list[Case] = [
         "budget-infeasible",
         lambda t, c: _search(c, "--budget", "latency=0.001x"),
         "below the cost",
-        xfail="the env (built after _out_dir and run.json) is what finds the budget infeasible",
     ),
     Case(
         "budget-infeasible-absolute",
         lambda t, c: _search(c, "--budget", "size=8"),
         "below the cost",
-        xfail="the env (built after _out_dir and run.json) is what finds the budget infeasible",
     ),
     # --- eps
     Case(
@@ -501,7 +496,6 @@ CASES: list[Case] = [
         "export-out-under-a-file",
         lambda t, c: ["export", "--policy", "p.json", "--format", "yaml", "--out", str(_regular_file(t) / "p.yaml")],
         "p.yaml",
-        xfail="export_policy (hwsearch/export.py) lets the OSError of atomic_write_text escape",
     ),
 ]
 
@@ -597,7 +591,6 @@ CASES += [
         "table-missing-signature-search",
         lambda t, c: _search(c, "--device", str(_table(_drop_signature)(t))),
         "no entry",
-        xfail="the env (built after _out_dir and run.json) is what finds the missing table entry",
     ),
 ]
 
@@ -631,13 +624,7 @@ def _snapshot(root: Path) -> dict[str, tuple[bool, int, int]]:
     return out
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
-        for c in CASES
-    ],
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_bad_input_gets_one_clear_line(
     case: Case,
     checkpoint: Path,

@@ -111,9 +111,6 @@ class _CountingCostModel(FakeCostModel):
         return super().layer_cost(layer, w_bits, a_bits)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="envs/mixed_precision.py MixedPrecisionEnv.__init__ does not call check_table_size"
-)
 def test_env_refuses_an_oversized_model_before_pricing(monkeypatch: pytest.MonkeyPatch) -> None:
     from hwsearch.envs import MixedPrecisionEnv
 
@@ -124,7 +121,6 @@ def test_env_refuses_an_oversized_model_before_pricing(monkeypatch: pytest.Monke
     assert cost.calls == 0
 
 
-@pytest.mark.xfail(strict=True, reason="hardware/table.py build_table does not call check_table_size")
 def test_table_build_refuses_an_oversized_model_before_pricing(monkeypatch: pytest.MonkeyPatch) -> None:
     from hwsearch.hardware import build_table
 

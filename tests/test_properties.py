@@ -227,10 +227,6 @@ def test_table_from_dict_parses_or_raises_table_error(data: Any) -> None:
     assert CostTable.from_dict(table.to_dict()).to_dict() == table.to_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hardware/table.py _positive calls math.isfinite on an int too large for a float: OverflowError",
-)
 def test_table_huge_integer_latency_is_a_table_error() -> None:
     with pytest.raises(TableError):
         TableEntry(10**400)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.budget import check_table_size
 from hwsearch.errors import TableError
 from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, bit_key
 from hwsearch.io import atomic_write_text
@@ -56,6 +57,10 @@ def build_command(device: str, model: str | None) -> str:
 def _positive(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TableError(f"{what} = {value!r} is not a number")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise TableError(f"{what} = {value!r} is too large") from None
     if not math.isfinite(value):
         raise TableError(f"{what} = {value!r} is not finite")
     if value <= 0:
@@ -332,6 +337,7 @@ def build_table(
 ) -> CostTable:
     """Tabulate an analytical cost model over every distinct layer signature and bit pair."""
     widths = tuple(bits) if bits is not None else cost_model.supported_bits()
+    check_table_size(len({layer.signature(batch) for layer in layers}), len(widths), len(widths), what="the cost table")
     entries: dict[str, dict[str, dict[str, float | None]]] = {}
     for layer in layers:
         sig = layer.signature(batch)

@@ -140,7 +140,7 @@ def write_amplification(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     longest: list[str] = []
@@ -156,7 +156,7 @@ def write_amplification(
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("relative output change / relative input change")
     ax.set_title("Error amplification")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: lines stay visible
 
     atomic_write_text(csv_path, buf.getvalue())
     atomic_write_with(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
