@@ -18,6 +18,9 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[str], None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the user's files get the usual permissions
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:
