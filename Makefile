@@ -5,7 +5,7 @@ OUT ?= runs/demo
 # pip's cap on this kind of machine keeps torch at the local 2.14.1 build; elsewhere any torch in range works.
 INSTALL_STAMP := .install.stamp
 
-.PHONY: install install-dev demo test test-fast lint clean
+.PHONY: install demo test test-fast lint tables tables-check clean
 
 $(INSTALL_STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
@@ -29,6 +29,12 @@ test-fast: install
 lint: install
 	$(PYTHON) -m ruff check hwsearch envs tests benchmarks
 	$(PYTHON) -m ruff format --check hwsearch envs tests benchmarks
+
+tables: install
+	$(PYTHON) -m hwsearch.hardware.regenerate
+
+tables-check: install
+	$(PYTHON) -m hwsearch.hardware.regenerate --check
 
 clean:
 	rm -rf $(INSTALL_STAMP) build *.egg-info .pytest_cache .ruff_cache

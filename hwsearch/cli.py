@@ -189,11 +189,17 @@ def _search_into(
         device="cpu",
     )
     env_kwargs: dict[str, Any] = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
-    if args.min_bits > 1 or args.max_bits < 8:
-        choices = tuple(range(args.min_bits, args.max_bits + 1))
-        env_kwargs.update(w_bits=choices, a_bits=choices)
+    if not 1 <= args.min_bits <= args.max_bits <= 8:
+        raise ConfigError(f"--min-bits {args.min_bits} / --max-bits {args.max_bits}: need 1 <= min <= max <= 8")
     t_eval0 = _eval_seconds(evaluator)
-    env, _ = build_env(ws, get_device(args.device), budget, env_kwargs=env_kwargs, evaluator=evaluator)
+    env, _ = build_env(
+        ws,
+        get_device(args.device),
+        budget,
+        env_kwargs=env_kwargs,
+        evaluator=evaluator,
+        bits=range(args.min_bits, args.max_bits + 1),
+    )
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     for rec in history:  # finished episodes need no second evaluation
         evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)

@@ -15,7 +15,7 @@ from hwsearch.data import DataSplits, load_dataset, tensors
 from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
-from hwsearch.hardware import CostModel, get_device, policy_cost
+from hwsearch.hardware import CostModel, bit_grid, get_device, policy_cost
 from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import Policy, uniform_policy
 from hwsearch.quant import Calibration, apply_policy, calibrate, remove_quantizers
@@ -106,6 +106,7 @@ def build_env(
     env_kwargs: Mapping[str, Any] | None = None,
     reference_bits: int = 8,
     evaluator: Evaluator | None = None,
+    bits: Sequence[int] = range(2, 9),
 ) -> tuple[MixedPrecisionEnv, Evaluator]:
     """The env on the search-val split; reward references are fixed ``reference_bits``-bit's figures.
 
@@ -115,8 +116,10 @@ def build_env(
     if evaluator is None:
         x, y = ws.split("val")
         evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
-    ref = evaluator.evaluate(ws.uniform(reference_bits))
     kwargs = dict(env_kwargs or {})
+    if "w_bits" not in kwargs and "a_bits" not in kwargs:  # the widths this device prices for every layer
+        kwargs["w_bits"], kwargs["a_bits"] = bit_grid(cost_model, ws.layers, candidates=bits)
+    ref = evaluator.evaluate(ws.uniform(reference_bits))
     kwargs.setdefault("acc_ref", ref.accuracy)
     if ref.robust_accuracy is not None:
         kwargs.setdefault("rob_ref", ref.robust_accuracy)

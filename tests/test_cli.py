@@ -141,3 +141,29 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "missing.pt" in proc.stderr
+
+
+def test_search_on_a_table_uses_only_the_bit_widths_it_prices(checkpoint: Path, tmp_path: Path) -> None:
+    """A table with W4/W8 x A4/A8 only (as a measured table would be) restricts the search to those widths."""
+    from hwsearch.hardware import build_table, get_device, save_table
+    from hwsearch.workflow import prepare
+
+    ws = prepare(checkpoint)
+    table = build_table(get_device("bitfusion-edge"), ws.layers, batch=1, model="smallcnn", bits=(4, 8))
+    path = save_table(table, tmp_path / "t.json")
+    out = tmp_path / "s"
+    argv = [
+        "search",
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        str(path),
+        "--budget",
+        "latency=0.8x",
+        "--out",
+        str(out),
+    ]
+    assert main(argv + SEARCH_FAST) == 0
+    rows = list(csv.DictReader((out / "episodes.csv").open()))
+    bits = {int(b) for r in rows for name in ws.layer_names for b in r[name].split("/")}
+    assert bits <= {4, 8} and 4 in bits
