@@ -94,11 +94,12 @@ def main() -> None:
             reference = keys if reference is None else reference
             same = "same episodes" if keys == reference else "DIFFERENT episodes"
             rate[backend, n] = 60 * args.episodes / wall
-            base = rate.get(("serial", 1), rate[backend, n])
+            base = rate.get(("serial", 1))
             own = rate.get((backend, 1), rate[backend, n])
+            vs_serial = f"{rate[backend, n] / base:10.2f}x" if base else f"{'-':>11}"
             print(
                 f"{backend:<9} {n:>7}   {startup:10.2f}   {wall:8.2f}   {rate[backend, n]:12.1f}   "
-                f"{rate[backend, n] / base:10.2f}x   {rate[backend, n] / own:16.2f}x   ({same})",
+                f"{vs_serial}   {rate[backend, n] / own:16.2f}x   ({same})",
                 flush=True,
             )
 
