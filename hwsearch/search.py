@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 AGENTS = ("ddpg", "random")
+REWARD_MODES = ("episode", "sparse")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class SearchConfig:
     """DDPG settings that worked for HAQ (DESIGN.md section 5).
 
     ``noise_sigma`` is in the env's action units ([-1, 1]); HAQ's 0.5 on its [0, 1] actions is 1.0 here.
-    The replay buffer holds ``replay_episodes`` episodes.
+    The replay buffer holds ``replay_episodes`` episodes. ``reward_mode``: ``episode`` (HAQ: every transition
+    gets the episode's reward minus a moving-average baseline, as its whole target) or ``sparse`` (the env's
+    rewards, 0 until the last step, bootstrapped with ``gamma``).
     """
 
     episodes: int = 300
@@ -59,10 +62,13 @@ class SearchConfig:
     gamma: float = 1.0
     noise_sigma: float = 1.0
     noise_decay: float = 0.99
+    reward_mode: str = "episode"
     replay_episodes: int = 128
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.reward_mode not in REWARD_MODES:
+            raise ConfigError(f"reward_mode {self.reward_mode!r} is unknown; use one of {', '.join(REWARD_MODES)}")
         if self.agent not in AGENTS:
             raise ConfigError(f"agent {self.agent!r} is unknown; use one of {', '.join(AGENTS)}")
         for what in ("episodes", "batch_size", "replay_episodes"):
@@ -178,15 +184,40 @@ class TruncatedNormalNoise(ActionNoise):
 
 
 class HaqDDPG(DDPG):
-    """SB3's DDPG with HAQ's two changes: its own critic learning rate, and truncated-normal exploration.
+    """SB3's DDPG with HAQ's changes: its own critic learning rate, truncated-normal exploration, and (with
+    ``reward_mode="episode"``) every transition of an episode relabelled with the episode's reward minus a
+    moving-average baseline, as its whole target (a done flag on each), so the critic learns E[reward | s, a]
+    directly instead of bootstrapping it back through 2N steps.
 
     Only hooks are overridden; the algorithm is SB3's.
     """
 
-    def __init__(self, *args: Any, critic_lr: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        critic_lr: float | None = None,
+        reward_mode: str = "episode",
+        episode_steps: int = 1,
+        baseline_alpha: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
         self.critic_lr = critic_lr
+        self.reward_mode = reward_mode
+        self.episode_steps = int(episode_steps)
+        self.baseline_alpha = float(baseline_alpha)
+        self.reward_baseline: float | None = None
         self.after_store: Callable[[bool], None] | None = None
         super().__init__(*args, **kwargs)
+
+    def _relabel_episode(self, replay_buffer: Any, dones: np.ndarray) -> None:
+        """HAQ: the transitions of a finished episode all get its reward minus the moving average of rewards."""
+        idx = (replay_buffer.pos - 1 - np.arange(self.episode_steps)) % replay_buffer.buffer_size
+        for env_i in np.flatnonzero(dones):
+            reward = float(replay_buffer.rewards[idx[0], env_i])
+            base = reward if self.reward_baseline is None else self.reward_baseline
+            replay_buffer.rewards[idx, env_i] = reward - base
+            replay_buffer.dones[idx, env_i] = 1.0
+            self.reward_baseline = base + (1.0 - self.baseline_alpha) * (reward - base)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "after_store"]
@@ -204,6 +235,8 @@ class HaqDDPG(DDPG):
         self, replay_buffer: Any, buffer_action: Any, new_obs: Any, reward: Any, dones: Any, infos: Any
     ) -> None:
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+        if self.reward_mode == "episode" and np.any(dones):
+            self._relabel_episode(replay_buffer, np.asarray(dones))
         if self.after_store is not None:
             self.after_store(bool(np.any(dones)))
 
@@ -340,6 +373,8 @@ def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDP
         env,
         learning_rate=config.actor_lr,
         critic_lr=config.critic_lr,
+        reward_mode=config.reward_mode,
+        episode_steps=steps,
         buffer_size=max(config.replay_episodes * steps, config.batch_size),
         learning_starts=config.warmup_episodes * steps,
         batch_size=config.batch_size,

@@ -89,3 +89,20 @@ def test_truncated_noise_stays_in_bounds_and_decays_after_warmup() -> None:
 def test_bad_search_config_is_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field.split("_")[0]):
         SearchConfig(**{field: value})
+
+
+@pytest.mark.parametrize("mode", ["episode", "sparse"])
+def test_reward_mode_labels_the_replay_buffer(mode: str) -> None:
+    env = make_env()
+    agent = build_agent(env, SearchConfig(reward_mode=mode, **{**TINY, "episodes": 4}))
+    agent.learn(total_timesteps=4 * env.n_steps)
+    rb = agent.replay_buffer
+    rewards = rb.rewards[: rb.size(), 0].reshape(4, env.n_steps)
+    dones = rb.dones[: rb.size(), 0].reshape(4, env.n_steps)
+    if mode == "episode":  # every step carries its episode's (baselined) reward, and is its own target
+        assert np.allclose(rewards, rewards[:, :1]) and (dones == 1).all()
+        assert rewards[0, 0] == 0.0  # the first episode is its own baseline
+        assert agent.reward_baseline is not None
+    else:  # 0 until the last step, bootstrapped
+        assert (rewards[:, :-1] == 0).all() and (dones[:, :-1] == 0).all() and (dones[:, -1] == 1).all()
+        assert (rewards[:, -1] != 0).any()
