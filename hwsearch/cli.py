@@ -135,6 +135,7 @@ _RUN_KEYS = (
     "checkpoint_every",
     "episode_finetune_steps",
     "episode_lipschitz_beta",
+    "tensorboard",
 )
 
 
@@ -215,7 +216,15 @@ def _search_into(
         bar.update(1)
         bar.set_postfix(best=f"{best[0]:.3f}", acc=f"{rec.accuracy:.3f}", cost=f"{rec.relative_cost:.2f}")
 
-    result = run_search(env, config, on_episode=on_episode, checkpoint=ckpt, history=history, should_stop=stop)
+    result = run_search(
+        env,
+        config,
+        on_episode=on_episode,
+        checkpoint=ckpt,
+        history=history,
+        should_stop=stop,
+        tensorboard=out / "tensorboard" if args.tensorboard else None,
+    )
     bar.close()
     if stop():
         return None
@@ -544,6 +553,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tensorboard", action="store_true", help="log scalars for TensorBoard under OUT/tensorboard")
     p.add_argument("--episode-finetune-steps", type=int, default=0, help="QAT steps per evaluated policy (0 = off)")
     p.add_argument("--episode-lipschitz-beta", type=float, default=0.0, help="Lipschitz term in those steps")
 

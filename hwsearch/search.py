@@ -375,7 +375,7 @@ def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDP
         critic_lr=config.critic_lr,
         reward_mode=config.reward_mode,
         episode_steps=steps,
-        buffer_size=max(config.replay_episodes * steps, config.batch_size),
+        buffer_size=max(config.replay_episodes * steps, config.batch_size, n_envs * steps),  # >= a round
         learning_starts=config.warmup_episodes * steps,
         batch_size=config.batch_size,
         tau=config.tau,
@@ -398,8 +398,13 @@ def run_search(
     checkpoint: SearchCheckpoint | None = None,
     history: Sequence[EpisodeRecord] = (),
     should_stop: Callable[[], bool] = lambda: False,
+    tensorboard: str | Path | None = None,
 ) -> SearchResult:
     """Run until ``config.episodes`` episodes are recorded; ``on_episode`` sees each new one.
+
+    ``tensorboard``: a folder for SB3's logger in TensorBoard format: SB3's own training scalars, plus per
+    episode ``episode/reward``, ``episode/accuracy``, ``episode/robust_accuracy``, ``episode/relative_cost``
+    and ``episode/best_reward`` (needs the ``tensorboard`` package).
 
     ``history`` holds episodes a previous, interrupted run already finished (from its log); with a
     ``checkpoint`` that has a saved agent, the search goes on from it. ``on_episode`` returning False or
@@ -428,6 +433,7 @@ def run_search(
             f"{state.get('n_envs', 1)} (got {n_envs}): its replay buffer is laid out per env"
         )
     saved_at = [len(result.episodes)]
+    logger = _tensorboard_logger(tensorboard) if tensorboard is not None else None
 
     def save() -> None:
         if checkpoint is not None:
@@ -445,6 +451,14 @@ def run_search(
             return
         rec = EpisodeRecord.from_info(len(result.episodes), info)
         result.episodes.append(rec)
+        if logger is not None:
+            logger.record("episode/reward", rec.reward)
+            logger.record("episode/accuracy", rec.accuracy)
+            if rec.robust_accuracy is not None:
+                logger.record("episode/robust_accuracy", rec.robust_accuracy)
+            logger.record("episode/relative_cost", rec.relative_cost)
+            logger.record("episode/best_reward", max(r.reward for r in result.episodes))
+            logger.dump(step=len(result.episodes))
         if agent is not None and isinstance(agent.action_noise, TruncatedNormalNoise):
             agent.action_noise.episodes = len(result.episodes)
         if on_episode is not None and on_episode(rec) is False:
@@ -480,6 +494,8 @@ def run_search(
         if isinstance(agent.action_noise, TruncatedNormalNoise):
             agent.action_noise.episodes = len(result.episodes)
         agent.after_store = episode_stored
+        if logger is not None:
+            agent.set_logger(logger)
         agent.learn(
             total_timesteps=remaining * steps,
             callback=_Recorder(record, stop_requested),
@@ -490,6 +506,16 @@ def run_search(
         save()
     result.wall_s = time.perf_counter() - start
     return result
+
+
+def _tensorboard_logger(folder: str | Path) -> Any:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'hwsearch[tensorboard]'") from None
+    from stable_baselines3.common.logger import configure
+
+    return configure(str(folder), ["tensorboard"])
 
 
 def _random_search(

@@ -167,3 +167,17 @@ def test_search_on_a_table_uses_only_the_bit_widths_it_prices(checkpoint: Path, 
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     bits = {int(b) for r in rows for name in ws.layer_names for b in r[name].split("/")}
     assert bits <= {4, 8} and 4 in bits
+
+
+def test_search_logs_tensorboard_scalars(checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    argv = ["search", "--checkpoint", str(checkpoint), "--out", str(out), "--budget", "latency=0.8x", "--tensorboard"]
+    assert main(argv + SEARCH_FAST) == 0
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"episode/reward", "episode/accuracy", "episode/best_reward"} <= set(tags)
+    assert len(acc.Scalars("episode/reward")) == 4
