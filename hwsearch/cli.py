@@ -136,6 +136,10 @@ _RUN_KEYS = (
     "episode_finetune_steps",
     "episode_lipschitz_beta",
     "tensorboard",
+    "n_envs",
+    "backend",
+    "cpus_per_env",
+    "gpus_per_env",
 )
 
 
@@ -175,6 +179,7 @@ def _search_into(
     from hwsearch.envs import EvalResult
     from hwsearch.hardware import get_device
     from hwsearch.io import atomic_write_text
+    from hwsearch.parallel import merge_worker_stats, parallel_env
     from hwsearch.policy import save_policy
     from hwsearch.report import EpisodeLog, read_episode_log, search_summary
     from hwsearch.search import SearchCheckpoint, SearchConfig, run_search
@@ -204,27 +209,35 @@ def _search_into(
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     for rec in history:  # finished episodes need no second evaluation
         evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)
-    log = EpisodeLog(out / "episodes.csv", ws.layer_names, keep=len(history) if resuming else None)
-    ckpt = SearchCheckpoint(out / "checkpoint", every=args.checkpoint_every)
-    bar = _progress(config.episodes, args.quiet, f"search {budget} ({config.agent})")
-    bar.update(len(history))
-    best = [max((r.reward for r in history), default=float("-inf"))]
+    # after the history is cached (workers start with it), before the log (a worker that cannot start leaves no run)
+    search_env = parallel_env(env, _parallel_config(args))
+    try:
+        log = EpisodeLog(out / "episodes.csv", ws.layer_names, keep=len(history) if resuming else None)
+        ckpt = SearchCheckpoint(out / "checkpoint", every=args.checkpoint_every)
+        bar = _progress(config.episodes, args.quiet, f"search {budget} ({config.agent})")
+        bar.update(len(history))
+        best = [max((r.reward for r in history), default=float("-inf"))]
 
-    def on_episode(rec: Any) -> None:
-        log.append(rec)
-        best[0] = max(best[0], rec.reward)
-        bar.update(1)
-        bar.set_postfix(best=f"{best[0]:.3f}", acc=f"{rec.accuracy:.3f}", cost=f"{rec.relative_cost:.2f}")
+        def on_episode(rec: Any) -> None:
+            log.append(rec)
+            best[0] = max(best[0], rec.reward)
+            bar.update(1)
+            bar.set_postfix(best=f"{best[0]:.3f}", acc=f"{rec.accuracy:.3f}", cost=f"{rec.relative_cost:.2f}")
 
-    result = run_search(
-        env,
-        config,
-        on_episode=on_episode,
-        checkpoint=ckpt,
-        history=history,
-        should_stop=stop,
-        tensorboard=out / "tensorboard" if args.tensorboard else None,
-    )
+        result = run_search(
+            search_env,
+            config,
+            on_episode=on_episode,
+            checkpoint=ckpt,
+            history=history,
+            should_stop=stop,
+            tensorboard=out / "tensorboard" if args.tensorboard else None,
+        )
+        if search_env is not env:
+            merge_worker_stats(search_env, evaluator)  # their cache (a sweep's next budget) and timings
+    finally:
+        if search_env is not env:
+            search_env.close()
     bar.close()
     if stop():
         return None
@@ -253,6 +266,13 @@ def _search_into(
         "agent and other": total - evaluation,
         "total": total,
     }
+    if search_env is not env:  # worker seconds overlap: their sum is CPU time, not a share of the wall time
+        n = args.n_envs
+        timings = {
+            f"evaluation, summed over {n} workers: quantize + accuracy": t.quantize + t.accuracy,
+            f"evaluation, summed over {n} workers: attack": t.attack,
+            "total": total,
+        }
     ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if evaluator.attacks else None}
     summary = search_summary(
         result, device=args.device, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
@@ -260,6 +280,23 @@ def _search_into(
     summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
     atomic_write_text(out / "summary.md", summary)
     return result
+
+
+def _parallel_config(args: argparse.Namespace) -> Any:
+    from hwsearch.parallel import ParallelConfig
+
+    return ParallelConfig(
+        n_envs=getattr(args, "n_envs", 1),
+        backend=getattr(args, "backend", "subproc"),
+        cpus_per_env=getattr(args, "cpus_per_env", 1.0),
+        gpus_per_env=getattr(args, "gpus_per_env", 0.0),
+        ray_address=getattr(args, "ray_address", None),
+        # a worker that reserves a GPU evaluates on it, even when the driver (which scores only the reference
+        # policy) has none and runs with --compute-device cpu
+        compute_device="cuda"
+        if getattr(args, "backend", "") == "ray" and getattr(args, "gpus_per_env", 0) > 0
+        else None,
+    )
 
 
 def _eval_seconds(evaluator: Any) -> float:
@@ -279,6 +316,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     get_device(args.device)  # fail fast on a bad name, before loading anything
     _attack_list(args)
+    _parallel_config(args)  # fail fast on bad --n-envs/--backend, and on a missing Ray, before loading anything
+    if args.backend == "ray":
+        from hwsearch.parallel import require_ray
+
+        require_ray()
     existed = Path(args.out).exists()
     out = Path(args.out) if resuming else _out_dir(args.out, args.overwrite, "episodes.csv")
     try:
@@ -321,6 +363,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--budgets {args.budgets!r} names no budget; e.g. --budgets 0.3x,0.4x,0.5x")
     get_device(args.device)
     _attack_list(args)
+    _parallel_config(args)
+    if args.backend == "ray":
+        from hwsearch.parallel import require_ray
+
+        require_ray()
     out = _out_dir(args.out, args.overwrite, "pareto.csv")
     ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
     evaluator = _evaluator_for(args, ws)
@@ -556,6 +603,17 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", action="store_true", help="log scalars for TensorBoard under OUT/tensorboard")
     p.add_argument("--episode-finetune-steps", type=int, default=0, help="QAT steps per evaluated policy (0 = off)")
     p.add_argument("--episode-lipschitz-beta", type=float, default=0.0, help="Lipschitz term in those steps")
+    p.add_argument(
+        "--n-envs", type=int, default=1, help="environments stepped at once; their evaluations run in parallel"
+    )
+    p.add_argument("--backend", default="subproc", help="serial, subproc (processes on this machine) or ray")
+    p.add_argument(
+        "--cpus-per-env", type=float, default=1.0, help="CPUs each worker reserves (Ray) and its torch threads"
+    )
+    p.add_argument("--gpus-per-env", type=float, default=0.0, help="GPUs each Ray worker reserves (0.5 = half a card)")
+    p.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster (auto or HOST:PORT); default: start a local one"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

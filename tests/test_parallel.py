@@ -157,3 +157,34 @@ def test_copies_of_a_real_env_in_subprocesses_score_like_the_driver(checkpoint: 
     assert par.episodes == ref.episodes  # same policies, same accuracies: a worker's copy scores as the driver does
     assert evaluator2.cache.keys() == evaluator.cache.keys()
     assert evaluator2.timings.calls == evaluator.timings.calls  # the reference policy, then one call per episode
+
+
+@pytest.mark.slow
+def test_cli_search_with_two_worker_processes(checkpoint: Path, tmp_path: Path) -> None:
+    from hwsearch.cli import main
+
+    out = tmp_path / "run"
+    args = [
+        "search",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--episodes",
+        "5",
+        "--warmup",
+        "2",
+        "--hidden",
+        "16",
+        "16",
+        "--n-envs",
+        "2",
+        "--backend",
+        "subproc",
+        "--budget",
+        "latency=0.8x",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert len((out / "episodes.csv").read_text().splitlines()) == 6
+    assert "summed over 2 workers" in (out / "summary.md").read_text()
