@@ -479,6 +479,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 shares = latency_shares(policy_cost(cost_model, src.layers, row.policy))
                 plot_policy_bits(row.policy, shares, out / fname, title=f"{row.name}: bits per layer")
                 plots.append(fname)
+        if args.amplification:
+            src = Path(args.amplification)
+            src = src / "amplification.png" if src.is_dir() else src
+            if not src.is_file():
+                raise ConfigError(f"--amplification {str(src)!r} is not a PNG written by `hwsearch amplify`")
+            shutil.copyfile(src, out / "amplification.png")
+            plots.append("amplification.png")
         header += "\n\n" + "\n".join(f"![{p}]({p})" for p in plots)
         paths = write_compare(out, rows, args.device, header)
         _say(args, f"report: {paths['md']}")
@@ -666,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-steps", type=int, default=20)
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--robust-images", type=int, default=500)
+    p.add_argument("--amplification", default=None, help="folder (or PNG) from `hwsearch amplify` to embed")
     p.add_argument("--out", default=None, help="folder for report.md/json/csv and plots")
     p.set_defaults(func=cmd_compare)
 

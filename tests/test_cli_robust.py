@@ -111,6 +111,20 @@ def test_amplify_writes_profiles_for_fp32_quantized_and_defended(
     assert rows and (tmp_path / "amplification.png").stat().st_size > 1000
     text = (tmp_path / "amplification.csv").read_text()
     assert "FP32" in text and "defended" in text
+    report = tmp_path / "report"
+    argv = [
+        "compare",
+        "--checkpoint",
+        str(checkpoint),
+        "--amplification",
+        str(tmp_path),
+        "--out",
+        str(report),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    assert "![amplification.png](amplification.png)" in (report / "report.md").read_text()
+    assert (report / "amplification.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
