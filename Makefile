@@ -16,9 +16,9 @@ install: $(INSTALL_STAMP)
 demo: install
 	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt
 	$(PYTHON) -m hwsearch.cli search --checkpoint $(OUT)/fp32.pt --device bitfusion-edge --budget latency=0.5x \
-		--out $(OUT)/search --overwrite
+		--robust-weight 5 --eps 0.1 --out $(OUT)/search --overwrite
 	$(PYTHON) -m hwsearch.cli compare --checkpoint $(OUT)/fp32.pt --device bitfusion-edge \
-		--policy searched=$(OUT)/search/policy.json --out $(OUT)/report
+		--policy searched=$(OUT)/search/policy.json --eps 0.1 --out $(OUT)/report
 
 test: install
 	$(PYTHON) -m pytest -q
