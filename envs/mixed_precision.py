@@ -125,14 +125,17 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Rewards
     0.0 on every step but the last; the last gets
     ``w_acc * (acc - acc_ref) + w_rob * (rob - rob_ref) - w_cost * cost / cost_ref`` (see :class:`EnvConfig`).
-    With the agent's discount at 1.0 every transition's return is the episode's reward, which is HAQ's
-    "every transition gets the episode reward" without rewriting the replay buffer.
+    With the agent's discount at 1.0 every transition's return is the episode's reward; the search's default
+    (``SearchConfig.reward_mode="episode"``) goes further, as HAQ does, and relabels every transition of an
+    episode with its reward in the replay buffer.
 
     ## Starting State
     The first layer's weight step; the previous action is 0. Nothing survives from one episode to the next.
 
     ## Episode End
-    Terminates after ``2 * n_layers`` steps; never truncates. ``info`` of the last step carries ``policy``
+    Terminates after ``2 * n_layers`` steps; never truncates. The observation returned with the last step repeats
+    the last layer's features (no layer follows; agents mask it with the done flag). ``info`` of the last step
+    carries ``policy``
     (enforced, a :class:`Policy`), ``requested_policy``, ``cost`` (latency_ms, energy_mj, size_bits),
     ``accuracy``, ``robust_accuracy`` and ``reward``.
 
@@ -140,6 +143,9 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     ``layers`` from :func:`hwsearch.layers.discover_layers`; ``evaluator`` implements ``evaluate(policy)``;
     ``cost_model`` implements ``layer_cost(layer, w, a)`` returning an object with ``latency_ms`` and
     ``energy_mj``; ``config`` an :class:`EnvConfig`.
+
+    ## Version History
+    * v0: initial version.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -166,9 +172,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         check_table_size(self.n_layers, len(self.config.w_bits), len(self.config.a_bits))
         self._costs = self._cost_tables()
         metric = self.config.budget.metric
-        wi8 = self.config.w_bits.index(max(self.config.w_bits))
-        ai8 = self.config.a_bits.index(max(self.config.a_bits))
-        self.reference_costs = {m: float(self._costs[m][:, wi8, ai8].sum()) for m in self._costs}
+        self.reference_costs = self._reference_costs()
         self.cost_ref = self.reference_costs[metric]
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
         self.min_cost = float(self._costs[metric][:, 0, 0].sum())
@@ -227,6 +231,16 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"device {getattr(self.cost_model, 'name', '?')!r} has no energy figures; budget latency or size"
             )
         return tables
+
+    def _reference_costs(self) -> dict[str, float]:
+        """Fixed W8A8's cost: what ``0.5x`` budgets and the cost term mean, whatever widths the search may use."""
+        refs = {"latency": 0.0, "energy": 0.0, "size": 0.0}
+        for layer in self.layers:
+            c = self.cost_model.layer_cost(layer, 8, 8)
+            refs["latency"] += c.latency_ms
+            refs["energy"] += c.energy_mj or 0.0
+            refs["size"] += layer.params * 8
+        return {m: float(v) for m, v in refs.items() if m in self._costs}
 
     # -- gymnasium API --------------------------------------------------------------------------------
     def _obs(self) -> np.ndarray:

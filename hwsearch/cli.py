@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import signal
@@ -197,7 +198,7 @@ def _search_into(
     env_kwargs: dict[str, Any] = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
     if not 1 <= args.min_bits <= args.max_bits <= 8:
         raise ConfigError(f"--min-bits {args.min_bits} / --max-bits {args.max_bits}: need 1 <= min <= max <= 8")
-    t_eval0 = _eval_seconds(evaluator)
+    t_start = dataclasses.replace(evaluator.timings)  # a sweep shares the evaluator: report this search's part
     env, _ = build_env(
         ws,
         get_device(args.device),
@@ -209,6 +210,8 @@ def _search_into(
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     for rec in history:  # finished episodes need no second evaluation
         evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)
+    if not resuming:  # a fresh run keeps nothing of a run it replaces (--overwrite)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     # after the history is cached (workers start with it), before the log (a worker that cannot start leaves no run)
     search_env = parallel_env(env, _parallel_config(args))
     try:
@@ -232,6 +235,7 @@ def _search_into(
             history=history,
             should_stop=stop,
             tensorboard=out / "tensorboard" if args.tensorboard else None,
+            resume=resuming,
         )
         if search_env is not env:
             merge_worker_stats(search_env, evaluator)  # their cache (a sweep's next budget) and timings
@@ -257,27 +261,27 @@ def _search_into(
         "seed": config.seed,
     }
     save_policy(top.policy.with_meta(**meta), out / "policy.json")
-    t = evaluator.timings
+    now = evaluator.timings
+    t = {f: getattr(now, f) - getattr(t_start, f) for f in ("quantize", "accuracy", "attack", "calls", "hits")}
     total = time.perf_counter() - t0
-    evaluation = _eval_seconds(evaluator) - t_eval0
     timings = {
-        "evaluation: quantize + accuracy": t.quantize + t.accuracy,
-        "evaluation: attack": t.attack,
-        "agent and other": total - evaluation,
+        "evaluation: quantize + accuracy": t["quantize"] + t["accuracy"],
+        "evaluation: attack": t["attack"],
+        "agent and other": total - t["quantize"] - t["accuracy"] - t["attack"],
         "total": total,
     }
     if search_env is not env:  # worker seconds overlap: their sum is CPU time, not a share of the wall time
         n = args.n_envs
         timings = {
-            f"evaluation, summed over {n} workers: quantize + accuracy": t.quantize + t.accuracy,
-            f"evaluation, summed over {n} workers: attack": t.attack,
+            f"evaluation, summed over {n} workers: quantize + accuracy": t["quantize"] + t["accuracy"],
+            f"evaluation, summed over {n} workers: attack": t["attack"],
             "total": total,
         }
     ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if evaluator.attacks else None}
     summary = search_summary(
         result, device=args.device, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
     )
-    summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
+    summary += f"\nEvaluation cache: {t['hits']} hits of {t['calls']} evaluations.\n"
     atomic_write_text(out / "summary.md", summary)
     return result
 
@@ -297,11 +301,6 @@ def _parallel_config(args: argparse.Namespace) -> Any:
         if getattr(args, "backend", "") == "ray" and getattr(args, "gpus_per_env", 0) > 0
         else None,
     )
-
-
-def _eval_seconds(evaluator: Any) -> float:
-    t = evaluator.timings
-    return t.quantize + t.accuracy + t.attack
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -437,6 +436,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for eps in args.eps:
         if not 0 < eps <= 1:
             raise ConfigError(f"--eps {eps} is outside (0, 1]; eps is in input units of [0, 1] images")
+    for flag, value in (("--robust-images", args.robust_images), ("--attack-steps", args.attack_steps)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} must be >= 1")
     policies: dict[str, Any] = {}
     others: dict[str, Any] = {}
     for spec in args.policy:

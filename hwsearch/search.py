@@ -69,6 +69,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.reward_mode not in REWARD_MODES:
             raise ConfigError(f"reward_mode {self.reward_mode!r} is unknown; use one of {', '.join(REWARD_MODES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+            raise ConfigError(f"seed = {self.seed!r} must be an integer in [0, 2**31)")
         if self.agent not in AGENTS:
             raise ConfigError(f"agent {self.agent!r} is unknown; use one of {', '.join(AGENTS)}")
         for what in ("episodes", "batch_size", "replay_episodes"):
@@ -301,6 +303,8 @@ class SearchCheckpoint:
     def __init__(self, root: str | Path, every: int = 10, keep: int = 2) -> None:
         if every < 1:
             raise ConfigError(f"checkpoint interval {every} must be >= 1 episode")
+        if keep < 1:
+            raise ConfigError(f"checkpoints to keep = {keep} must be >= 1")
         self.root = Path(root)
         self.every = int(every)
         self.keep = int(keep)
@@ -312,10 +316,13 @@ class SearchCheckpoint:
         path = self.root / pointer.read_text(encoding="utf-8").strip()
         return path if (path / "state.json").is_file() else None
 
+    def clear(self) -> None:
+        """Forget every checkpoint (a fresh run in a folder that held another)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def save(self, episodes_done: int, agent: DDPG | None, extra: dict[str, Any]) -> Path:
-        folder = self.root / f"ckpt-{episodes_done:06d}"
-        if folder.exists():
-            shutil.rmtree(folder)
+        # a new folder every time: the one LATEST names is never touched until LATEST names another
+        folder = self.root / f"ckpt-{episodes_done:06d}-{time.time_ns()}"
         folder.mkdir(parents=True)
         if agent is not None:
             atomic_write_with(folder / "agent.zip", lambda tmp: _save_to(tmp, agent.save))
@@ -336,6 +343,7 @@ class SearchCheckpoint:
             return None
         agent = HaqDDPG.load(path / "agent.zip", env=env, device=config.device)
         agent.load_replay_buffer(path / "replay.pkl")
+        agent._last_obs = None  # the env is new: SB3 must reset it rather than act on a stale observation
         return agent
 
 
@@ -399,6 +407,7 @@ def run_search(
     history: Sequence[EpisodeRecord] = (),
     should_stop: Callable[[], bool] = lambda: False,
     tensorboard: str | Path | None = None,
+    resume: bool = False,
 ) -> SearchResult:
     """Run until ``config.episodes`` episodes are recorded; ``on_episode`` sees each new one.
 
@@ -406,9 +415,12 @@ def run_search(
     episode ``episode/reward``, ``episode/accuracy``, ``episode/robust_accuracy``, ``episode/relative_cost``
     and ``episode/best_reward`` (needs the ``tensorboard`` package).
 
-    ``history`` holds episodes a previous, interrupted run already finished (from its log); with a
-    ``checkpoint`` that has a saved agent, the search goes on from it. ``on_episode`` returning False or
-    ``should_stop()`` turning true (a signal handler) stops at the next step, after a checkpoint.
+    ``history`` holds episodes a previous, interrupted run already finished (from its log). With ``resume``,
+    DDPG goes on from the agent in ``checkpoint`` (episodes that finished after that checkpoint stay in the log
+    and the evaluation cache; the agent has not learnt from them), and the random agent from its stream as if
+    never interrupted. Without ``resume``, ``checkpoint`` is cleared first: a fresh run never inherits an agent.
+    ``on_episode`` returning False or ``should_stop()`` turning true (a signal handler) stops at the next step,
+    after a checkpoint that leaves out the unfinished episode's transitions.
     Same seed, same episodes on CPU: the seed reaches Python, NumPy, torch, the env and SB3.
 
     ``env`` may be a ``VecEnv`` of copies of one env (:mod:`hwsearch.parallel`): its envs finish episodes on the
@@ -421,25 +433,32 @@ def run_search(
     result = SearchResult(config=config, episodes=list(history))
     start = time.perf_counter()
     agent: HaqDDPG | None = None
-    rng = np.random.default_rng(config.seed)
     n_envs = env.num_envs if isinstance(env, VecEnv) else 1
     steps = episode_steps(env)
+    rng = np.random.default_rng(config.seed)
+    rng.uniform(-1.0, 1.0, size=len(history) * steps)  # the random agent's draws for the finished episodes
+    if checkpoint is not None and not resume:
+        checkpoint.clear()
     state = checkpoint.state() if checkpoint is not None else None
-    if state is not None and "rng" in state:
-        rng.bit_generator.state = state["rng"]
     if state is not None and int(state.get("n_envs", 1)) != n_envs and config.agent != "random":
         raise ConfigError(
             f"the checkpoint was written with {state.get('n_envs', 1)} env(s); resume with n_envs = "
             f"{state.get('n_envs', 1)} (got {n_envs}): its replay buffer is laid out per env"
         )
-    saved_at = [len(result.episodes)]
+    saved_at = [len(result.episodes) if state is None else int(state["episodes_done"])]
+    partial = [0]  # transitions stored since the last finished round of episodes
     logger = _tensorboard_logger(tensorboard) if tensorboard is not None else None
 
     def save() -> None:
-        if checkpoint is not None:
-            extra = {"rng": rng.bit_generator.state, "config": asdict(config), "n_envs": n_envs}
-            checkpoint.save(len(result.episodes), agent, extra)
-            saved_at[0] = len(result.episodes)
+        if checkpoint is None or (saved_at[0] == len(result.episodes) and checkpoint.latest() is not None):
+            return
+        if agent is not None and partial[0]:  # an unfinished episode's transitions are not a valid episode
+            rb = agent.replay_buffer
+            rb.pos = (rb.pos - partial[0]) % rb.buffer_size
+            partial[0] = 0
+        extra = {"config": asdict(config), "n_envs": n_envs}
+        checkpoint.save(len(result.episodes), agent, extra)
+        saved_at[0] = len(result.episodes)
 
     stop_asked = [False]
 
@@ -465,8 +484,9 @@ def run_search(
             stop_asked[0] = True
 
     def episode_stored(ended: bool) -> None:
-        """After an episode's last transition is in the replay buffer: checkpoint when due (an interval
-        boundary was crossed: several envs add several episodes at once)."""
+        """After each stored transition; once an episode's last one is in the replay buffer, checkpoint when
+        due (an interval boundary was crossed: several envs add several episodes at once)."""
+        partial[0] = 0 if ended else partial[0] + 1
         if checkpoint is None or not ended:
             return
         n = len(result.episodes)
@@ -474,34 +494,40 @@ def run_search(
             save()
 
     remaining = config.episodes - len(result.episodes)
-    if remaining > 0 and config.agent == "random":
-        _random_search(
-            env,
-            config,
-            rng,
-            steps,
-            n_envs,
-            len(history),
-            record,
-            episode_stored,
-            stop_requested,
-            recorded=lambda: len(result.episodes),
-        )
-    elif remaining > 0:
-        agent = checkpoint.load_agent(env, config) if checkpoint is not None else None
-        resumed = agent is not None
-        agent = agent or build_agent(env, config)
-        if isinstance(agent.action_noise, TruncatedNormalNoise):
-            agent.action_noise.episodes = len(result.episodes)
-        agent.after_store = episode_stored
+    try:
+        if remaining > 0 and config.agent == "random":
+            _random_search(
+                env,
+                config,
+                rng,
+                steps,
+                n_envs,
+                len(history),
+                record,
+                episode_stored,
+                stop_requested,
+                recorded=lambda: len(result.episodes),
+            )
+        elif remaining > 0:
+            agent = checkpoint.load_agent(env, config) if checkpoint is not None and resume else None
+            resumed = agent is not None
+            if agent is not None:
+                agent.set_random_seed(config.seed + len(history))  # SB3 reseeds from config.seed when it loads
+            agent = agent or build_agent(env, config)
+            if isinstance(agent.action_noise, TruncatedNormalNoise):
+                agent.action_noise.episodes = len(result.episodes)
+            agent.after_store = episode_stored
+            if logger is not None:
+                agent.set_logger(logger)
+            agent.learn(
+                total_timesteps=remaining * steps,
+                callback=_Recorder(record, stop_requested),
+                reset_num_timesteps=not resumed,
+            )
+            agent.after_store = None
+    finally:
         if logger is not None:
-            agent.set_logger(logger)
-        agent.learn(
-            total_timesteps=remaining * steps,
-            callback=_Recorder(record, stop_requested),
-            reset_num_timesteps=not resumed,
-        )
-        agent.after_store = None
+            logger.close()
     if stop_requested() and checkpoint is not None:
         save()
     result.wall_s = time.perf_counter() - start
@@ -553,7 +579,3 @@ def _random_search(
         for info in infos:
             record(info)
         episode_stored(True)
-
-
-def config_dict(config: SearchConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -117,6 +117,8 @@ def build_env(
         x, y = ws.split("val")
         evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
     kwargs = dict(env_kwargs or {})
+    if kwargs.get("w_rob", 0.0) > 0 and not evaluator.attacks:
+        raise ConfigError("a robustness weight needs an attack: give the evaluator attacks (--attack pgd --eps E)")
     if "w_bits" not in kwargs and "a_bits" not in kwargs:  # the widths this device prices for every layer
         kwargs["w_bits"], kwargs["a_bits"] = bit_grid(cost_model, ws.layers, candidates=bits)
     ref = evaluator.evaluate(ws.uniform(reference_bits))

@@ -181,3 +181,24 @@ def test_search_logs_tensorboard_scalars(checkpoint: Path, tmp_path: Path) -> No
     tags = acc.Tags()["scalars"]
     assert {"episode/reward", "episode/accuracy", "episode/best_reward"} <= set(tags)
     assert len(acc.Scalars("episode/reward")) == 4
+
+
+def test_overwrite_starts_a_fresh_run_with_the_same_episodes(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    argv = [
+        "search",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--budget",
+        "latency=0.8x",
+        "--checkpoint-every",
+        "2",
+        "--overwrite",
+        *SEARCH_FAST,
+    ]
+    assert main(argv) == 0
+    first = (out / "episodes.csv").read_text()
+    assert main(argv) == 0
+    assert (out / "episodes.csv").read_text() == first

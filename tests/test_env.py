@@ -123,3 +123,14 @@ def test_bad_config_is_refused() -> None:
         EnvConfig(w_bits=(0, 4))
     with pytest.raises(ConfigError, match="w_cost"):
         EnvConfig(w_cost=-1.0)
+
+
+def test_budgets_are_relative_to_fixed_8_bit_whatever_the_bit_choices() -> None:
+    full = make_env(budget=0.5)
+    narrow = make_env(budget=0.5, w_bits=(2, 3, 4, 5, 6), a_bits=(2, 3, 4, 5, 6))
+    assert (
+        narrow.cost_ref
+        == full.cost_ref
+        == pytest.approx(sum(FakeCostModel().layer_cost(ly, 8, 8).latency_ms for ly in fake_layers()))
+    )
+    assert narrow.budget_limit == full.budget_limit

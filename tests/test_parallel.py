@@ -72,13 +72,13 @@ def test_ddpg_with_two_envs_trains_once_per_transition_and_resumes(tmp_path: Pat
     state = ckpt.state()
     assert state is not None and state["episodes_done"] == 4 and state["n_envs"] == 2
     with pytest.raises(ConfigError, match="n_envs"):
-        run_search(make_env(), cfg, checkpoint=ckpt, history=first.episodes)
+        run_search(make_env(), cfg, checkpoint=ckpt, history=first.episodes, resume=True)
     vec = _vec("serial")
     try:
         agent = ckpt.load_agent(vec, cfg)
         assert agent.train_freq.frequency == make_env().n_steps and agent.train_freq.unit.value == "step"
         assert agent.gradient_steps == -1  # as many updates as transitions collected since the last round
-        second = run_search(vec, cfg, checkpoint=ckpt, history=first.episodes)
+        second = run_search(vec, cfg, checkpoint=ckpt, history=first.episodes, resume=True)
     finally:
         vec.close()
     assert len(second.episodes) == 7 and second.episodes[:4] == first.episodes

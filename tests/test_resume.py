@@ -35,19 +35,70 @@ def test_stop_then_resume_runs_exactly_the_remaining_episodes(agent: str, tmp_pa
         assert resumed_agent.num_timesteps in (n, n + 1)
         assert resumed_agent.replay_buffer.size() == n
         assert resumed_agent.action_noise.episodes == 4
-    second = run_search(make_env(), cfg, checkpoint=ckpt, history=first.episodes)
+    second = run_search(make_env(), cfg, checkpoint=ckpt, history=first.episodes, resume=True)
     assert len(second.episodes) == 7
     assert second.episodes[:4] == first.episodes
     assert [e.episode for e in second.episodes] == list(range(7))
+    if agent == "random":  # its stream goes on as if never interrupted
+        whole = run_search(make_env(), cfg)
+        assert [e.policy for e in second.episodes] == [e.policy for e in whole.episodes]
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "random"])
+def test_resume_after_a_kill_between_checkpoints(agent: str, tmp_path: Path) -> None:
+    """The log has more episodes than the last checkpoint (a SIGKILL between checkpoints): none is lost."""
+    cfg = SearchConfig(agent=agent, seed=5, **{**TINY, "episodes": 8})
+    ckpt = SearchCheckpoint(tmp_path / "ckpt", every=3)
+    done: list = []
+    first = run_search(make_env(), cfg, checkpoint=ckpt, on_episode=done.append, should_stop=lambda: len(done) >= 5)
+    log = first.episodes  # 5 finished; pretend the kill came before the stop's checkpoint:
+    latest = ckpt.latest()
+    assert latest is not None
+    for folder in ckpt.root.glob("ckpt-000005-*"):
+        import shutil
+
+        shutil.rmtree(folder)
+    (ckpt.root / "LATEST").write_text(sorted(p.name for p in ckpt.root.glob("ckpt-000003-*"))[-1] + "\n")
+    assert ckpt.state()["episodes_done"] == 3
+    second = run_search(make_env(), cfg, checkpoint=ckpt, history=log, resume=True)
+    assert len(second.episodes) == 8 and second.episodes[:5] == log
+    if agent == "random":
+        whole = run_search(make_env(), cfg)
+        assert [e.policy for e in second.episodes] == [e.policy for e in whole.episodes]
+
+
+def test_stop_mid_episode_keeps_only_whole_episodes_in_the_replay_buffer(tmp_path: Path) -> None:
+    env = make_env()
+    steps = [0]
+
+    def stop() -> bool:  # stops 3 steps into the 5th episode
+        steps[0] += 1
+        return steps[0] > 4 * env.n_steps + 3
+
+    cfg = SearchConfig(seed=1, **{**TINY, "episodes": 20})
+    ckpt = SearchCheckpoint(tmp_path / "ckpt", every=100)
+    res = run_search(env, cfg, checkpoint=ckpt, should_stop=stop)
+    assert len(res.episodes) == 4
+    agent = ckpt.load_agent(make_env(), cfg)
+    assert agent is not None and agent.replay_buffer.size() == 4 * env.n_steps
+
+
+def test_a_fresh_run_never_inherits_an_old_checkpoint(tmp_path: Path) -> None:
+    cfg = SearchConfig(seed=2, **TINY)
+    ckpt = SearchCheckpoint(tmp_path / "ckpt", every=2)
+    a = run_search(make_env(), cfg, checkpoint=ckpt)
+    b = run_search(make_env(), cfg, checkpoint=ckpt)  # same folder, no resume: same episodes as the first run
+    assert [e.policy for e in a.episodes] == [e.policy for e in b.episodes]
 
 
 def test_checkpoint_keeps_only_recent_complete_folders(tmp_path: Path) -> None:
     ckpt = SearchCheckpoint(tmp_path, every=1, keep=2)
-    for n in range(1, 5):
-        ckpt.save(n, None, {"rng": None})
-    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000003", "ckpt-000004"]
-    assert ckpt.state()["episodes_done"] == 4
-    (tmp_path / "ckpt-000004" / "state.json").unlink()  # a torn folder is never taken as the latest
+    for n in (1, 2, 3, 4, 4):
+        ckpt.save(n, None, {})
+    names = sorted(p.name for p in tmp_path.glob("ckpt-*"))
+    assert len(names) == 2 and all(n.startswith("ckpt-000004-") for n in names)  # a re-save never overwrites
+    assert ckpt.state()["episodes_done"] == 4 and ckpt.latest().name == names[-1]
+    (ckpt.latest() / "state.json").unlink()  # a torn folder is never taken as the latest
     assert ckpt.latest() is None
 
 
