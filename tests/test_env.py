@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
-from hwsearch.envs import ENV_ID, EnvConfig, MixedPrecisionEnv, action_to_index
+from hwsearch.envs import ENV_ID, OBS_FEATURES, EnvConfig, MixedPrecisionEnv, action_to_index
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from hwsearch.budget import Budget
@@ -134,3 +134,20 @@ def test_budgets_are_relative_to_fixed_8_bit_whatever_the_bit_choices() -> None:
         == pytest.approx(sum(FakeCostModel().layer_cost(ly, 8, 8).latency_ms for ly in fake_layers()))
     )
     assert narrow.budget_limit == full.budget_limit
+
+
+def test_observation_tracks_layer_step_kind_and_previous_action() -> None:
+    env = make_env()
+    obs, _ = env.reset(seed=0)
+    w_col, prev_col = len(OBS_FEATURES) - 2, len(OBS_FEATURES) - 1
+    assert obs[w_col] == 1.0 and obs[prev_col] == 0.0
+    seen = [obs]
+    for a in [0.5, -0.5, 1.0, -1.0]:
+        obs, *_ = env.step(np.array([a], dtype=np.float32))
+        seen.append(obs)
+        assert obs[prev_col] == pytest.approx((a + 1) / 2)
+    assert [o[w_col] for o in seen] == [1.0, 0.0, 1.0, 0.0, 1.0]  # weight, activation, weight, ...
+    assert np.array_equal(seen[0][:w_col], seen[1][:w_col])  # same layer for its two steps
+    assert not np.array_equal(seen[1][:w_col], seen[2][:w_col])  # the next layer after two
+    again, _ = env.reset()
+    assert np.array_equal(again, seen[0])  # nothing survives the episode

@@ -106,3 +106,17 @@ def test_reward_mode_labels_the_replay_buffer(mode: str) -> None:
     else:  # 0 until the last step, bootstrapped
         assert (rewards[:, :-1] == 0).all() and (dones[:, :-1] == 0).all() and (dones[:, -1] == 1).all()
         assert (rewards[:, -1] != 0).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ddpg_learns_to_beat_random_search(seed: int) -> None:
+    """On the fake problem (accuracy rises with bits, under a 0.4x budget) DDPG's late episodes beat its own
+    random warm-up and random search, and its best policy beats random search's best with the same episodes."""
+    cfg = SearchConfig(episodes=80, warmup_episodes=20, hidden=(64, 64), seed=seed, noise_decay=0.93)
+    ddpg = np.array([e.reward for e in run_search(make_env(), cfg).episodes])
+    rand = np.array(
+        [e.reward for e in run_search(make_env(), SearchConfig(episodes=80, agent="random", seed=seed)).episodes]
+    )
+    assert ddpg[-20:].mean() > ddpg[:20].mean() + 0.5
+    assert ddpg[-20:].mean() > rand.mean() + 0.5
+    assert ddpg.max() > rand.max()
