@@ -104,14 +104,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- search
 def _attack_list(args: argparse.Namespace) -> tuple[Any, ...]:
+    """The search's attacks: none unless robustness is asked for; else the STE + shadow pair."""
     if args.robust_weight <= 0 and not args.attack:
         return ()
-    from hwsearch.robust import AttackConfig
+    from hwsearch.robust import search_attacks
 
-    kind = args.attack or "pgd"
-    steps = 1 if kind == "fgsm" else args.steps
-    grads = ("ste", "shadow")  # the cheap pair that masked gradients cannot fool
-    return tuple(AttackConfig(method=kind, eps=args.eps, steps=steps, grad=g) for g in grads)
+    return tuple(search_attacks(args.eps, args.steps, method=args.attack or "pgd"))
 
 
 _RUN_KEYS = (
@@ -449,7 +447,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         name, ckpt = _named(spec, "--model")
         policies[name] = (None, ckpt)
     ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
-    entries: dict[str, Any] = standard_entries(ws, {}, bits=tuple(args.fixed))
+    entries: dict[str, Any] = standard_entries(ws, bits=tuple(args.fixed))
     for name, (policy, ckpt) in policies.items():
         if ckpt is None:
             entries[name] = policy

@@ -163,9 +163,6 @@ def _float_size(ws: Workspace) -> int:
     return sum(ly.params * 32 for ly in ws.layers)
 
 
-Entry = tuple["Policy | None", "Workspace | None"]
-
-
 def compare_policies(
     ws: Workspace,
     entries: Mapping[str, Policy | None | tuple[Policy | None, Workspace | None]],
@@ -251,11 +248,9 @@ def finetune_policy(
     return remove_quantizers(qmodel).eval()
 
 
-def standard_entries(
-    ws: Workspace, policies: Mapping[str, Policy], bits: Sequence[int] = (8, 4)
-) -> dict[str, Policy | None]:
+def standard_entries(ws: Workspace, bits: Sequence[int] = (8, 4)) -> dict[str, Policy | None]:
+    """The baselines every comparison starts with: FP32 (``None``) and fixed ``b``-bit policies."""
     entries: dict[str, Policy | None] = {"FP32": None}
     for b in bits:
         entries[f"fixed W{b}A{b}"] = ws.uniform(b)
-    entries.update(policies)
     return entries

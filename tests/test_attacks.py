@@ -117,6 +117,7 @@ def test_config_defaults_labels_and_step_size() -> None:
     assert AttackConfig("pgd", 2.0, 5, norm="l2", loss="margin").label == "pgd5-ste-l2-margin"
     assert AttackConfig(step_size=0.05).alpha == 0.05
     assert [a.label for a in search_attacks(0.1)] == ["pgd10-ste", "pgd10-shadow"]
+    assert [a.label for a in search_attacks(0.1, 10, method="fgsm")] == ["fgsm-ste", "fgsm-shadow"]
     labels = [a.label for a in report_attacks(0.2, steps=20, restarts=3)]
     assert labels == ["pgd20-ste-r3", "pgd20-shadow-r3", "pgd20-transfer-r3", "pgd20-shadow-margin-r3", "fgsm-ste"]
     assert all(a.eps == 0.2 for a in report_attacks(0.2))

@@ -394,9 +394,13 @@ def robust_accuracy(
     )
 
 
-def search_attacks(eps: float, steps: int = 10) -> list[AttackConfig]:
-    """The cheap pair the search runs every episode: STE-PGD and shadow-PGD (no transfer model needed)."""
-    return [AttackConfig("pgd", eps, steps, grad="ste"), AttackConfig("pgd", eps, steps, grad="shadow")]
+def search_attacks(eps: float, steps: int = 10, method: str = "pgd") -> list[AttackConfig]:
+    """The cheap pair the search runs every episode: STE and shadow gradients (no transfer model needed).
+
+    ``method="fgsm"`` gives the one-step pair (``steps`` is then 1).
+    """
+    steps = 1 if method == "fgsm" else steps
+    return [AttackConfig(method, eps, steps, grad="ste"), AttackConfig(method, eps, steps, grad="shadow")]
 
 
 def report_attacks(eps: float, steps: int = 40, restarts: int = 2) -> list[AttackConfig]:
