@@ -11,7 +11,14 @@ $(INSTALL_STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	@touch $(INSTALL_STAMP)
 
+# Reinstalls when the active Python imports hwsearch from another checkout (a moved or copied tree), which the
+# stamp alone cannot see; find_spec reads the path without importing torch.
+INSTALLED_HERE := import sys, importlib.util as u, pathlib as p; sys.path = [d for d in sys.path if d not in ("", ".")]; \
+	s = u.find_spec("hwsearch"); \
+	raise SystemExit(s is None or p.Path(s.origin).resolve().parents[1] != p.Path.cwd().resolve())
+
 install: $(INSTALL_STAMP)
+	@$(PYTHON) -c '$(INSTALLED_HERE)' 2>/dev/null || $(PIP) install -q -e ".[dev]"
 
 demo: install
 	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt
