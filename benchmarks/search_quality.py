@@ -27,7 +27,7 @@ from hwsearch.hardware import get_device, policy_cost
 from hwsearch.policy import Policy, uniform_policy
 from hwsearch.quant import apply_policy
 from hwsearch.robust import robust_accuracy, search_attacks
-from hwsearch.search import SearchConfig, run_search
+from hwsearch.search import SearchConfig, SearchResult, run_search
 from hwsearch.workflow import build_env, prepare
 
 DEVICE = "bitfusion-edge"
@@ -72,9 +72,9 @@ def main() -> None:
             test_cache[key] = (acc, float(rob))
         return test_cache[key]
 
-    runs: dict[tuple[float, int, str], object] = {}
+    runs: dict[tuple[float, int, str], SearchResult] = {}
 
-    def search(b: float, seed: int, agent: str):  # type: ignore[no-untyped-def]
+    def search(b: float, seed: int, agent: str) -> SearchResult:
         """One search, memoised so the headline sweep reuses the budget table's DDPG runs."""
         if (b, seed, agent) not in runs:
             env, _ = build_env(ws, cost_model, Budget("latency", b), env_kwargs=env_kwargs, evaluator=evaluator)
