@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hwsearch.budget import Budget, check_table_size
+from hwsearch.checks import check_number
 from hwsearch.errors import BudgetError, ConfigError
 from hwsearch.layers import LayerInfo
 from hwsearch.policy import LayerBits, Policy
@@ -88,11 +89,7 @@ class EnvConfig:
                 raise ConfigError(f"{what} = {getattr(self, what)!r}: choose bit widths among 1..8")
             object.__setattr__(self, what, bits)
         for what in ("w_acc", "w_rob", "w_cost", "acc_ref", "rob_ref"):
-            v = getattr(self, what)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{what} = {v!r} must be a finite number")
-            if what.startswith("w_") and v < 0:
-                raise ConfigError(f"{what} = {v!r} must be >= 0")
+            check_number(getattr(self, what), what, 0 if what.startswith("w_") else None)
 
 
 def action_to_index(action: float, n: int) -> int:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from hwsearch.checks import check_int, check_number
 from hwsearch.envs import EvalResult
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.policy import Policy
@@ -87,17 +88,13 @@ class EvaluatorConfig:
     lipschitz_beta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.finetune_steps < 0 or self.finetune_batch < 1 or self.finetune_lr <= 0 or self.lipschitz_beta < 0:
-            raise ConfigError(
-                f"episode fine-tune settings steps={self.finetune_steps}, batch={self.finetune_batch}, "
-                f"lr={self.finetune_lr}, beta={self.lipschitz_beta} must be >= 0, >= 1, > 0, >= 0"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed = {self.seed!r} must be an integer in [0, 2**32)")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size = {self.batch_size} must be >= 1")
-        if self.robust_subset < 1:
-            raise ConfigError(f"robust_subset = {self.robust_subset} must be >= 1")
+        check_int(self.finetune_steps, "finetune_steps", 0)
+        check_int(self.finetune_batch, "finetune_batch", 1)
+        check_number(self.finetune_lr, "finetune_lr", positive=True)
+        check_number(self.lipschitz_beta, "lipschitz_beta", 0)
+        check_int(self.seed, "seed", 0, 2**32)
+        check_int(self.batch_size, "batch_size", 1)
+        check_int(self.robust_subset, "robust_subset", 1)
         object.__setattr__(self, "attacks", tuple(self.attacks))
 
 

@@ -33,6 +33,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.envs import EvalResult, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 
@@ -76,16 +77,10 @@ class ParallelConfig:
     shared_cache: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_envs, bool) or not isinstance(self.n_envs, int) or self.n_envs < 1:
-            raise ConfigError(f"n_envs = {self.n_envs!r} must be an integer >= 1")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend {self.backend!r} is unknown; use one of {', '.join(BACKENDS)}")
-        for what in ("cpus_per_env", "gpus_per_env"):
-            v = getattr(self, what)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"{what} = {v!r} must be a finite number >= 0")
-        if self.cpus_per_env <= 0:
-            raise ConfigError(f"cpus_per_env = {self.cpus_per_env!r} must be > 0")
+        check_int(self.n_envs, "n_envs", 1)
+        check_choice(self.backend, "backend", BACKENDS)
+        check_number(self.cpus_per_env, "cpus_per_env", positive=True)
+        check_number(self.gpus_per_env, "gpus_per_env", 0)
         if self.ray_address is not None and self.backend != "ray":
             raise ConfigError(f"ray_address {self.ray_address!r} needs backend 'ray' (got {self.backend!r})")
         if self.gpus_per_env > 0 and self.backend != "ray":

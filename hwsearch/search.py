@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.vec_env import VecEnv
 
+from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.io import atomic_write_json, atomic_write_text, atomic_write_with
@@ -67,31 +67,19 @@ class SearchConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.reward_mode not in REWARD_MODES:
-            raise ConfigError(f"reward_mode {self.reward_mode!r} is unknown; use one of {', '.join(REWARD_MODES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
-            raise ConfigError(f"seed = {self.seed!r} must be an integer in [0, 2**31)")
-        if self.agent not in AGENTS:
-            raise ConfigError(f"agent {self.agent!r} is unknown; use one of {', '.join(AGENTS)}")
+        check_choice(self.reward_mode, "reward_mode", REWARD_MODES)
+        check_int(self.seed, "seed", 0, 2**31)
+        check_choice(self.agent, "agent", AGENTS)
         for what in ("episodes", "batch_size", "replay_episodes"):
-            v = getattr(self, what)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{what} = {v!r} must be an integer >= 1")
-        if (
-            isinstance(self.warmup_episodes, bool)
-            or not isinstance(self.warmup_episodes, int)
-            or self.warmup_episodes < 0
-        ):
-            raise ConfigError(f"warmup_episodes = {self.warmup_episodes!r} must be an integer >= 0")
+            check_int(getattr(self, what), what, 1)
+        check_int(self.warmup_episodes, "warmup_episodes", 0)
         for what in ("actor_lr", "critic_lr", "tau", "noise_sigma", "noise_decay"):
-            v = getattr(self, what)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ConfigError(f"{what} = {v!r} must be a positive number")
-        if not 0 <= self.gamma <= 1:
+            check_number(getattr(self, what), what, positive=True)
+        if check_number(self.gamma, "gamma", 0) > 1:
             raise ConfigError(f"gamma = {self.gamma!r} must be in [0, 1]")
-        if not self.hidden or any(h < 1 for h in self.hidden):
+        if not self.hidden:
             raise ConfigError(f"hidden = {self.hidden!r} must list positive layer widths")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "hidden", tuple(check_int(h, "hidden layer width", 1) for h in self.hidden))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from hwsearch.checks import check_int, check_number
 from hwsearch.data import _tensor_source, make_loader, tensors
 from hwsearch.errors import ConfigError
 
@@ -30,21 +31,12 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 0:
-            raise ConfigError(f"epochs must be an int >= 0, got {self.epochs!r}")
-        if not _finite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        if not _finite(self.weight_decay) or self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
+        check_int(self.epochs, "epochs", 0)
+        check_number(self.lr, "lr", positive=True)
+        check_int(self.batch_size, "batch_size", 1)
+        check_number(self.weight_decay, "weight_decay", 0)
+        check_int(self.seed, "seed", 0)
         _check_device(self.device)
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_device(device: object) -> torch.device:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from hwsearch.checks import check_number
 from hwsearch.errors import TableError
 from hwsearch.layers import LayerInfo
 
@@ -26,15 +26,9 @@ class LayerCost:
     energy_mj: float | None = None
 
     def __post_init__(self) -> None:
-        lat = self.latency_ms
-        if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not math.isfinite(lat) or lat < 0:
-            raise TableError(f"latency_ms = {lat!r} must be a finite non-negative number")
-        object.__setattr__(self, "latency_ms", float(lat))
-        en = self.energy_mj
-        if en is not None:
-            if isinstance(en, bool) or not isinstance(en, (int, float)) or not math.isfinite(en) or en < 0:
-                raise TableError(f"energy_mj = {en!r} must be a finite non-negative number or None")
-            object.__setattr__(self, "energy_mj", float(en))
+        object.__setattr__(self, "latency_ms", check_number(self.latency_ms, "latency_ms", 0, error=TableError))
+        if self.energy_mj is not None:
+            object.__setattr__(self, "energy_mj", check_number(self.energy_mj, "energy_mj", 0, error=TableError))
 
 
 @runtime_checkable

@@ -9,10 +9,10 @@ the memory port delivers in its compute time is memory-bound.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from hwsearch.checks import check_int, check_number
 from hwsearch.errors import ConfigError
 from hwsearch.hardware.base import LayerCost, check_bits
 from hwsearch.layers import LayerInfo
@@ -20,13 +20,6 @@ from hwsearch.layers import LayerInfo
 __all__ = ["BismoConfig", "BismoResult", "bismo_matmul", "BismoCostModel"]
 
 _RESULT_BITS = 32
-
-
-def _pos(value: object, what: str, integer: bool = True) -> None:
-    ok_type = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value) or value <= 0:
-        kind = "positive integer" if integer else "positive finite number"
-        raise ConfigError(f"{what} = {value!r} must be a {kind}")
 
 
 @dataclass(frozen=True)
@@ -45,9 +38,9 @@ class BismoConfig:
 
     def __post_init__(self) -> None:
         for name in ("dm", "dk", "dn", "bandwidth_bits_per_cycle", "batch", "max_bits"):
-            _pos(getattr(self, name), name)
+            check_int(getattr(self, name), name, 1)
         for name in ("freq_mhz", "core_pj_per_cycle", "dram_pj_per_bit"):
-            _pos(getattr(self, name), name, integer=False)
+            check_number(getattr(self, name), name, positive=True)
 
     @property
     def peak_binary_tops(self) -> float:
@@ -68,7 +61,7 @@ class BismoResult:
 def bismo_matmul(m: int, k: int, n: int, w_bits: int, a_bits: int, config: BismoConfig) -> BismoResult:
     """Cycles and energy of a (m x k) weight by (k x n) activation product at w x a bits."""
     for what, v in (("m", m), ("k", k), ("n", n), ("w_bits", w_bits), ("a_bits", a_bits)):
-        _pos(v, what)
+        check_int(v, what, 1)
     if w_bits > config.max_bits or a_bits > config.max_bits:
         raise ConfigError(f"bit pair W{w_bits}A{a_bits} exceeds the overlay's {config.max_bits} bits")
     compute = -(-m // config.dm) * -(-n // config.dn) * -(-k // config.dk) * w_bits * a_bits

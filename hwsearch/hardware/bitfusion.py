@@ -15,6 +15,7 @@ from itertools import permutations
 
 import numpy as np
 
+from hwsearch.checks import check_int, check_number
 from hwsearch.errors import ConfigError
 from hwsearch.hardware.base import LayerCost, check_bits
 from hwsearch.layers import LayerInfo
@@ -65,24 +66,6 @@ def _ceil_div(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     return -(-np.asarray(a, dtype=np.int64) // np.asarray(b, dtype=np.int64))
 
 
-def _pos_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"{what} = {value!r} must be a positive integer")
-    return int(value)
-
-
-def _pos_float(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{what} = {value!r} must be a positive finite number")
-    return float(value)
-
-
-def _nonneg_float(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} = {value!r} must be a non-negative finite number")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class BitFusionEnergy:
     """Energy per event in pJ (defaults: the published 45 nm design, from the authors' CACTI/synthesis)."""
@@ -98,7 +81,7 @@ class BitFusionEnergy:
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
-            object.__setattr__(self, name, _nonneg_float(getattr(self, name), f"energy {name}"))
+            object.__setattr__(self, name, check_number(getattr(self, name), f"energy {name}", 0))
 
 
 @dataclass(frozen=True)
@@ -119,10 +102,10 @@ class BitFusionConfig:
 
     def __post_init__(self) -> None:
         for name in ("n", "m", "bandwidth_bits_per_cycle", "wbuf_bytes", "ibuf_bytes", "obuf_bytes", "batch"):
-            _pos_int(getattr(self, name), name)
-        _pos_float(self.freq_mhz, "freq_mhz")
-        mx = _pos_int(self.max_bits, "max_bits")
-        mn = _pos_int(self.min_bits, "min_bits")
+            check_int(getattr(self, name), name, 1)
+        check_number(self.freq_mhz, "freq_mhz", positive=True)
+        mx = check_int(self.max_bits, "max_bits", 1)
+        mn = check_int(self.min_bits, "min_bits", 1)
         if mn > mx:
             raise ConfigError(f"min_bits = {mn} exceeds max_bits = {mx}")
         if not isinstance(self.energy, BitFusionEnergy):
@@ -152,11 +135,11 @@ class ConvShape:
                 v = (v, v)
             if not isinstance(v, tuple) or len(v) != 2:
                 raise ConfigError(f"{name} = {v!r} must be an int or a pair of ints")
-            object.__setattr__(self, name, (_pos_int(v[0], name), _pos_int(v[1], name)))
-        _pos_int(self.in_channels, "in_channels")
-        _pos_int(self.out_channels, "out_channels")
-        _pos_int(self.a_bits, "a_bits")
-        _pos_int(self.w_bits, "w_bits")
+            object.__setattr__(self, name, (check_int(v[0], name, 1), check_int(v[1], name, 1)))
+        check_int(self.in_channels, "in_channels", 1)
+        check_int(self.out_channels, "out_channels", 1)
+        check_int(self.a_bits, "a_bits", 1)
+        check_int(self.w_bits, "w_bits", 1)
         object.__setattr__(self, "im2col", bool(self.im2col))
 
 

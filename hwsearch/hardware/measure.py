@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwsearch.checks import check_int
 from hwsearch.errors import ConfigError, TableError
 from hwsearch.hardware.table import CostTable
 from hwsearch.layers import LayerInfo
@@ -63,9 +64,7 @@ class MeasureConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1), ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"{name} = {v!r} must be an integer >= {low}")
+            check_int(getattr(self, name), name, low)
 
 
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:

@@ -13,7 +13,6 @@ never touched.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.errors import ConfigError
 from hwsearch.quant import gradient_mode
 
@@ -47,16 +47,6 @@ ATTACK_GRADS = ("ste", "shadow", "transfer")
 _STEP_FACTOR = 2.5  # Madry et al.: step = 2.5 * eps / steps lets PGD reach the boundary from any start
 
 
-def _check_choice(value: object, what: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"attack {what} = {value!r} is unknown; use one of {choices}")
-
-
-def _check_int(value: object, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"attack {what} = {value!r} must be an integer >= {minimum}")
-
-
 @dataclass(frozen=True)
 class AttackConfig:
     """One attack: method, budget (``eps`` in input units), gradient route, loss and restarts.
@@ -77,23 +67,19 @@ class AttackConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice(self.method, "method", ATTACK_METHODS)
-        _check_choice(self.norm, "norm", ATTACK_NORMS)
-        _check_choice(self.loss, "loss", ATTACK_LOSSES)
-        _check_choice(self.grad, "grad", ATTACK_GRADS)
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps):
-            raise ConfigError(f"attack eps = {self.eps!r} must be a finite number")
+        check_choice(self.method, "attack method", ATTACK_METHODS)
+        check_choice(self.norm, "attack norm", ATTACK_NORMS)
+        check_choice(self.loss, "attack loss", ATTACK_LOSSES)
+        check_choice(self.grad, "attack grad", ATTACK_GRADS)
+        check_number(self.eps, "attack eps")
         if self.eps < 0 or (self.norm == "linf" and self.eps > 1):
             bound = "[0, 1] (inputs are in [0, 1])" if self.norm == "linf" else ">= 0"
             raise ConfigError(f"attack eps = {self.eps!r} is out of range; use {bound}")
         object.__setattr__(self, "eps", float(self.eps))
-        _check_int(self.steps, "steps", 1)
-        _check_int(self.restarts, "restarts", 1)
+        check_int(self.steps, "attack steps", 1)
+        check_int(self.restarts, "attack restarts", 1)
         if self.step_size is not None:
-            ok = not isinstance(self.step_size, bool) and isinstance(self.step_size, (int, float))
-            if not ok or not math.isfinite(self.step_size) or self.step_size <= 0:
-                raise ConfigError(f"attack step_size = {self.step_size!r} must be a finite number > 0 (or None)")
-            object.__setattr__(self, "step_size", float(self.step_size))
+            object.__setattr__(self, "step_size", check_number(self.step_size, "attack step_size", positive=True))
         if not isinstance(self.random_start, bool):
             raise ConfigError(f"attack random_start = {self.random_start!r} must be True or False")
 
@@ -355,7 +341,7 @@ def robust_accuracy(
         raise ConfigError(f"attack labels must be distinct (they name result columns); got {labels}")
     if any(a.grad == "transfer" for a in attacks) and source_model is None:
         raise ConfigError("a transfer attack is listed; pass source_model= (the FP32 model)")
-    _check_int(batch_size, "batch_size", 1)
+    check_int(batch_size, "attack batch_size", 1)
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
     if device is not None:

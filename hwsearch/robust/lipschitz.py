@@ -7,13 +7,12 @@ rounding perturbations do not grow through the network.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from hwsearch.errors import ConfigError
+from hwsearch.checks import check_int, check_number
 from hwsearch.layers import QUANTIZABLE
 from hwsearch.quant import QuantWrapper, quantizable_names
 
@@ -64,10 +63,7 @@ class LipschitzRegularizer:
     beta: float
 
     def __post_init__(self) -> None:
-        b = self.beta
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            raise ConfigError(f"Lipschitz beta = {b!r} must be a finite number >= 0")
-        object.__setattr__(self, "beta", float(b))
+        object.__setattr__(self, "beta", check_number(self.beta, "Lipschitz beta", 0))
 
     def __call__(self, model: nn.Module) -> Tensor:
         if self.beta == 0.0:  # skip the Gram matrices entirely
@@ -104,8 +100,7 @@ def layer_lipschitz_bounds(model: nn.Module, *, iters: int = 100, seed: int = 0)
     to one, not the exact operator norm of the convolution (which also depends on stride and overlap).
     QuantWrappers report their float weight.
     """
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ConfigError(f"power iterations = {iters!r} must be an integer >= 1")
+    check_int(iters, "power iterations", 1)
     gen = torch.Generator().manual_seed(int(seed))
     out: dict[str, float] = {}
     for name in quantizable_names(model):
