@@ -14,8 +14,10 @@ from gymnasium import spaces
 from hwsearch.budget import Budget, check_table_size
 from hwsearch.checks import check_number
 from hwsearch.errors import BudgetError, ConfigError
+from hwsearch.hardware.base import CostModel
+from hwsearch.hardware.cost import policy_cost
 from hwsearch.layers import LayerInfo
-from hwsearch.policy import LayerBits, Policy
+from hwsearch.policy import LayerBits, Policy, uniform_policy
 
 __all__ = [
     "EvalResult",
@@ -56,13 +58,6 @@ class PolicyEvaluator(Protocol):
     """Scores a policy (the env injects it so tests can hand in a cheap fake)."""
 
     def evaluate(self, policy: Policy) -> EvalResult: ...
-
-
-@runtime_checkable
-class CostModel(Protocol):
-    name: str
-
-    def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -169,15 +164,14 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         check_table_size(self.n_layers, len(self.config.w_bits), len(self.config.a_bits))
         self._costs = self._cost_tables()
         metric = self.config.budget.metric
-        self.reference_costs = self._reference_costs()
-        self.cost_ref = self.reference_costs[metric]
+        self.cost_ref = self._reference_cost(metric)
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
-        self.min_cost = float(self._costs[metric][:, 0, 0].sum())
-        if self.budget_limit < self.min_cost * (1 - 1e-9):
+        min_cost = float(self._costs[metric][:, 0, 0].sum())
+        if self.budget_limit < min_cost * (1 - 1e-9):
             raise BudgetError(
                 f"budget {self.config.budget} = {self.budget_limit:.6g} is below the cost of the lowest bit widths "
-                f"({self.min_cost:.6g} at W{self.config.w_bits[0]}A{self.config.a_bits[0]}); "
-                f"raise it to at least {self.min_cost / self.cost_ref:.3f}x"
+                f"({min_cost:.6g} at W{self.config.w_bits[0]}A{self.config.a_bits[0]}); "
+                f"raise it to at least {min_cost / self.cost_ref:.3f}x"
             )
         self._step = 0
         self._choice = np.zeros((self.n_layers, 2), dtype=np.int64)
@@ -229,15 +223,10 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         return tables
 
-    def _reference_costs(self) -> dict[str, float]:
+    def _reference_cost(self, metric: str) -> float:
         """Fixed W8A8's cost: what ``0.5x`` budgets and the cost term mean, whatever widths the search may use."""
-        refs = {"latency": 0.0, "energy": 0.0, "size": 0.0}
-        for layer in self.layers:
-            c = self.cost_model.layer_cost(layer, 8, 8)
-            refs["latency"] += c.latency_ms
-            refs["energy"] += c.energy_mj or 0.0
-            refs["size"] += layer.params * 8
-        return {m: float(v) for m, v in refs.items() if m in self._costs}
+        ref = policy_cost(self.cost_model, self.layers, uniform_policy([layer.name for layer in self.layers], 8))
+        return float(ref.metric(metric) or 0.0)
 
     # -- gymnasium API --------------------------------------------------------------------------------
     def _obs(self) -> np.ndarray:

@@ -8,10 +8,9 @@ from typing import Protocol, runtime_checkable
 from hwsearch.checks import check_number
 from hwsearch.errors import TableError
 from hwsearch.layers import LayerInfo
+from hwsearch.policy import FLOAT_BITS
 
 __all__ = ["FLOAT_BITS", "LayerCost", "CostModel", "UnknownDeviceError", "bit_key", "check_bits"]
-
-FLOAT_BITS = 32
 
 
 class UnknownDeviceError(TableError):

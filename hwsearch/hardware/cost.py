@@ -54,6 +54,10 @@ class PolicyCost:
             raise TableError(f"policy size_bits = {self.size_bits!r} must be non-negative")
         object.__setattr__(self, "per_layer", MappingProxyType(dict(self.per_layer)))
 
+    def metric(self, name: str) -> float | None:
+        """The total a budget metric (``latency``, ``energy``, ``size``) reads."""
+        return {"latency": self.latency_ms, "energy": self.energy_mj, "size": float(self.size_bits)}[name]
+
 
 def policy_cost(cost_model: CostModel, layers: Sequence[LayerInfo], policy: Policy) -> PolicyCost:
     """Sum per-layer costs of ``policy`` over ``layers`` (forward order); size counts float layers at 32 bits."""
