@@ -163,13 +163,11 @@ class SharedCacheEvaluator:
     def __init__(self, inner: Any, cache: Any) -> None:
         self.inner = inner
         self.cache_client = cache
-        self.shared_hits = 0
 
     def evaluate(self, policy: Any) -> EvalResult:
         key = policy.key()
         hit = self.cache_client.get(key)
         if hit is not None:
-            self.shared_hits += 1
             t = getattr(self.inner, "timings", None)
             if t is not None:
                 t.calls += 1
@@ -180,7 +178,7 @@ class SharedCacheEvaluator:
         return result
 
     def __getattr__(self, name: str) -> Any:  # the inner evaluator's timings, cache, attacks, ...
-        if name in ("inner", "cache_client", "shared_hits"):
+        if name in ("inner", "cache_client"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -208,7 +206,7 @@ class WorkerEnv(gym.Wrapper):
         ev = self.env.unwrapped.evaluator  # type: ignore[attr-defined]
         inner = ev.inner if isinstance(ev, SharedCacheEvaluator) else ev
         t = getattr(inner, "timings", None)
-        timings = {f.name: getattr(t, f.name) for f in fields(t) if f.name != "extra"} if t is not None else {}
+        timings = {f.name: getattr(t, f.name) for f in fields(t)} if t is not None else {}
         return {"timings": timings, "cache": dict(getattr(inner, "cache", {}) or {})}
 
 
@@ -428,14 +426,19 @@ class RayVecEnv(VecEnv):
 
 
 # ----------------------------------------------------------------------------------------- local backends
-class _SharedSubprocVecEnv(SubprocVecEnv):
-    """SB3's ``SubprocVecEnv`` that also owns the manager process holding the shared cache."""
+class _LocalCacheItems:
+    """``cache_items`` of a local VecEnv whose shared cache is a mapping (a dict or a manager's dict proxy)."""
 
-    manager: Any = None
     cache_store: Any = None
 
     def cache_items(self) -> list[tuple[tuple, EvalResult]]:
         return [] if self.cache_store is None else list(self.cache_store.items())
+
+
+class _SharedSubprocVecEnv(_LocalCacheItems, SubprocVecEnv):
+    """SB3's ``SubprocVecEnv`` that also owns the manager process holding the shared cache."""
+
+    manager: Any = None
 
     def close(self) -> None:
         was_closed = self.closed
@@ -444,11 +447,8 @@ class _SharedSubprocVecEnv(SubprocVecEnv):
             self.manager.shutdown()
 
 
-class _SharedDummyVecEnv(DummyVecEnv):
-    cache_store: Any = None
-
-    def cache_items(self) -> list[tuple[tuple, EvalResult]]:
-        return [] if self.cache_store is None else list(self.cache_store.items())
+class _SharedDummyVecEnv(_LocalCacheItems, DummyVecEnv):
+    """SB3's ``DummyVecEnv`` whose envs share one in-process cache."""
 
 
 def make_vec_env(
@@ -477,7 +477,7 @@ def make_vec_env(
             compute_device=device,
         )
     if config.backend == "serial":
-        store = None if cache is None else cache
+        store = cache
         client = None if store is None else _DictCache(store)
         vec = _SharedDummyVecEnv(
             [_WorkerFactory(fn, config.threads, device, client, own_process=False) for fn in env_fns]

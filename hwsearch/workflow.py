@@ -104,11 +104,10 @@ def build_env(
     *,
     evaluator_config: EvaluatorConfig | None = None,
     env_kwargs: Mapping[str, Any] | None = None,
-    reference_bits: int = 8,
     evaluator: Evaluator | None = None,
     bits: Sequence[int] = range(2, 9),
 ) -> tuple[MixedPrecisionEnv, Evaluator]:
-    """The env on the search-val split; reward references are fixed ``reference_bits``-bit's figures.
+    """The env on the search-val split; reward references are fixed W8A8's figures, as its cost reference.
 
     Pass an ``evaluator`` to share its cache between searches (a budget sweep): its figures do not depend on
     the budget.
@@ -121,7 +120,7 @@ def build_env(
         raise ConfigError("a robustness weight needs an attack: give the evaluator attacks (--attack pgd --eps E)")
     if "w_bits" not in kwargs and "a_bits" not in kwargs:  # the widths this device prices for every layer
         kwargs["w_bits"], kwargs["a_bits"] = bit_grid(cost_model, ws.layers, candidates=bits)
-    ref = evaluator.evaluate(ws.uniform(reference_bits))
+    ref = evaluator.evaluate(ws.uniform(8))
     kwargs.setdefault("acc_ref", ref.accuracy)
     if ref.robust_accuracy is not None:
         kwargs.setdefault("rob_ref", ref.robust_accuracy)

@@ -46,12 +46,10 @@ class QuantWrapper(nn.Module):
         self.a_bits = int(a_bits)
         self.register_buffer("act_lo", torch.tensor(float(lo)))
         self.register_buffer("act_hi", torch.tensor(float(hi)))
+        # a plain bool, fixed at construction: reading the buffer in forward would sync with the GPU per layer
+        self.signed = float(lo) < 0
         self.grad_mode = "ste"
         self._cached: tuple[tuple[int, int, int], Tensor] | None = None
-
-    @property
-    def signed(self) -> bool:
-        return bool(self.act_lo < 0)
 
     def quantized_weight(self) -> Tensor:
         """Quantized weight; in eval mode it is cached until the weight changes (attacks call it per step)."""

@@ -320,7 +320,6 @@ def robust_accuracy(
     source_model: nn.Module | None = None,
     batch_size: int = 256,
     seed: int = 0,
-    device: torch.device | str | None = None,
     cascade: bool = False,
 ) -> RobustResult:
     """Clean accuracy and per-sample worst-case robust accuracy of ``model`` over ``attacks``.
@@ -328,8 +327,7 @@ def robust_accuracy(
     An image counts robust only if it is correct clean and correct under every attack; each attack's own
     column counts images correct clean and under that attack. Images misclassified clean are never attacked.
     Each attack draws its random starts from its own generator seeded with ``seed``, so two attacks that
-    differ only in gradient route start from the same points. ``device`` moves the models there (default:
-    where the model already is).
+    differ only in gradient route start from the same points. It runs where ``model`` is.
 
     ``cascade=True`` attacks an image only while it is still robust, in list order: the same worst case for
     a fraction of the cost (most images fall to the first attack at large eps), but then each column is the
@@ -344,10 +342,6 @@ def robust_accuracy(
     check_int(batch_size, "attack batch_size", 1)
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
-    if device is not None:
-        model = model.to(device)
-        if source_model is not None:
-            source_model = source_model.to(device)
     dev = _device_of(model, x.device)
     n = int(x.shape[0])
     gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in attacks]
