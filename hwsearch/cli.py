@@ -175,6 +175,7 @@ def _search_into(
     out: Path, args: argparse.Namespace, ws: Any, evaluator: Any, budget: Any, *, resuming: bool, stop: _StopOnSignal
 ) -> Any:
     """One search written to ``out`` (log, checkpoints, policy, summary); returns the result, or None if stopped."""
+    from hwsearch.config_json import save_config
     from hwsearch.envs import EvalResult
     from hwsearch.hardware import get_device
     from hwsearch.io import atomic_write_text
@@ -205,6 +206,9 @@ def _search_into(
         evaluator=evaluator,
         bits=range(args.min_bits, args.max_bits + 1),
     )
+    if not resuming:  # the resolved settings (the device's bit choices, the W8A8 references), reloadable
+        for name, cfg in (("search", config), ("env", env.config), ("evaluator", evaluator.config)):
+            save_config(out / "config" / f"{name}.json", cfg)
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     for rec in history:  # finished episodes need no second evaluation
         evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)

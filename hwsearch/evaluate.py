@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +14,7 @@ from hwsearch.envs import EvalResult
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.policy import Policy
 from hwsearch.quant import Calibration, apply_policy
-
-if TYPE_CHECKING:
-    from hwsearch.robust import AttackConfig
+from hwsearch.robust.attacks import AttackConfig
 
 __all__ = ["EvaluatorConfig", "Evaluator", "clean_accuracy"]
 
@@ -79,7 +76,7 @@ class EvaluatorConfig:
 
     batch_size: int = 1000
     robust_subset: int = 200
-    attacks: tuple[Any, ...] = ()
+    attacks: tuple[AttackConfig, ...] = ()
     seed: int = 0
     cache: bool = True
     finetune_steps: int = 0
@@ -105,7 +102,6 @@ class _Timings:
     attack: float = 0.0
     calls: int = 0
     hits: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Evaluator:

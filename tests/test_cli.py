@@ -10,9 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hwsearch.envs import EnvConfig
 
+from hwsearch.budget import Budget
 from hwsearch.cli import main
+from hwsearch.config_json import load_config
+from hwsearch.evaluate import EvaluatorConfig
 from hwsearch.policy import load_policy
+from hwsearch.search import SearchConfig
 
 SEARCH_FAST = ["--episodes", "4", "--warmup", "2", "--hidden", "16", "16", "--quiet"]
 
@@ -39,6 +44,12 @@ def test_search_writes_policy_episodes_and_summary(checkpoint: Path, tmp_path: P
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert len(rows) == 4 and rows[0]["net.features.conv1"].count("/") == 1
     assert "Where time went" in (out / "summary.md").read_text()
+    # the resolved settings reload as the configs the search ran with
+    search_cfg = load_config(SearchConfig, out / "config" / "search.json")
+    env_cfg = load_config(EnvConfig, out / "config" / "env.json")
+    assert search_cfg.episodes == 4 and env_cfg.budget == Budget("latency", 0.8, relative=True)
+    assert env_cfg.w_bits and 0 < env_cfg.acc_ref <= 1
+    assert load_config(EvaluatorConfig, out / "config" / "evaluator.json").robust_subset >= 1
     # a second run into the same folder is refused unless asked
     assert main(args + SEARCH_FAST) == 2
 
