@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from hwsearch.errors import PolicyError
+from hwsearch.errors import ConfigError, PolicyError
 from hwsearch.policy import LayerBits, Policy, uniform_policy
 from hwsearch.quant import (
+    ActRange,
+    Calibration,
     QuantWrapper,
     activation_levels,
     apply_policy,
@@ -176,3 +181,26 @@ def test_weight_cache_made_in_inference_mode_serves_autograd_later() -> None:
     xs = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(q(xs).sum(), xs)
     assert torch.isfinite(g).all() and torch.allclose(q(x), ref)
+
+
+@pytest.mark.parametrize(
+    ("stored", "fragment"),
+    [
+        ({}, "malformed"),
+        ({"method": "minmax", "ranges": {"a": [1.0]}}, "malformed"),
+        ({"method": "minmax", "ranges": [0.0, 1.0]}, "malformed"),
+        ({"method": "minmax", "ranges": {"a": ["x", 1.0]}}, "finite number"),
+        ({"method": "minmax", "ranges": {"a": [2.0, 1.0]}}, "lo = 2.0 > hi = 1.0"),
+        ({"method": "kl", "ranges": {}}, "calibration method = 'kl'"),
+    ],
+)
+def test_stored_calibration_errors_are_one_line_config_errors(stored: dict, fragment: str) -> None:
+    """A checkpoint's stored calibration is user input: a bad one must reach the CLI as exit 2, not a traceback."""
+    with pytest.raises(ConfigError, match=re.escape(fragment)) as info:
+        Calibration.from_dict(stored)
+    assert "\n" not in str(info.value)
+
+
+def test_calibration_round_trips_through_its_dict() -> None:
+    cal = Calibration({"a": ActRange(-0.5, 2.0), "b": ActRange(0.0, 1.0)}, "percentile")
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal

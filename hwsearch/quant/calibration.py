@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hwsearch.checks import check_choice, check_number
+from hwsearch.errors import ConfigError
 from hwsearch.layers import QUANTIZABLE
 
 __all__ = ["ActRange", "Calibration", "calibrate"]
@@ -21,8 +23,10 @@ class ActRange:
     hi: float
 
     def __post_init__(self) -> None:
-        if not (self.lo <= self.hi):
-            raise ValueError(f"activation range lo={self.lo} > hi={self.hi}")
+        object.__setattr__(self, "lo", check_number(self.lo, "activation range lo"))
+        object.__setattr__(self, "hi", check_number(self.hi, "activation range hi"))
+        if self.lo > self.hi:
+            raise ConfigError(f"activation range lo = {self.lo} > hi = {self.hi}; recalibrate the float model")
 
     @property
     def signed(self) -> bool:
@@ -36,6 +40,7 @@ class Calibration:
     method: str
 
     def __post_init__(self) -> None:
+        check_choice(self.method, "calibration method", _METHODS)
         object.__setattr__(self, "ranges", dict(self.ranges))
 
     def __getitem__(self, name: str) -> ActRange:
@@ -46,7 +51,16 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Calibration:
-        return cls({n: ActRange(float(v[0]), float(v[1])) for n, v in d["ranges"].items()}, d["method"])
+        """Read :meth:`to_dict` output (stored in checkpoints); a malformed one is a one-line ConfigError."""
+        try:
+            ranges = {str(n): ActRange(v[0], v[1]) for n, v in d["ranges"].items()}
+            method = d["method"]
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ConfigError(
+                f"stored calibration is malformed ({type(exc).__name__}: {exc}); expected "
+                "{'method': M, 'ranges': {layer: [lo, hi]}}, recalibrate or retrain"
+            ) from None
+        return cls(ranges, method)
 
 
 def calibrate(
@@ -60,8 +74,7 @@ def calibrate(
 
     ``percentile`` clips rare outliers that would waste low-bit levels; ``minmax`` keeps every value.
     """
-    if method not in _METHODS:
-        raise ValueError(f"calibration method {method!r} is unknown; use one of {_METHODS}")
+    check_choice(method, "calibration method", _METHODS)
     if isinstance(batches, Tensor):
         batches = [batches]
     lows: dict[str, list[float]] = {}
