@@ -162,7 +162,8 @@ def model_from_checkpoint(path: str | os.PathLike[str], model_name: str | None =
     name = stored if model_name is None else model_name
     if model_name is None and ":" in stored:
         raise CheckpointError(
-            f"checkpoint {path} was made with custom model {stored!r}; pass model_name={stored!r} to import it"
+            f"checkpoint {path} was made with custom model {stored!r}; to import that code, pass "
+            f"model_name={stored!r} (CLI: --model-factory {stored})"
         )
     try:
         model = build_model(name, ckpt["num_classes"], tuple(ckpt["input_shape"]), ckpt["mean"], ckpt["std"])

@@ -18,6 +18,7 @@ from hwsearch.errors import ConfigError, HwsearchError
 __all__ = ["main", "build_parser"]
 
 DEFAULT_DEVICE = "bitfusion-edge"
+FACTORY_HELP = "rebuild a checkpoint of a custom model with this factory (imports it: only code you trust)"
 DEFAULT_CHECKPOINT = "runs/fp32.pt"
 
 
@@ -115,6 +116,7 @@ def _attack_list(args: argparse.Namespace) -> tuple[Any, ...]:
 _RUN_KEYS = (
     "checkpoint",
     "data_root",
+    "model_factory",
     "compute_device",
     "device",
     "budget",
@@ -309,7 +311,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     from hwsearch.budget import parse_budget
     from hwsearch.hardware import get_device
     from hwsearch.io import atomic_write_json
-    from hwsearch.workflow import prepare
 
     resuming = bool(args.resume)
     if resuming:
@@ -327,7 +328,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         if not resuming:
             atomic_write_json(out / "run.json", {"schema": 1, "args": {k: getattr(args, k) for k in _RUN_KEYS}})
-        ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+        ws = _prepare(args)
         with _StopOnSignal() as stop:
             result = _search_into(out, args, ws, _evaluator_for(args, ws), budget, resuming=resuming, stop=stop)
     except HwsearchError:
@@ -356,7 +357,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from hwsearch.budget import parse_budget
     from hwsearch.hardware import get_device
     from hwsearch.pareto import write_pareto
-    from hwsearch.workflow import prepare
 
     metric, _, values = args.budgets.partition("=") if "=" in args.budgets else ("latency", "", args.budgets)
     budgets = [parse_budget(f"{metric}={v.strip()}") for v in values.split(",") if v.strip()]
@@ -370,7 +370,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         require_ray()
     out = _out_dir(args.out, args.overwrite, "pareto.csv")
-    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    ws = _prepare(args)
     evaluator = _evaluator_for(args, ws)
     episodes = []
     with _StopOnSignal() as stop:
@@ -432,7 +432,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hwsearch.plots import latency_shares, plot_policy_bits, plot_tradeoff
     from hwsearch.policy import load_policy
     from hwsearch.report import compare_table, write_compare
-    from hwsearch.workflow import compare_policies, prepare, robust_evaluator, standard_entries
+    from hwsearch.workflow import compare_policies, robust_evaluator, standard_entries
 
     cost_model = get_device(args.device)  # fail fast on a bad name, before loading anything
     for eps in args.eps:
@@ -450,14 +450,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for spec in args.model:
         name, ckpt = _named(spec, "--model")
         policies[name] = (None, ckpt)
-    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    ws = _prepare(args)
     entries: dict[str, Any] = standard_entries(ws, bits=tuple(args.fixed))
     for name, (policy, ckpt) in policies.items():
         if ckpt is None:
             entries[name] = policy
         else:
             if ckpt not in others:
-                others[ckpt] = prepare(ckpt, data_root=args.data_root, device=args.compute_device)
+                others[ckpt] = _prepare(args, ckpt)
             entries[name] = (policy, others[ckpt])
     robust = robust_evaluator(ws, args.eps, steps=args.attack_steps, restarts=args.restarts, images=args.robust_images)
     rows = compare_policies(ws, entries, args.device, split="test", robust_eval=robust if args.eps else None)
@@ -502,12 +502,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from hwsearch.checkpoint import save_checkpoint
     from hwsearch.policy import load_policy, save_policy
     from hwsearch.training import TrainConfig
-    from hwsearch.workflow import finetune_policy, prepare
+    from hwsearch.workflow import finetune_policy
 
     if args.lipschitz_beta < 0:
         raise ConfigError(f"--lipschitz-beta {args.lipschitz_beta} must be >= 0 (0 = plain QAT)")
     policy = load_policy(args.policy)
-    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    ws = _prepare(args)
     policy.check_against(ws.layer_names)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=str(ws.device))
     bar = _progress(args.epochs, args.quiet, "finetune")
@@ -546,17 +546,16 @@ def cmd_amplify(args: argparse.Namespace) -> int:
     from hwsearch.policy import load_policy
     from hwsearch.quant import apply_policy
     from hwsearch.robust import AttackConfig, amplification_profile, attack, write_amplification
-    from hwsearch.workflow import prepare
 
     if not 0 < args.eps <= 1:
         raise ConfigError(f"--eps {args.eps} is outside (0, 1]; eps is in input units of [0, 1] images")
-    ws = prepare(args.checkpoint, data_root=args.data_root, device=args.compute_device)
+    ws = _prepare(args)
     models: dict[str, Any] = {"FP32": ws.model}
     if args.policy:
         policy = load_policy(args.policy)
         models[f"quantized ({Path(args.policy).name})"] = apply_policy(ws.model, policy, ws.calibration)
     if args.defended:
-        dws = prepare(args.defended, data_root=args.data_root, device=args.compute_device)
+        dws = _prepare(args, args.defended)
         stored = dws.meta.get("extra", {}).get("policy")
         if stored is None and not args.policy:
             raise ConfigError(f"{args.defended!r} was not written by `hwsearch finetune`; pass --policy too")
@@ -586,11 +585,24 @@ def torch_generator(seed: int) -> Any:
     return torch.Generator().manual_seed(seed)
 
 
+def _prepare(args: argparse.Namespace, checkpoint: str | None = None) -> Any:
+    """The workspace of ``checkpoint`` (default ``--checkpoint``) with the command's data, device and factory."""
+    from hwsearch.workflow import prepare
+
+    return prepare(
+        checkpoint or args.checkpoint,
+        data_root=args.data_root,
+        device=getattr(args, "compute_device", "cpu"),
+        model_name=getattr(args, "model_factory", None),
+    )
+
+
 # --------------------------------------------------------------------------------------------- parser
 def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     if checkpoint:
         p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="FP32 checkpoint from `hwsearch train`")
     p.add_argument("--data-root", default=None, help="folder of a local dataset (cifar10, svhn, imagefolder)")
+    p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
     p.add_argument("--compute-device", default="cpu", help="cpu, cuda or auto: where models run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hwsearch.cli import FACTORY_HELP
 from hwsearch.errors import ConfigError
 from hwsearch.hardware import DEFAULT_DEVICE
 
@@ -21,6 +22,7 @@ def add_export_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output file")
     p.add_argument("--checkpoint", default=None, help="FP32 checkpoint (needed for checkpoint and onnx)")
     p.add_argument("--data-root", default=None, help="folder of a local dataset (for calibration)")
+    p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("evaluate", help="test accuracy and device cost of one policy")
@@ -29,20 +31,22 @@ def add_export_parser(subparsers: Any) -> None:
     p.add_argument("--quantized", default=None, help="quantized checkpoint from `hwsearch export --format checkpoint`")
     p.add_argument("--device", default=DEFAULT_DEVICE, help="target device (see `hwsearch latency devices`)")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("show", help="print a policy as a table (with latency shares given a checkpoint)")
     p.add_argument("--policy", required=True)
     p.add_argument("--checkpoint", default=None, help="FP32 checkpoint: adds per-layer latency on --device")
     p.add_argument("--device", default=None, help=f"target device (default {DEFAULT_DEVICE}; needs --checkpoint)")
+    p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
     p.set_defaults(func=cmd_show)
 
 
-def _float_model_and_layers(checkpoint: str) -> tuple[Any, list[Any], dict]:
+def _float_model_and_layers(checkpoint: str, model_factory: str | None) -> tuple[Any, list[Any], dict]:
     from hwsearch.checkpoint import model_from_checkpoint
     from hwsearch.layers import discover_layers
 
-    model, meta = model_from_checkpoint(checkpoint)
+    model, meta = model_from_checkpoint(checkpoint, model_factory)
     return model, discover_layers(model, tuple(meta["input_shape"])), meta
 
 
@@ -63,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--format {args.fmt} needs --checkpoint (the FP32 checkpoint the policy is for)")
     names = None
     if args.checkpoint:
-        _, layers, _ = _float_model_and_layers(args.checkpoint)
+        _, layers, _ = _float_model_and_layers(args.checkpoint, args.model_factory)
         names = [ly.name for ly in layers]
     policy = _read_policy(args.policy, names)
     if names is not None:
@@ -75,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     from hwsearch.workflow import prepare
 
-    ws = prepare(args.checkpoint, data_root=args.data_root)
+    ws = prepare(args.checkpoint, data_root=args.data_root, model_name=args.model_factory)
     if args.fmt == "checkpoint":
         path = save_quantized(args.out, ws, policy, ws.calibration, {"policy_file": str(args.policy)})
         print(f"wrote quantized checkpoint to {path}")
@@ -112,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from hwsearch.quant import apply_policy
         from hwsearch.workflow import prepare
 
-        ws = prepare(args.checkpoint, data_root=args.data_root)
+        ws = prepare(args.checkpoint, data_root=args.data_root, model_name=args.model_factory)
         policy = _read_policy(args.policy, ws.layer_names)
         policy.check_against(ws.layer_names)
         qmodel = apply_policy(ws.model, policy, ws.calibration)
@@ -144,7 +148,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise ConfigError("--device prices the policy's layers, which needs --checkpoint")
     layers = None
     if args.checkpoint:
-        _, layers, _ = _float_model_and_layers(args.checkpoint)
+        _, layers, _ = _float_model_and_layers(args.checkpoint, args.model_factory)
     names = None if layers is None else [ly.name for ly in layers]
     policy = _read_policy(args.policy, names)
     cost = None

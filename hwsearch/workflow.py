@@ -79,12 +79,16 @@ def prepare(
     data_root: str | None = None,
     device: str = "cpu",
     calibration_method: str = "percentile",
+    model_name: str | None = None,
 ) -> Workspace:
-    """Load a checkpoint written by ``hwsearch train`` and the dataset it was trained on; trace and calibrate."""
+    """Load a checkpoint written by ``hwsearch train`` and the dataset it was trained on; trace and calibrate.
+
+    ``model_name`` rebuilds a checkpoint of a custom ``module:factory`` model (see ``model_from_checkpoint``).
+    """
     from hwsearch.checkpoint import model_from_checkpoint
 
     dev = resolve_device(device)
-    model, meta = model_from_checkpoint(checkpoint)
+    model, meta = model_from_checkpoint(checkpoint, model_name)
     splits = load_dataset(meta["dataset"], data_root)
     model = model.to(dev).eval()
     layers = discover_layers(model, splits.input_shape)

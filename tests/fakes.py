@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hwsearch.envs import EvalResult
+from torch import nn
 
 from hwsearch.layers import LayerInfo
 from hwsearch.policy import Policy
@@ -68,3 +69,8 @@ def fake_layers() -> list[LayerInfo]:
         layer("classifier.fc1", 3, 64, 128, 1, "linear"),
         layer("classifier.fc2", 4, 128, 10, 1, "linear"),
     ]
+
+
+def tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """A custom ``module:factory`` model (``tests.fakes:tiny_cnn``) for 1x28x28 inputs."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 13 * 13, num_classes))

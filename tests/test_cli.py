@@ -13,11 +13,14 @@ import pytest
 from hwsearch.envs import EnvConfig
 
 from hwsearch.budget import Budget
+from hwsearch.checkpoint import save_checkpoint
 from hwsearch.cli import main
 from hwsearch.config_json import load_config
 from hwsearch.evaluate import EvaluatorConfig
+from hwsearch.models import build_model
 from hwsearch.policy import load_policy
 from hwsearch.search import SearchConfig
+from hwsearch.training import set_seed
 
 SEARCH_FAST = ["--episodes", "4", "--warmup", "2", "--hidden", "16", "16", "--quiet"]
 
@@ -213,3 +216,29 @@ def test_overwrite_starts_a_fresh_run_with_the_same_episodes(checkpoint: Path, t
     first = (out / "episodes.csv").read_text()
     assert main(argv) == 0
     assert (out / "episodes.csv").read_text() == first
+
+
+def test_a_custom_factory_checkpoint_is_searched_only_with_model_factory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint never picks the code it imports: the user names the factory, and then every command works."""
+    factory = "tests.fakes:tiny_cnn"
+    set_seed(0)
+    model = build_model(factory, 10, (1, 28, 28))
+    ckpt = save_checkpoint(
+        tmp_path / "tiny.pt",
+        model,
+        model_name=factory,
+        dataset="mnist5k",
+        num_classes=10,
+        input_shape=(1, 28, 28),
+        mean=(0.5,),
+        std=(0.5,),
+        metrics={},
+    )
+    out = tmp_path / "s"
+    args = ["search", "--checkpoint", str(ckpt), "--out", str(out), "--budget", "latency=0.9x", *SEARCH_FAST]
+    assert main(args) == 2
+    assert f"--model-factory {factory}" in one_line_error(capsys)
+    assert main([*args, "--model-factory", factory]) == 0
+    assert load_policy(out / "policy.json").names() == ["net.0", "net.3"]
