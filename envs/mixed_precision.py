@@ -18,6 +18,7 @@ from hwsearch.hardware.base import CostModel
 from hwsearch.hardware.cost import policy_cost
 from hwsearch.layers import LayerInfo
 from hwsearch.policy import LayerBits, Policy, uniform_policy
+from hwsearch.records import EvalResult
 
 __all__ = [
     "EvalResult",
@@ -42,15 +43,6 @@ OBS_FEATURES = (
     "is_weight",
     "previous_action",
 )
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What an evaluator says of a quantized model: accuracies as fractions in [0, 1]."""
-
-    accuracy: float
-    robust_accuracy: float | None = None
-    per_attack: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import signal
@@ -178,11 +177,11 @@ def _search_into(
 ) -> Any:
     """One search written to ``out`` (log, checkpoints, policy, summary); returns the result, or None if stopped."""
     from hwsearch.config_json import save_config
-    from hwsearch.envs import EvalResult
     from hwsearch.hardware import get_device
     from hwsearch.io import atomic_write_text
     from hwsearch.parallel import merge_worker_stats, parallel_env
     from hwsearch.policy import save_policy
+    from hwsearch.records import EvalResult
     from hwsearch.report import EpisodeLog, read_episode_log, search_summary
     from hwsearch.search import SearchCheckpoint, SearchConfig, run_search
     from hwsearch.workflow import build_env
@@ -199,7 +198,7 @@ def _search_into(
     env_kwargs: dict[str, Any] = {"w_acc": args.acc_weight, "w_rob": args.robust_weight, "w_cost": args.cost_weight}
     if not 1 <= args.min_bits <= args.max_bits <= 8:
         raise ConfigError(f"--min-bits {args.min_bits} / --max-bits {args.max_bits}: need 1 <= min <= max <= 8")
-    t_start = dataclasses.replace(evaluator.timings)  # a sweep shares the evaluator: report this search's part
+    t_start = evaluator.timings.copy()  # a sweep shares the evaluator: report this search's part
     env, _ = build_env(
         ws,
         get_device(args.device),
@@ -212,8 +211,8 @@ def _search_into(
         for name, cfg in (("search", config), ("env", env.config), ("evaluator", evaluator.config)):
             save_config(out / "config" / f"{name}.json", cfg)
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
-    for rec in history:  # finished episodes need no second evaluation
-        evaluator.cache[rec.policy.key()] = EvalResult(rec.accuracy, rec.robust_accuracy)
+    # finished episodes need no second evaluation
+    evaluator.prime_cache((rec.policy.key(), EvalResult(rec.accuracy, rec.robust_accuracy)) for rec in history)
     if not resuming:  # a fresh run keeps nothing of a run it replaces (--overwrite)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
     # after the history is cached (workers start with it), before the log (a worker that cannot start leaves no run)

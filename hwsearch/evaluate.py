@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from hwsearch.checks import check_int, check_number
-from hwsearch.envs import EvalResult
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.policy import Policy
 from hwsearch.quant import Calibration, apply_policy
+from hwsearch.records import EvalResult
 from hwsearch.robust.attacks import AttackConfig
 
-__all__ = ["EvaluatorConfig", "Evaluator", "clean_accuracy"]
+__all__ = ["EvaluatorConfig", "EvalTimings", "Evaluator", "clean_accuracy", "count_correct"]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -29,11 +30,12 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 @torch.inference_mode()
-def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy as a fraction; inference mode because no gradient is ever needed here.
+def count_correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> int:
+    """Top-1 hits of ``model`` on ``(x, y)``, in eval mode (restored after); the one top-1 count of hwsearch.
 
-    On out-of-memory the batch is halved and the failed batch retried, down to one image; if even one image
-    does not fit, a one-line :class:`HwsearchError` says so. The smaller batch is kept for the rest of the pass.
+    Inference mode because no gradient is ever needed here. On out-of-memory the batch is halved and the failed
+    batch retried, down to one image; if even one image does not fit, a one-line :class:`HwsearchError` says so.
+    The smaller batch is kept for the rest of the pass.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size} must be >= 1")
@@ -63,7 +65,12 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 100
             i += batch_size
     finally:
         model.train(was_training)
-    return correct / max(len(x), 1)
+    return correct
+
+
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy as a fraction (:func:`count_correct` over ``len(x)``)."""
+    return count_correct(model, x, y, batch_size) / max(len(x), 1)
 
 
 @dataclass(frozen=True)
@@ -96,12 +103,29 @@ class EvaluatorConfig:
 
 
 @dataclass
-class _Timings:
+class EvalTimings:
+    """Seconds spent per evaluation stage and cache counts; a search reports the difference of two snapshots."""
+
     quantize: float = 0.0
     accuracy: float = 0.0
     attack: float = 0.0
     calls: int = 0
     hits: int = 0
+
+    def copy(self) -> EvalTimings:
+        return dataclasses.replace(self)
+
+    def since(self, earlier: EvalTimings) -> EvalTimings:
+        """What was spent after ``earlier`` (a snapshot of the same counters)."""
+        return EvalTimings(
+            **{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in dataclasses.fields(self)}
+        )
+
+    def add(self, other: EvalTimings | Mapping[str, float]) -> None:
+        """Add another evaluator's counters (a worker's), given as timings or as their ``asdict``."""
+        values = dataclasses.asdict(other) if isinstance(other, EvalTimings) else other
+        for name, value in values.items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 class Evaluator:
@@ -133,11 +157,38 @@ class Evaluator:
             raise ConfigError("episode fine-tuning needs train_data=(x, y)")
         self.train_data = train_data
         self.cache: dict[tuple, EvalResult] = {}
-        self.timings = _Timings()
+        self.timings = EvalTimings()
 
     @property
     def attacks(self) -> Sequence[AttackConfig]:
         return self.config.attacks
+
+    def to(self, device: str | torch.device) -> Evaluator:
+        """Move the models and every held tensor to ``device`` (a worker on a GPU node); returns ``self``."""
+        dev = torch.device(device)
+        self.model.to(dev)
+        self.source_model.to(dev)
+        self.x, self.y = self.x.to(dev), self.y.to(dev)
+        self.x_rob, self.y_rob = self.x_rob.to(dev), self.y_rob.to(dev)
+        self.device = dev
+        return self
+
+    def reset_timings(self) -> None:
+        """Zero the counters (a worker's copy reports only its own work, not what the driver did before)."""
+        self.timings = EvalTimings()
+
+    def count_hit(self) -> None:
+        """Count an evaluation answered by a cache outside this evaluator (the workers' shared cache)."""
+        self.timings.calls += 1
+        self.timings.hits += 1
+
+    def prime_cache(self, results: Mapping[tuple, EvalResult] | Iterable[tuple[tuple, EvalResult]]) -> None:
+        """Seed the cache with known results keyed by :meth:`Policy.key` (a resumed log, the workers' cache)."""
+        self.cache.update(results)
+
+    def cached(self) -> dict[tuple, EvalResult]:
+        """A copy of the cache (what a worker hands back to the driver)."""
+        return dict(self.cache)
 
     def quantize(self, policy: Policy) -> nn.Module:
         """The policy's fake-quantized model, after the short per-episode fine-tune when one is configured."""

@@ -22,7 +22,7 @@ import math
 import multiprocessing as mp
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from multiprocessing.managers import SyncManager
 from typing import Any
 
@@ -34,8 +34,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
 from hwsearch.checks import check_choice, check_int, check_number
-from hwsearch.envs import EvalResult, MixedPrecisionEnv
+from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import ConfigError
+from hwsearch.evaluate import Evaluator
+from hwsearch.records import EvalResult
 
 __all__ = [
     "BACKENDS",
@@ -48,7 +50,6 @@ __all__ = [
     "make_vec_env",
     "parallel_env",
     "merge_worker_stats",
-    "move_evaluator",
 ]
 
 BACKENDS = ("serial", "subproc", "ray")
@@ -168,10 +169,8 @@ class SharedCacheEvaluator:
         key = policy.key()
         hit = self.cache_client.get(key)
         if hit is not None:
-            t = getattr(self.inner, "timings", None)
-            if t is not None:
-                t.calls += 1
-                t.hits += 1
+            if isinstance(self.inner, Evaluator):
+                self.inner.count_hit()
             return hit
         result = self.inner.evaluate(policy)
         self.cache_client.put(key, result)
@@ -184,30 +183,15 @@ class SharedCacheEvaluator:
 
 
 # ----------------------------------------------------------------------------------------- worker side
-def move_evaluator(evaluator: Any, device: str | torch.device) -> None:
-    """Move an :class:`~hwsearch.evaluate.Evaluator`'s models and tensors to ``device`` (in place)."""
-    dev = torch.device(device)
-    for name in ("model", "source_model"):
-        m = getattr(evaluator, name, None)
-        if isinstance(m, torch.nn.Module):
-            m.to(dev)
-    for name in ("x", "y", "x_rob", "y_rob"):
-        t = getattr(evaluator, name, None)
-        if isinstance(t, torch.Tensor):
-            setattr(evaluator, name, t.to(dev))
-    if hasattr(evaluator, "device"):
-        evaluator.device = dev
-
-
 class WorkerEnv(gym.Wrapper):
     """A worker's env, plus :meth:`worker_stats` so the driver can collect what the worker evaluated."""
 
     def worker_stats(self) -> dict[str, Any]:
         ev = self.env.unwrapped.evaluator  # type: ignore[attr-defined]
         inner = ev.inner if isinstance(ev, SharedCacheEvaluator) else ev
-        t = getattr(inner, "timings", None)
-        timings = {f.name: getattr(t, f.name) for f in fields(t)} if t is not None else {}
-        return {"timings": timings, "cache": dict(getattr(inner, "cache", {}) or {})}
+        if not isinstance(inner, Evaluator):  # an injected evaluator (a test's fake) keeps no stats
+            return {"timings": {}, "cache": {}}
+        return {"timings": asdict(inner.timings), "cache": inner.cached()}
 
 
 class _ClonedEnv:
@@ -218,9 +202,9 @@ class _ClonedEnv:
 
     def __call__(self) -> gym.Env:
         env = cloudpickle.loads(self.payload)
-        t = getattr(getattr(env.unwrapped, "evaluator", None), "timings", None)
-        if t is not None:  # the driver already counted what it evaluated; a worker reports only its own work
-            env.unwrapped.evaluator.timings = type(t)()
+        evaluator = getattr(env.unwrapped, "evaluator", None)
+        if isinstance(evaluator, Evaluator):  # the driver already counted its own work; a worker reports only its
+            evaluator.reset_timings()
         return env
 
 
@@ -250,8 +234,8 @@ class _WorkerFactory:
         env = self.fn()
         base = env.unwrapped
         if hasattr(base, "evaluator"):
-            if self.device is not None:
-                move_evaluator(base.evaluator, self.device)
+            if self.device is not None and isinstance(base.evaluator, Evaluator):
+                base.evaluator.to(self.device)
             if self.cache is not None:
                 base.evaluator = SharedCacheEvaluator(base.evaluator, self.cache)
         return WorkerEnv(env)
@@ -509,23 +493,18 @@ def parallel_env(env: MixedPrecisionEnv, config: ParallelConfig) -> MixedPrecisi
     is kept: it runs the evaluation where the cluster has the resources (a GPU node)."""
     if config.n_envs == 1 and config.backend != "ray":
         return env
-    initial = getattr(env.evaluator, "cache", None)
+    initial = env.evaluator.cached() if isinstance(env.evaluator, Evaluator) else None
     return make_vec_env(clone_env_fns(env, config.n_envs), config, initial_cache=initial)
 
 
-def merge_worker_stats(vec: VecEnv, evaluator: Any) -> None:
+def merge_worker_stats(vec: VecEnv, evaluator: Evaluator) -> None:
     """Fold what the workers evaluated into the driver's ``evaluator``: cache entries and timings.
 
     Timings are summed over workers, so with concurrent workers the evaluation seconds exceed the wall time.
     Call before ``vec.close()``.
     """
-    cache = getattr(evaluator, "cache", None)
-    timings = getattr(evaluator, "timings", None)
     for stats in vec.env_method("worker_stats"):
-        if cache is not None:
-            cache.update(stats["cache"])
-        if timings is not None:
-            for name, value in stats["timings"].items():
-                setattr(timings, name, getattr(timings, name) + value)
-    if cache is not None and hasattr(vec, "cache_items"):
-        cache.update(dict(vec.cache_items()))
+        evaluator.prime_cache(stats["cache"])
+        evaluator.timings.add(stats["timings"])
+    if hasattr(vec, "cache_items"):
+        evaluator.prime_cache(vec.cache_items())
