@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from hwsearch.hardware import TableCostModel, get_device, list_devices, load_table, policy_cost
+from hwsearch.hardware import TableCostModel, get_cost_model, list_devices, load_table, policy_cost
 from hwsearch.hardware.measure import RUNTIMES, MeasureConfig, measure_layers, runtime_version
 from hwsearch.hardware.regenerate import SHIPPED_MODELS, shipped_table_path
 from hwsearch.layers import discover_layers
@@ -36,7 +36,7 @@ def analytical(models: dict[str, tuple[torch.nn.Module, list]]) -> None:
     for model_name, (_, layers) in models.items():
         names = [x.name for x in layers]
         for device in list_devices():
-            model = get_device(device)
+            model = get_cost_model(device)
             shipped = TableCostModel(load_table(shipped_table_path(device, model_name)))
             costs = {b: policy_cost(model, layers, uniform_policy(names, b)) for b in (8, 4, 2)}
             base = costs[8]

@@ -51,7 +51,8 @@ from hwsearch.robust import (
     search_attacks,
     write_amplification,
 )
-from hwsearch.training import TrainConfig, accuracy, set_seed, train
+from hwsearch.runtime import set_seed
+from hwsearch.training import TrainConfig, accuracy, train
 
 __all__ = ["main"]
 

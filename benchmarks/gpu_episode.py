@@ -21,7 +21,7 @@ import torch
 
 from hwsearch.budget import parse_budget
 from hwsearch.evaluate import EvaluatorConfig
-from hwsearch.hardware import get_device
+from hwsearch.hardware import get_cost_model
 from hwsearch.robust import AttackConfig
 from hwsearch.search import SearchConfig, run_search
 from hwsearch.workflow import build_env, prepare
@@ -34,7 +34,7 @@ def _search(ckpt: str, device: str, args: argparse.Namespace) -> tuple[list[floa
     attacks = tuple(AttackConfig(method="pgd", eps=0.1, steps=args.steps, grad=g) for g in ("ste", "shadow"))
     env, _ = build_env(
         ws,
-        get_device("bitfusion-edge"),
+        get_cost_model("bitfusion-edge"),
         parse_budget("latency=0.5x"),
         evaluator_config=EvaluatorConfig(attacks=attacks, robust_subset=args.robust_subset),
     )

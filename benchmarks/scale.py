@@ -20,7 +20,7 @@ import torch
 
 from hwsearch.budget import parse_budget
 from hwsearch.evaluate import EvaluatorConfig
-from hwsearch.hardware import get_device
+from hwsearch.hardware import get_cost_model
 from hwsearch.parallel import ParallelConfig, clone_env_fns, make_vec_env
 from hwsearch.search import SearchConfig, run_search
 from hwsearch.workflow import Workspace, build_env, prepare
@@ -40,7 +40,7 @@ def _attacks(kind: str, steps: int) -> tuple:
 
 def _one(ws: Workspace, backend: str, n: int, args: argparse.Namespace) -> tuple[float, float, list]:
     ev_cfg = EvaluatorConfig(attacks=_attacks(args.attack, args.steps), seed=0)
-    env, _ = build_env(ws, get_device("bitfusion-edge"), parse_budget("latency=0.5x"), evaluator_config=ev_cfg)
+    env, _ = build_env(ws, get_cost_model("bitfusion-edge"), parse_budget("latency=0.5x"), evaluator_config=ev_cfg)
     t0 = time.perf_counter()
     if backend == "serial" and n == 1:
         vec = env  # the plain path: no VecEnv at all

@@ -23,7 +23,7 @@ import torch
 from benchmarks._common import RESULTS, default_checkpoint
 from hwsearch.budget import Budget
 from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
-from hwsearch.hardware import get_device, policy_cost
+from hwsearch.hardware import get_cost_model, policy_cost
 from hwsearch.policy import Policy, uniform_policy
 from hwsearch.quant import apply_policy
 from hwsearch.robust import robust_accuracy, search_attacks
@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     ws = prepare(default_checkpoint(args.checkpoint))
-    cost_model = get_device(DEVICE)
+    cost_model = get_cost_model(DEVICE)
     x_val, y_val = ws.split("val")
     x_test, y_test = ws.split("test")
     attacks = tuple(search_attacks(args.eps, steps=10))

@@ -16,7 +16,7 @@ import torch
 from benchmarks._common import default_checkpoint
 from hwsearch.budget import parse_budget
 from hwsearch.evaluate import EvaluatorConfig
-from hwsearch.hardware import get_device
+from hwsearch.hardware import get_cost_model
 from hwsearch.search import SearchConfig, run_search
 from hwsearch.workflow import build_env, prepare
 
@@ -24,7 +24,7 @@ from hwsearch.workflow import build_env, prepare
 def one_run(ws, episodes: int, cache: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     env, ev = build_env(
-        ws, get_device("bitfusion-edge"), parse_budget("latency=0.5x"), evaluator_config=EvaluatorConfig(cache=cache)
+        ws, get_cost_model("bitfusion-edge"), parse_budget("latency=0.5x"), evaluator_config=EvaluatorConfig(cache=cache)
     )
     result = run_search(env, SearchConfig(episodes=episodes, seed=0))
     total = time.perf_counter() - t0

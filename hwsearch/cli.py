@@ -59,10 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hwsearch.data import load_dataset, tensors
     from hwsearch.evaluate import clean_accuracy
     from hwsearch.models import build_model
-    from hwsearch.training import TrainConfig, set_seed, train
-    from hwsearch.workflow import resolve_device
+    from hwsearch.runtime import resolve_compute_device, set_seed
+    from hwsearch.training import TrainConfig, train
 
-    device = resolve_device(args.device)
+    device = resolve_compute_device(args.device)
     splits = load_dataset(args.dataset, args.data_root)
     set_seed(args.seed)
     model = build_model(args.model, splits.num_classes, splits.input_shape, splits.mean, splits.std)
@@ -177,7 +177,7 @@ def _search_into(
 ) -> Any:
     """One search written to ``out`` (log, checkpoints, policy, summary); returns the result, or None if stopped."""
     from hwsearch.config_json import save_config
-    from hwsearch.hardware import get_device
+    from hwsearch.hardware import get_cost_model
     from hwsearch.io import atomic_write_text
     from hwsearch.parallel import merge_worker_stats, parallel_env
     from hwsearch.policy import save_policy
@@ -201,7 +201,7 @@ def _search_into(
     t_start = evaluator.timings.copy()  # a sweep shares the evaluator: report this search's part
     env, _ = build_env(
         ws,
-        get_device(args.device),
+        get_cost_model(args.device),
         budget,
         env_kwargs=env_kwargs,
         evaluator=evaluator,
@@ -308,14 +308,14 @@ def _parallel_config(args: argparse.Namespace) -> Any:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from hwsearch.budget import parse_budget
-    from hwsearch.hardware import get_device
+    from hwsearch.hardware import get_cost_model
     from hwsearch.io import atomic_write_json
 
     resuming = bool(args.resume)
     if resuming:
         args = _resume_args(args)
     budget = parse_budget(args.budget)
-    get_device(args.device)  # fail fast on a bad name, before loading anything
+    get_cost_model(args.device)  # fail fast on a bad name, before loading anything
     _attack_list(args)
     _parallel_config(args)  # fail fast on bad --n-envs/--backend, and on a missing Ray, before loading anything
     if args.backend == "ray":
@@ -354,14 +354,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """One search per budget, sharing one evaluation cache, then the Pareto front of everything evaluated."""
     from hwsearch.budget import parse_budget
-    from hwsearch.hardware import get_device
+    from hwsearch.hardware import get_cost_model
     from hwsearch.pareto import write_pareto
 
     metric, _, values = args.budgets.partition("=") if "=" in args.budgets else ("latency", "", args.budgets)
     budgets = [parse_budget(f"{metric}={v.strip()}") for v in values.split(",") if v.strip()]
     if not budgets:
         raise ConfigError(f"--budgets {args.budgets!r} names no budget; e.g. --budgets 0.3x,0.4x,0.5x")
-    get_device(args.device)
+    get_cost_model(args.device)
     _attack_list(args)
     _parallel_config(args)
     if args.backend == "ray":
@@ -427,13 +427,13 @@ def _named(spec: str, what: str) -> tuple[str, str]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from hwsearch.hardware import get_device
-    from hwsearch.plots import latency_shares, plot_policy_bits, plot_tradeoff
+    from hwsearch.hardware import get_cost_model
+    from hwsearch.plots import plot_policy_bits, plot_tradeoff
     from hwsearch.policy import load_policy
     from hwsearch.report import compare_table, write_compare
     from hwsearch.workflow import compare_policies, robust_evaluator, standard_entries
 
-    cost_model = get_device(args.device)  # fail fast on a bad name, before loading anything
+    cost_model = get_cost_model(args.device)  # fail fast on a bad name, before loading anything
     for eps in args.eps:
         if not 0 < eps <= 1:
             raise ConfigError(f"--eps {eps} is outside (0, 1]; eps is in input units of [0, 1] images")
@@ -479,7 +479,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if row.policy is not None and not row.name.startswith("fixed"):
                 fname = f"bits-{''.join(c if c.isalnum() else '_' for c in row.name)}.png"
                 src = entries[row.name][1] if isinstance(entries[row.name], tuple) else ws
-                shares = latency_shares(policy_cost(cost_model, src.layers, row.policy))
+                shares = policy_cost(cost_model, src.layers, row.policy).latency_shares()
                 plot_policy_bits(row.policy, shares, out / fname, title=f"{row.name}: bits per layer")
                 plots.append(fname)
         if args.amplification:

@@ -23,6 +23,13 @@ def add_export_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", default=None, help="FP32 checkpoint (needed for checkpoint and onnx)")
     p.add_argument("--data-root", default=None, help="folder of a local dataset (for calibration)")
     p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
+    p.add_argument(
+        "--int8-form",
+        default="portable",
+        choices=("portable", "s8", "auto"),
+        help="onnx integer types: portable (default; exact on every CPU), s8 (int8 throughout: exact and fastest "
+        "on x86 with VNNI and on aarch64, wrong on x86 without VNNI), auto (the one for this CPU)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("evaluate", help="test accuracy and device cost of one policy")
@@ -84,21 +91,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = save_quantized(args.out, ws, policy, ws.calibration, {"policy_file": str(args.policy)})
         print(f"wrote quantized checkpoint to {path}")
     else:
-        path = export_onnx(ws, policy, ws.calibration, args.out, ws.splits.input_shape)
-        print(f"wrote ONNX model (QDQ, opset 13) to {path}")
+        path = export_onnx(ws, policy, ws.calibration, args.out, ws.splits.input_shape, int8_form=args.int8_form)
+        print(f"wrote ONNX model (QDQ, opset 13, {args.int8_form} int8 form) to {path}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hwsearch.data import load_dataset, tensors
     from hwsearch.evaluate import clean_accuracy
-    from hwsearch.hardware import get_device, policy_cost
+    from hwsearch.hardware import get_cost_model, policy_cost
     from hwsearch.layers import discover_layers
     from hwsearch.policy import uniform_policy
 
     if bool(args.quantized) == bool(args.policy or args.checkpoint):
         raise ConfigError("pass either --policy P --checkpoint CKPT, or --quantized F.pt")
-    cost_model = get_device(args.device)  # fail fast on a bad name, before loading anything
+    cost_model = get_cost_model(args.device)  # fail fast on a bad name, before loading anything
     if args.quantized:
         from hwsearch.export import load_quantized
         from hwsearch.models import build_model
@@ -153,10 +160,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     policy = _read_policy(args.policy, names)
     cost = None
     if layers is not None:
-        from hwsearch.hardware import get_device, policy_cost
+        from hwsearch.hardware import get_cost_model, policy_cost
 
         policy.check_against(names or [])
-        cost_model = get_device(args.device or DEFAULT_DEVICE)
+        cost_model = get_cost_model(args.device or DEFAULT_DEVICE)
         cost = policy_cost(cost_model, layers, policy)
     width = max(5, *(len(n) for n in policy.names()))
 

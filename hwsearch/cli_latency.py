@@ -13,7 +13,7 @@ from hwsearch.hardware import (
     DEFAULT_DEVICE,
     CostModel,
     device_spec,
-    get_device,
+    get_cost_model,
     is_table_path,
     list_devices,
     policy_cost,
@@ -98,6 +98,12 @@ def add_latency_parser(subparsers: Any) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    p.add_argument(
+        "--int8-form",
+        default="auto",
+        choices=("auto", "portable", "s8"),
+        help="onnxruntime int8 weights: auto (default: exact on this CPU), portable (uint8, zero point 128), s8",
+    )
     p.add_argument("--name", default=None, help="device name in the table (default cpu-<machine>-<runtime>)")
     p.add_argument("--out", default=None, help="write a measured table here")
     p.set_defaults(func=cmd_latency_measure)
@@ -126,7 +132,7 @@ def cmd_latency_show(args: argparse.Namespace) -> int:
     _, layers = model_layers(args.model, args.num_classes, shape)
     if args.table and not is_table_path(args.table):
         raise ConfigError(f"--table {args.table!r} must be a .json cost table file")
-    cost_model: CostModel = get_device(args.table or args.device)
+    cost_model: CostModel = get_cost_model(args.table or args.device)
     names = [x.name for x in layers]
     policy = load_policy(args.policy) if args.policy else uniform_policy(names, 8)
     cost = policy_cost(cost_model, layers, policy)
@@ -153,8 +159,9 @@ def cmd_latency_measure(args: argparse.Namespace) -> int:
         )
     shape = _parse_shape(args.input_shape, args.model)
     net, layers = model_layers(args.model, args.num_classes, shape)
-    config = MeasureConfig(repeats=args.repeats, warmup=args.warmup, threads=args.threads)
-    results = measure_layers(net, layers, runtime=args.runtime, config=config)
+    config = MeasureConfig(repeats=args.repeats, warmup=args.warmup, threads=args.threads, int8_form=args.int8_form)
+    rejected: dict[str, dict[str, str]] = {}
+    results = measure_layers(net, layers, runtime=args.runtime, config=config, rejected=rejected)
     keys = sorted({k for cells in results.values() for k in cells}, key=lambda k: (k != "W32A32", k), reverse=False)
     width = max(len(x.name) for x in layers)
     print(f"{runtime_version(args.runtime)}, {args.threads} thread(s), median ms of {args.repeats} runs")
@@ -164,18 +171,22 @@ def cmd_latency_measure(args: argparse.Namespace) -> int:
         print(f"{layer.name:<{width}}  " + "  ".join(f"{cells[k]:9.4f}" if k in cells else f"{'-':>9}" for k in keys))
     totals = {k: sum(c[k] for c in results.values()) for k in keys if all(k in c for c in results.values())}
     print(f"{'total':<{width}}  " + "  ".join(f"{totals[k]:9.4f}" if k in totals else f"{'-':>9}" for k in keys))
+    for name, why in rejected.items():
+        for key, reason in why.items():
+            print(f"not tabulated: {name} {key}: {reason}")
     if args.out:
         table = measured_table(
             results,
             layers,
             runtime=args.runtime,
             config=config,
+            rejected=rejected,
             device=args.name,
             model=args.model,
             generator={
                 "command": f"hwsearch latency measure --model {args.model} --input-shape {' '.join(map(str, shape))} "
                 f"--num-classes {args.num_classes} --runtime {args.runtime} --threads {args.threads} "
-                f"--repeats {args.repeats} --warmup {args.warmup}",
+                f"--repeats {args.repeats} --warmup {args.warmup} --int8-form {args.int8_form}",
                 "input_shape": list(shape),
                 "num_classes": args.num_classes,
             },

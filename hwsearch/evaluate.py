@@ -30,18 +30,21 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 @torch.inference_mode()
-def count_correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> int:
+def count_correct(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, *, device: torch.device | None = None
+) -> int:
     """Top-1 hits of ``model`` on ``(x, y)``, in eval mode (restored after); the one top-1 count of hwsearch.
 
     Inference mode because no gradient is ever needed here. On out-of-memory the batch is halved and the failed
     batch retried, down to one image; if even one image does not fit, a one-line :class:`HwsearchError` says so.
-    The smaller batch is kept for the rest of the pass.
+    The smaller batch is kept for the rest of the pass. Batches go to ``device`` (default: the model's).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size} must be >= 1")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    if device is None:
+        device = next(model.parameters()).device
     correct = 0
     i = 0
     try:

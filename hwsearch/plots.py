@@ -21,16 +21,10 @@ from hwsearch.errors import ConfigError
 from hwsearch.io import atomic_write_with
 from hwsearch.policy import FLOAT_BITS, Policy
 
-__all__ = ["latency_shares", "plot_policy_bits", "plot_tradeoff"]
+__all__ = ["plot_policy_bits", "plot_tradeoff"]
 
 _FLOAT_BAR = 9  # float layers are drawn just above the 8-bit line, hatched, instead of a bar 4x taller
 _DPI = 120
-
-
-def latency_shares(cost: Any) -> dict[str, float]:
-    """Each layer's fraction of the total latency, from a :class:`hwsearch.hardware.PolicyCost`."""
-    total = float(cost.latency_ms)
-    return {n: (c.latency_ms / total if total > 0 else 0.0) for n, c in cost.per_layer.items()}
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -128,7 +122,7 @@ def plot_tradeoff(
 ) -> Path:
     """Accuracy (and robust accuracy per eps, when present) against latency, one labelled point per entry.
 
-    ``rows`` are :class:`hwsearch.workflow.CompareRow`. Entries without a latency (FP32) become horizontal
+    ``rows`` are :class:`hwsearch.records.CompareRow`. Entries without a latency (FP32) become horizontal
     reference lines in the colour of their series.
     """
     rows = list(rows)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hwsearch.io import atomic_write_json, atomic_write_text
+from hwsearch.records import CompareRow
 from hwsearch.search import EpisodeRecord, SearchResult
-from hwsearch.workflow import CompareRow
 
 __all__ = [
     "EPISODE_FIELDS",

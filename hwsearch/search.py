@@ -22,6 +22,7 @@ from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.io import atomic_write_json, atomic_write_text, atomic_write_with
 from hwsearch.policy import Policy
+from hwsearch.runtime import set_seed
 
 __all__ = [
     "AGENTS",
@@ -340,14 +341,6 @@ def _save_to(tmp: str, save: Callable[[Any], None]) -> None:
         save(fh)
 
 
-def _seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def episode_steps(env: MixedPrecisionEnv | VecEnv) -> int:
     """Steps per episode (the same in every env of a ``VecEnv``: they are copies of one env)."""
     if isinstance(env, VecEnv):
@@ -417,7 +410,7 @@ def run_search(
     episodes); DDPG does not (it acts on a batch and trains after each round), but any backend with the same
     ``n_envs`` and seed gives the same episodes. Resume with the ``n_envs`` the run started with.
     """
-    _seed_everything(config.seed + len(history))
+    set_seed(config.seed + len(history))
     result = SearchResult(config=config, episodes=list(history))
     start = time.perf_counter()
     agent: HaqDDPG | None = None

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -15,8 +13,10 @@ from torch.utils.data import Dataset
 from hwsearch.checks import check_int, check_number
 from hwsearch.data import _tensor_source, make_loader, tensors
 from hwsearch.errors import ConfigError
+from hwsearch.evaluate import count_correct
+from hwsearch.runtime import check_compute_device, resolve_compute_device, set_seed
 
-__all__ = ["TrainConfig", "train", "accuracy", "set_seed"]
+__all__ = ["TrainConfig", "train", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -36,32 +36,7 @@ class TrainConfig:
         check_int(self.batch_size, "batch_size", 1)
         check_number(self.weight_decay, "weight_decay", 0)
         check_int(self.seed, "seed", 0)
-        _check_device(self.device)
-
-
-def _check_device(device: object) -> torch.device:
-    try:
-        dev = torch.device(device)  # type: ignore[arg-type]
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from exc
-    return dev
-
-
-def _available(device: str) -> torch.device:
-    """The device, or ConfigError when this machine has none of it (checked at use, not at config time)."""
-    dev = _check_device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here; use cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {device!r} requested but MPS is not available here; use cpu")
-    return dev
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and all GPUs) so model init and training repeat exactly."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+        check_compute_device(self.device)
 
 
 def train(
@@ -81,7 +56,7 @@ def train(
     with it): same seed and same initial weights, same trained weights on CPU.
     ``on_epoch(epoch, record)`` is where callers report progress (the library never prints).
     """
-    device = _available(config.device)
+    device = resolve_compute_device(config.device)
     set_seed(config.seed)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -136,7 +111,7 @@ def accuracy(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    dev = _available(device)
+    dev = resolve_compute_device(device)
     model.to(dev)
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -147,18 +122,16 @@ def accuracy(
             m.training = flag
 
 
-@torch.inference_mode()
 def _accuracy(model: nn.Module, data: Dataset | tuple[Tensor, Tensor], device: torch.device, batch_size: int) -> float:
-    correct = seen = 0
     if isinstance(data, tuple) or _tensor_source(data) is not None:
         x_all, y_all = tensors(data)
-        batches = ((x_all[i : i + batch_size], y_all[i : i + batch_size]) for i in range(0, len(y_all), batch_size))
+        batches = iter([(x_all, y_all)])  # count_correct batches it
     else:
         batches = iter(make_loader(data, batch_size, shuffle=False, seed=0))
+    correct = seen = 0
     for x, y in batches:
-        y = torch.as_tensor(y).to(device)
-        pred = model(x.to(device)).argmax(1)
-        correct += int((pred == y).sum())
+        y = torch.as_tensor(y)
+        correct += count_correct(model, x, y, batch_size, device=device)
         seen += len(y)
     if seen == 0:
         raise ConfigError("cannot measure accuracy on an empty dataset")

@@ -15,20 +15,20 @@ from hwsearch.data import DataSplits, load_dataset, tensors
 from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
-from hwsearch.hardware import CostModel, bit_grid, get_device, policy_cost
+from hwsearch.hardware import CostModel, bit_grid, get_cost_model, policy_cost
 from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import Policy, uniform_policy
 from hwsearch.quant import Calibration, apply_policy, calibrate, remove_quantizers
+from hwsearch.records import CompareRow
+from hwsearch.runtime import resolve_compute_device
 from hwsearch.search import EpisodeRecord, SearchConfig, SearchResult, run_search
 from hwsearch.training import TrainConfig
 
 __all__ = [
     "Workspace",
-    "resolve_device",
     "prepare",
     "build_env",
     "search_policy",
-    "CompareRow",
     "compare_policies",
     "finetune_policy",
     "robust_evaluator",
@@ -36,17 +36,6 @@ __all__ = [
 ]
 
 CALIBRATION_IMAGES = 512
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"device {name!r} is unknown; use cpu, cuda or auto")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -87,7 +76,7 @@ def prepare(
     """
     from hwsearch.checkpoint import model_from_checkpoint
 
-    dev = resolve_device(device)
+    dev = resolve_compute_device(device)
     model, meta = model_from_checkpoint(checkpoint, model_name)
     splits = load_dataset(meta["dataset"], data_root)
     model = model.to(dev).eval()
@@ -143,23 +132,10 @@ def search_policy(
     on_episode: Callable[[EpisodeRecord], bool | None] | None = None,
 ) -> tuple[SearchResult, MixedPrecisionEnv, Evaluator]:
     env, evaluator = build_env(
-        ws, get_device(device_name), budget, evaluator_config=evaluator_config, env_kwargs=env_kwargs
+        ws, get_cost_model(device_name), budget, evaluator_config=evaluator_config, env_kwargs=env_kwargs
     )
     result = run_search(env, config, on_episode=on_episode)
     return result, env, evaluator
-
-
-@dataclass(frozen=True)
-class CompareRow:
-    name: str
-    policy: Policy | None  # None = FP32
-    accuracy: float
-    latency_ms: float | None
-    energy_mj: float | None
-    size_bits: int
-    speedup_vs_8bit: float | None
-    energy_saving_vs_8bit: float | None
-    robust: Mapping[str, Any] = field(default_factory=dict)  # eps label -> {"worst": f, attack label: f}
 
 
 def _float_size(ws: Workspace) -> int:
@@ -180,7 +156,7 @@ def compare_policies(
     ``(policy, workspace)`` pair for another checkpoint of the same architecture: an FP32 model trained with
     the Lipschitz term, or the weights a defended policy was fine-tuned into.
     """
-    cost_model = get_device(device_name)
+    cost_model = get_cost_model(device_name)
     x, y = ws.split(split)
     ref_cost = policy_cost(cost_model, ws.layers, ws.uniform(8))
     rows = []

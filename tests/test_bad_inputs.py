@@ -91,10 +91,10 @@ LAYER_MISMATCH: dict[str, dict] = {
 def _valid_table() -> dict[str, Any]:
     """A complete analytical smallcnn table (the shape ``latency build`` writes), as a plain dict."""
     from hwsearch.cli_latency import model_layers
-    from hwsearch.hardware import build_table, get_device
+    from hwsearch.hardware import build_table, get_cost_model
 
     _, layers = model_layers("smallcnn", 10, (1, 28, 28))
-    table = build_table(get_device("bitfusion-edge"), layers, batch=1, model="smallcnn", bits=(2, 4, 8))
+    table = build_table(get_cost_model("bitfusion-edge"), layers, batch=1, model="smallcnn", bits=(2, 4, 8))
     return table.to_dict()
 
 

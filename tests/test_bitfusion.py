@@ -14,7 +14,7 @@ from hwsearch.hardware import (
     BitFusionEnergy,
     ConvShape,
     compute_cycles,
-    get_device,
+    get_cost_model,
     perf_factor,
     simulate,
 )
@@ -110,7 +110,7 @@ def test_every_layer_matches_simulator_counters(reference: dict, config_key: str
 @needs_ref
 def test_published_ms_per_image(reference: dict) -> None:
     rows = reference["M32-bw192"]
-    pub = get_device("bitfusion")
+    pub = get_cost_model("bitfusion")
     assert isinstance(pub, BitFusionCostModel)
     assert rows[0][3] == BitFusionConfig(energy=rows[0][3].energy)  # the sweep's published point
     per_net: dict[str, int] = defaultdict(int)
@@ -174,7 +174,7 @@ LAYERS = [
 @pytest.mark.parametrize("device", ["bitfusion", "bitfusion-edge", "bitfusion-cloud"])
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
 def test_cost_non_increasing_as_bits_fall(device: str, layer: LayerInfo) -> None:
-    model = get_device(device)
+    model = get_cost_model(device)
     cost = {(w, a): model.layer_cost(layer, w, a).latency_ms for w in range(1, 9) for a in range(1, 9)}
     for (w, a), c in cost.items():
         if w > 1:
@@ -207,7 +207,7 @@ def test_energy_follows_published_pj_numbers() -> None:
 
 
 def test_layer_cost_is_per_image_ms_and_mj() -> None:
-    model = get_device("bitfusion")
+    model = get_cost_model("bitfusion")
     assert isinstance(model, BitFusionCostModel)
     layer = LAYERS[1]
     res, groups = model.simulate_layer(layer, 8, 8)

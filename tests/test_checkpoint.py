@@ -9,7 +9,7 @@ import torch
 from hwsearch.checkpoint import SCHEMA, load_checkpoint, model_from_checkpoint, save_checkpoint
 from hwsearch.errors import CheckpointError
 from hwsearch.models import build_model
-from hwsearch.training import set_seed
+from hwsearch.runtime import set_seed
 
 SHAPE = (1, 28, 28)
 MEAN, STD = (0.13,), (0.31,)

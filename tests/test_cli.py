@@ -19,8 +19,8 @@ from hwsearch.config_json import load_config
 from hwsearch.evaluate import EvaluatorConfig
 from hwsearch.models import build_model
 from hwsearch.policy import load_policy
+from hwsearch.runtime import set_seed
 from hwsearch.search import SearchConfig
-from hwsearch.training import set_seed
 
 SEARCH_FAST = ["--episodes", "4", "--warmup", "2", "--hidden", "16", "16", "--quiet"]
 
@@ -159,11 +159,11 @@ def test_console_script_reports_errors_without_traceback(tmp_path: Path) -> None
 
 def test_search_on_a_table_uses_only_the_bit_widths_it_prices(checkpoint: Path, tmp_path: Path) -> None:
     """A table with W4/W8 x A4/A8 only (as a measured table would be) restricts the search to those widths."""
-    from hwsearch.hardware import build_table, get_device, save_table
+    from hwsearch.hardware import build_table, get_cost_model, save_table
     from hwsearch.workflow import prepare
 
     ws = prepare(checkpoint)
-    table = build_table(get_device("bitfusion-edge"), ws.layers, batch=1, model="smallcnn", bits=(4, 8))
+    table = build_table(get_cost_model("bitfusion-edge"), ws.layers, batch=1, model="smallcnn", bits=(4, 8))
     path = save_table(table, tmp_path / "t.json")
     out = tmp_path / "s"
     argv = [

@@ -18,7 +18,7 @@ from hwsearch.hardware import (
     LayerCost,
     bismo_matmul,
     device_from_spec,
-    get_device,
+    get_cost_model,
     list_devices,
     policy_cost,
 )
@@ -67,7 +67,7 @@ def test_registry_lists_the_five_devices_and_default() -> None:
 
 def test_unknown_device_is_one_line_listing_known() -> None:
     with pytest.raises(HwsearchError) as exc:
-        get_device("tpu-v9")
+        get_cost_model("tpu-v9")
     msg = str(exc.value)
     assert "\n" not in msg and "'tpu-v9'" in msg
     assert all(d in msg for d in DEVICES)
@@ -75,7 +75,7 @@ def test_unknown_device_is_one_line_listing_known() -> None:
 
 @pytest.mark.parametrize("name", DEVICES)
 def test_every_device_is_a_cost_model_running_1_to_8_bits(name: str) -> None:
-    model = get_device(name)
+    model = get_cost_model(name)
     assert isinstance(model, CostModel)
     assert model.name == name
     assert model.supported_bits() == tuple(range(1, 9))
@@ -84,7 +84,7 @@ def test_every_device_is_a_cost_model_running_1_to_8_bits(name: str) -> None:
 
 
 def test_bitfusion_configs_match_design() -> None:
-    pub, edge, cloud = (get_device(n) for n in ("bitfusion", "bitfusion-edge", "bitfusion-cloud"))
+    pub, edge, cloud = (get_cost_model(n) for n in ("bitfusion", "bitfusion-edge", "bitfusion-cloud"))
     assert isinstance(pub, BitFusionCostModel)
     assert isinstance(edge, BitFusionCostModel) and isinstance(cloud, BitFusionCostModel)
     p = pub.config
@@ -98,7 +98,7 @@ def test_bitfusion_configs_match_design() -> None:
 @pytest.mark.parametrize(("w", "a"), [(32, 8), (8, 32), (32, 32)])
 def test_float_layers_are_refused_naming_layer(name: str, w: int, a: int) -> None:
     with pytest.raises(TableError, match=r"layer 'features\.3'.*1\.\.8 bits"):
-        get_device(name).layer_cost(_conv(8, 8, 8, name="features.3"), w, a)
+        get_cost_model(name).layer_cost(_conv(8, 8, 8, name="features.3"), w, a)
 
 
 class _FlatModel:
@@ -128,7 +128,7 @@ def test_policy_cost_sums_layers_and_counts_size() -> None:
 @pytest.mark.parametrize("name", DEVICES)
 def test_policy_cost_on_devices_matches_per_layer_sum(name: str) -> None:
     layers = discover_layers(_net(), (3, 8, 8))
-    model = get_device(name)
+    model = get_cost_model(name)
     hi = policy_cost(model, layers, uniform_policy([x.name for x in layers], 8))
     lo = policy_cost(model, layers, uniform_policy([x.name for x in layers], 2))
     assert hi.latency_ms == pytest.approx(sum(c.latency_ms for c in hi.per_layer.values()))
@@ -139,12 +139,12 @@ def test_policy_cost_on_devices_matches_per_layer_sum(name: str) -> None:
 def test_policy_cost_refuses_mismatched_policy() -> None:
     layers = discover_layers(_net(), (3, 8, 8))
     with pytest.raises(PolicyError, match="misses layer"):
-        policy_cost(get_device("bitfusion"), layers, uniform_policy([layers[0].name], 8))
+        policy_cost(get_cost_model("bitfusion"), layers, uniform_policy([layers[0].name], 8))
 
 
 @pytest.mark.parametrize("name", DEVICES)
 def test_depthwise_costs_groups_times_one_group(name: str) -> None:
-    model = get_device(name)
+    model = get_cost_model(name)
     dw = _conv(24, 24, 14, groups=24)
     one = _conv(1, 1, 14)
     assert model.layer_cost(dw, 4, 4).latency_ms == pytest.approx(24 * model.layer_cost(one, 4, 4).latency_ms)
@@ -155,14 +155,14 @@ def test_depthwise_costs_groups_times_one_group(name: str) -> None:
 
 @pytest.mark.parametrize("name", DEVICES)
 def test_linear_costs_as_1x1_conv(name: str) -> None:
-    model = get_device(name)
+    model = get_cost_model(name)
     lin = LayerInfo("fc", "linear", 3, 256, 100, (1, 1), (1, 1), (0, 0), 1, (1, 1), (1, 1), 25600, False)
     conv = _conv(256, 100, 1, k=1)
     assert model.layer_cost(lin, 4, 6) == model.layer_cost(conv, 4, 6)
 
 
 def test_bismo_edge_is_the_pynq_build() -> None:
-    model = get_device("bismo-edge")
+    model = get_cost_model("bismo-edge")
     assert isinstance(model, BismoCostModel)
     c = model.config
     assert (c.dm, c.dk, c.dn, c.freq_mhz) == (8, 256, 8, 200.0)

@@ -15,7 +15,7 @@ from hwsearch.hardware import (
     CostTable,
     TableCostModel,
     build_table,
-    get_device,
+    get_cost_model,
     import_apq_json,
     import_haq_npy,
     load_table,
@@ -40,7 +40,7 @@ def _net() -> nn.Module:
 @pytest.fixture(scope="module")
 def small_table() -> tuple[CostTable, list[LayerInfo]]:
     layers = discover_layers(_net(), (3, 8, 8))
-    model = get_device("bitfusion-edge")
+    model = get_cost_model("bitfusion-edge")
     table = build_table(model, layers, batch=1, model="tiny", bits=(2, 4, 8), generator={"device": "bitfusion-edge"})
     return table, layers
 
@@ -68,7 +68,7 @@ def test_round_trip_and_same_costs_as_analytical(small_table, tmp_path: Path) ->
     for bits in (2, 4, 8):
         pol = uniform_policy(names, bits)
         ours = policy_cost(TableCostModel(loaded), layers, pol)
-        ref = policy_cost(get_device("bitfusion-edge"), layers, pol)
+        ref = policy_cost(get_cost_model("bitfusion-edge"), layers, pol)
         assert ours.latency_ms == pytest.approx(ref.latency_ms, rel=1e-12)
         assert ours.energy_mj == pytest.approx(ref.energy_mj, rel=1e-12)
     assert TableCostModel(loaded).supported_bits() == (2, 4, 8)
@@ -252,8 +252,8 @@ def test_shipped_table_prices_like_the_device_model() -> None:
 
     torch.manual_seed(0)
     layers = discover_layers(build_model("resnet20", 10, (3, 32, 32)), (3, 32, 32))
-    table = get_device(str(shipped_table_path("bitfusion-edge", "resnet20")))
-    analytical = get_device("bitfusion-edge")
+    table = get_cost_model(str(shipped_table_path("bitfusion-edge", "resnet20")))
+    analytical = get_cost_model("bitfusion-edge")
     for bits in (2, 5, 8):
         pol = uniform_policy([x.name for x in layers], bits)
         assert policy_cost(table, layers, pol) == policy_cost(analytical, layers, pol)
@@ -279,13 +279,13 @@ def test_get_device_reads_a_table_path(small_table, tmp_path: Path) -> None:
     table, layers = small_table
     path = save_table(table, tmp_path / "t.json")
     for spec in (str(path), path):
-        model = get_device(spec)
+        model = get_cost_model(spec)
         assert isinstance(model, TableCostModel) and model.name == "bitfusion-edge"
         assert model.supported_bits() == (2, 4, 8)
         assert model.supported_pairs(layers) == {(w, a) for w in (2, 4, 8) for a in (2, 4, 8)}
     assert is_table_path("x.json") and is_table_path("dir/x") and not is_table_path("bitfusion-edge")
     with pytest.raises(TableError, match="does not exist"):
-        get_device(tmp_path / "absent.json")
+        get_cost_model(tmp_path / "absent.json")
 
 
 def _pairs_table(rows: dict[str, list[str]]) -> TableCostModel:
@@ -326,7 +326,7 @@ def test_bit_grid_of_a_table(rows: dict[str, list[str]], grid: tuple) -> None:
 def test_bit_grid_of_devices_and_failures() -> None:
     from hwsearch.hardware import bit_grid
 
-    assert bit_grid(get_device("bismo-edge"), [_L0], range(2, 9)) == (tuple(range(2, 9)), tuple(range(2, 9)))
+    assert bit_grid(get_cost_model("bismo-edge"), [_L0], range(2, 9)) == (tuple(range(2, 9)), tuple(range(2, 9)))
     only_float = _pairs_table({_L0.signature(1): ["W32A32"], _L1.signature(1): ["W32A32"]})
     with pytest.raises(TableError, match="prices no bit pair among"):
         bit_grid(only_float, [_L0, _L1])

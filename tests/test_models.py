@@ -8,7 +8,7 @@ from torch import nn
 
 from hwsearch.errors import ModelError
 from hwsearch.models import Normalize, NormalizedModel, build_model, list_models
-from hwsearch.training import set_seed
+from hwsearch.runtime import set_seed
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 

@@ -139,15 +139,15 @@ def test_bad_parallel_config_is_refused(kw: dict, match: str) -> None:
 @pytest.mark.slow
 def test_copies_of_a_real_env_in_subprocesses_score_like_the_driver(checkpoint: Path) -> None:
     from hwsearch.budget import parse_budget
-    from hwsearch.hardware import get_device
+    from hwsearch.hardware import get_cost_model
     from hwsearch.parallel import merge_worker_stats, parallel_env
     from hwsearch.workflow import build_env, prepare
 
     ws = prepare(checkpoint)
     cfg = SearchConfig(agent="random", episodes=4, seed=1)
-    env, evaluator = build_env(ws, get_device("bitfusion-edge"), parse_budget("latency=0.6x"))
+    env, evaluator = build_env(ws, get_cost_model("bitfusion-edge"), parse_budget("latency=0.6x"))
     ref = run_search(env, cfg)
-    env2, evaluator2 = build_env(ws, get_device("bitfusion-edge"), parse_budget("latency=0.6x"))
+    env2, evaluator2 = build_env(ws, get_cost_model("bitfusion-edge"), parse_budget("latency=0.6x"))
     vec = parallel_env(env2, ParallelConfig(n_envs=2, backend="subproc"))
     try:
         par = run_search(vec, cfg)

@@ -10,9 +10,9 @@ from matplotlib.image import imread
 
 from hwsearch.errors import ConfigError
 from hwsearch.hardware import LayerCost, PolicyCost
-from hwsearch.plots import latency_shares, plot_policy_bits, plot_tradeoff
+from hwsearch.plots import plot_policy_bits, plot_tradeoff
 from hwsearch.policy import Policy
-from hwsearch.workflow import CompareRow
+from hwsearch.records import CompareRow
 
 NAMES = ["net.features.conv1", "net.features.conv2", "net.features.conv3", "net.classifier.fc1", "net.classifier.fc2"]
 POLICY = Policy(dict(zip(NAMES, [(8, 8), (4, 4), (2, 3), (1, 32), (32, 32)], strict=True)), {"kind": "searched"})
@@ -44,7 +44,7 @@ def test_policy_bits_plot_is_a_png(shares: dict | None, tmp_path: Path) -> None:
 def test_latency_shares_from_policy_cost_sum_to_one() -> None:
     per = {n: LayerCost(latency_ms=s * 2.0) for n, s in SHARES.items()}
     cost = PolicyCost(latency_ms=2.0, energy_mj=None, size_bits=1, per_layer=per)
-    shares = latency_shares(cost)
+    shares = cost.latency_shares()
     assert list(shares) == NAMES and sum(shares.values()) == pytest.approx(1.0)
     assert shares == pytest.approx(SHARES)
 

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from hwsearch.data import LabeledTensorDataset, load_dataset, tensors
 from hwsearch.errors import ConfigError
 from hwsearch.models import build_model
-from hwsearch.training import TrainConfig, accuracy, set_seed, train
+from hwsearch.runtime import set_seed
+from hwsearch.training import TrainConfig, accuracy, train
 
 
 @pytest.fixture(autouse=True)

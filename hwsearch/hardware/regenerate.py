@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from hwsearch.errors import HwsearchError, TableError
-from hwsearch.hardware.cost import device_spec, get_device, is_table_path, list_devices
+from hwsearch.hardware.cost import device_spec, get_cost_model, is_table_path, list_devices
 from hwsearch.hardware.table import CostTable, build_table, render_table, save_table
 
 __all__ = [
@@ -114,7 +114,7 @@ def build_model_table(device: str, model: str, input_shape: Sequence[int], num_c
         raise TableError(
             f"device {device!r} is a table file; tabulate an analytical device ({', '.join(list_devices())})"
         )
-    cost_model = get_device(device)
+    cost_model = get_cost_model(device)
     spec = device_spec(device)
     shape = tuple(int(d) for d in input_shape)
     with torch.random.fork_rng(devices=[]):
