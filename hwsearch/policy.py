@@ -1,17 +1,17 @@
-"""Per-layer bit-width policies, keyed by qualified module name, with a versioned JSON form."""
+"""Per-layer bit-width policies, keyed by qualified module name, with a versioned JSON form.
+
+Files (JSON, YAML, CSV, HAQ) are read and written by :mod:`hwsearch.policy_formats`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hwsearch.errors import PolicyError
-from hwsearch.io import atomic_write_json
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -20,8 +20,6 @@ __all__ = [
     "LayerBits",
     "Policy",
     "uniform_policy",
-    "load_policy",
-    "save_policy",
 ]
 
 SCHEMA_VERSION = 1
@@ -161,19 +159,10 @@ def uniform_policy(layer_names: Iterable[str], w: int, a: int | None = None) -> 
     return Policy({n: LayerBits(w, a) for n in names}, {"kind": f"fixed W{w}A{a}"})
 
 
-def load_policy(path: str | os.PathLike[str]) -> Policy:
-    p = Path(path)
-    if not p.is_file():
-        raise PolicyError(f"policy file {str(p)!r} does not exist; pass the policy.json a search wrote")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"cannot read policy file {str(p)!r}: {exc}") from None
-    try:
-        return Policy.from_json(text)
-    except PolicyError as exc:  # name the file: a command may read several
-        raise PolicyError(f"policy file {str(p)!r}: {exc}") from None
+def __getattr__(name: str) -> Any:
+    """Former home of ``load_policy`` / ``save_policy``; kept until tests/test_export.py (owned elsewhere) moves."""
+    if name in ("load_policy", "save_policy"):
+        from hwsearch import policy_formats
 
-
-def save_policy(policy: Policy, path: str | os.PathLike[str]) -> Path:
-    return atomic_write_json(path, policy.to_dict())
+        return getattr(policy_formats, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

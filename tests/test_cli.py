@@ -18,7 +18,7 @@ from hwsearch.cli import main
 from hwsearch.config_json import load_config
 from hwsearch.evaluate import EvaluatorConfig
 from hwsearch.models import build_model
-from hwsearch.policy import load_policy
+from hwsearch.policy_formats import load_policy
 from hwsearch.runtime import set_seed
 from hwsearch.search import SearchConfig
 

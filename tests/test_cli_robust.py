@@ -10,7 +10,8 @@ import pytest
 
 from hwsearch.checkpoint import load_checkpoint
 from hwsearch.cli import main
-from hwsearch.policy import load_policy, save_policy, uniform_policy
+from hwsearch.policy import uniform_policy
+from hwsearch.policy_formats import load_policy, save_policy
 
 LAYERS = ["net.features.conv1", "net.features.conv2", "net.features.conv3", "net.classifier.fc1", "net.classifier.fc2"]
 

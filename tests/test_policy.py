@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hwsearch.errors import PolicyError
-from hwsearch.policy import LayerBits, Policy, load_policy, save_policy, uniform_policy
+from hwsearch.policy import LayerBits, Policy, uniform_policy
+from hwsearch.policy_formats import load_policy, save_policy
 
 NAMES = ["features.conv1", "features.conv2", "classifier.fc"]
 

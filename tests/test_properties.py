@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from hwsearch.errors import PolicyError, TableError
 from hwsearch.hardware.table import CostTable, TableEntry, load_table, save_table
-from hwsearch.policy import VALID_BITS, LayerBits, Policy, load_policy, save_policy
+from hwsearch.policy import VALID_BITS, LayerBits, Policy
+from hwsearch.policy_formats import load_policy, save_policy
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
