@@ -14,16 +14,23 @@ and, per quantized layer, the integer weights (int8 storage for every width 1..8
 and the activation grid. Loading rebuilds the fake-quant model from the float weights with ``apply_policy``, so
 its outputs are those of the model that was saved; the integer weights are for deployment tools.
 
-ONNX (:func:`export_onnx`), opset 13 QDQ form, chosen so ONNX Runtime reproduces the fake quantization:
+ONNX (:func:`export_onnx`), opset 13 QDQ form, chosen so ONNX Runtime reproduces the fake quantization on every
+CPU:
 
-- quantized weights are stored as int8 initializers holding the integers of the layer's own b-bit grid
+- quantized weights are stored as integer initializers holding the integers of the layer's own b-bit grid
   (``|q| <= 2^(b-1)-1``; 1 bit: +-1) with a per-output-channel ``DequantizeLinear`` (axis 0). ``q * scale`` in
   float32 is exactly the weight the fake quantizer computes, so every width 1..8 is exact, not only 8 bits;
 - quantized activations are ``Clip`` to the calibrated range (omitted for unsigned 8 bits, where uint8
-  saturation does the same; int8 would admit -128, one level below the symmetric grid) then ``QuantizeLinear``/``DequantizeLinear``: uint8 with zero point 0 for unsigned inputs (after ReLU),
-  int8 symmetric for signed ones. Signed 1-bit activations (+-m, no zero level) are not a linear grid and are
-  exported as ``Where(x >= 0, m, -m)``;
-- layers at 32 bits stay float; the policy and calibration are in the model's ``metadata_props``.
+  saturation does the same; int8 would admit -128, one level below the symmetric grid) then
+  ``QuantizeLinear``/``DequantizeLinear``: uint8 with zero point 0 for unsigned inputs (after ReLU), symmetric
+  for signed ones. Signed 1-bit activations (+-m, no zero level) are not a linear grid and are exported as
+  ``Where(x >= 0, m, -m)``;
+- the integer types follow ``int8_form`` (:mod:`hwsearch.hardware.cpu`): ``portable`` (default) stores 8-bit
+  weight grids as uint8 with zero point 128 and signed activations as uint8 with zero point 128, so that the
+  fused integer kernels are exact on x86 CPUs without VNNI too; ``s8`` stores int8 (zero point 0) throughout,
+  exact on x86 with VNNI and on aarch64. Both forms hold the same values; weights of at most 7 bits are int8 in
+  both (they cannot saturate);
+- layers at 32 bits stay float; the policy, calibration and int8 form are in the model's ``metadata_props``.
 
 Runtimes that fuse QDQ into integer kernels (QLinearConv) may round differently from the float reference in rare
 ties; the test bounds top-1 disagreement at 1%.
@@ -48,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwsearch.errors import CheckpointError, ConfigError, HwsearchError, PolicyError
+from hwsearch.hardware.cpu import check_int8_form
 from hwsearch.io import atomic_write_text, atomic_write_with
 from hwsearch.policy import FLOAT_BITS, Policy
 from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
@@ -73,6 +81,7 @@ __all__ = [
 POLICY_FORMATS = ("json", "yaml", "csv", "haq")
 QUANTIZED_SCHEMA = 1
 ONNX_OPSET = 13
+_U8_ZERO = 128  # zero point that carries a symmetric int8 grid in uint8 (see hwsearch.hardware.cpu)
 _EXTENSIONS = {".json": "json", ".yaml": "yaml", ".yml": "yaml", ".csv": "csv", ".haq": "haq", ".txt": "haq"}
 _CSV_HEADER = ["layer", "w_bits", "a_bits"]
 _MODEL_FIELDS = ("model_name", "dataset", "num_classes", "input_shape", "mean", "std")
@@ -405,15 +414,17 @@ def load_quantized(path: str | os.PathLike[str], model_name: str | None = None) 
 
 # ----------------------------------------------------------------------------------------------- ONNX
 class _Dequantize(torch.autograd.Function):
-    """int8 integers x per-channel scale; exported as one ``DequantizeLinear`` (axis 0) on an int8 initializer."""
+    """Integers minus per-channel zero point, times per-channel scale; exported as one ``DequantizeLinear``
+    (axis 0) on an integer initializer."""
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, scale: Tensor) -> Tensor:  # noqa: ARG004
-        return q.float() * scale.reshape(-1, *([1] * (q.dim() - 1)))
+    def forward(ctx: Any, q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:  # noqa: ARG004
+        shape = (-1, *([1] * (q.dim() - 1)))
+        return (q.float() - zero_point.float().reshape(shape)) * scale.reshape(shape)
 
     @staticmethod
-    def symbolic(g: Any, q: Any, scale: Any) -> Any:
-        return g.op("DequantizeLinear", q, scale, axis_i=0)
+    def symbolic(g: Any, q: Any, scale: Any, zero_point: Any) -> Any:
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=0)
 
 
 class _QuantDequant(torch.autograd.Function):
@@ -434,7 +445,7 @@ class _QuantDequant(torch.autograd.Function):
 class _OnnxQuantLayer(nn.Module):
     """Export-only stand-in for a :class:`QuantWrapper`: same values, built from ONNX-representable ops."""
 
-    def __init__(self, wrapper: QuantWrapper) -> None:
+    def __init__(self, wrapper: QuantWrapper, form: str) -> None:
         super().__init__()
         layer = wrapper.layer
         self.is_conv = isinstance(layer, nn.Conv2d)
@@ -446,8 +457,13 @@ class _OnnxQuantLayer(nn.Module):
         self.w_quant = wrapper.w_bits != FLOAT_BITS
         if self.w_quant:
             q, scale = integer_weight(layer.weight, wrapper.w_bits)
+            zero_point = torch.zeros(q.shape[0], dtype=torch.int8)
+            if form == "portable" and wrapper.w_bits == 8:  # |q| up to 127 saturates u8s8 kernels without VNNI
+                q = (q.to(torch.int16) + _U8_ZERO).to(torch.uint8)
+                zero_point = torch.full((q.shape[0],), _U8_ZERO, dtype=torch.uint8)
             self.register_buffer("weight_int", q)
             self.register_buffer("weight_scale", scale)
+            self.register_buffer("weight_zero_point", zero_point)
         else:
             self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
         self.act = "float"
@@ -455,8 +471,11 @@ class _OnnxQuantLayer(nn.Module):
             grid = activation_grid(wrapper.a_bits, wrapper.act_lo, wrapper.act_hi, wrapper.signed)
             saturates = wrapper.a_bits == 8 and not wrapper.signed  # uint8's [0, 255] is the grid's own range
             self.act = "binary" if grid["binary"] else ("qdq" if saturates else "clip-qdq")
+            dtype, zero = grid["dtype"], grid["zero_point"]
+            if form == "portable" and dtype == torch.int8:  # same grid, shifted into uint8
+                dtype, zero = torch.uint8, zero + _U8_ZERO
             self.register_buffer("act_scale", grid["scale"].clone())
-            self.register_buffer("act_zero_point", torch.tensor(grid["zero_point"], dtype=grid["dtype"]))
+            self.register_buffer("act_zero_point", torch.tensor(zero, dtype=dtype))
             self.register_buffer("act_lo", grid["clip_lo"].clone())
             self.register_buffer("act_hi", grid["clip_hi"].clone())
 
@@ -467,7 +486,11 @@ class _OnnxQuantLayer(nn.Module):
             if self.act == "clip-qdq":
                 x = torch.clamp(x, self.act_lo, self.act_hi)
             x = _QuantDequant.apply(x, self.act_scale, self.act_zero_point)
-        w = _Dequantize.apply(self.weight_int, self.weight_scale) if self.w_quant else self.weight
+        w = (
+            _Dequantize.apply(self.weight_int, self.weight_scale, self.weight_zero_point)
+            if self.w_quant
+            else self.weight
+        )
         if self.is_conv:
             return F.conv2d(x, w, self.bias, *self.conv_args)
         return F.linear(x, w, self.bias)
@@ -547,8 +570,12 @@ def export_onnx(
     input_shape: Sequence[int] | None = None,
     *,
     opset: int = ONNX_OPSET,
+    int8_form: str = "portable",
 ) -> Path:
     """Write a QDQ ONNX model of the fake-quant network (see the module docstring for the representation).
+
+    ``int8_form``: ``portable`` (exact on every CPU), ``s8`` (int8 throughout: exact and fastest on x86 with
+    VNNI and on aarch64, wrong on x86 without VNNI) or ``auto`` (the form for this machine's CPU).
 
     ``qmodel_or_ws``: a Workspace or float model (``policy`` and ``calibration`` are applied), or a model
     ``apply_policy`` already quantized (``policy`` may be None; if given it must match). ``input_shape`` is
@@ -560,6 +587,7 @@ def export_onnx(
         raise ConfigError("ONNX export needs the onnx package; pip install 'hwsearch[onnx]'") from None
     if opset < 13:
         raise ConfigError(f"opset {opset} lacks per-channel DequantizeLinear; use 13 or later")
+    form = check_int8_form(int8_form)
     model, ws_cal, _, ws_shape = _split_model(qmodel_or_ws)
     calibration = calibration if calibration is not None else ws_cal
     shape = tuple(int(d) for d in (input_shape if input_shape is not None else (ws_shape or ())))
@@ -579,7 +607,7 @@ def export_onnx(
     for name, wrapper in list(quant_wrappers(export_model)):
         parent_name, _, child = name.rpartition(".")
         parent = export_model.get_submodule(parent_name) if parent_name else export_model
-        setattr(parent, child, _OnnxQuantLayer(wrapper))
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form))
     _replace_adaptive_pools(export_model, shape)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -598,9 +626,14 @@ def export_onnx(
     props = {
         "hwsearch.policy": json.dumps(_plain_dict(policy)),
         "hwsearch.calibration": json.dumps(None if calibration is None else calibration.to_dict()),
-        "hwsearch.quantization": "weights: int8 storage of the b-bit grid + per-channel DequantizeLinear; "
-        "activations: Clip (below 8 bits) + QuantizeLinear/DequantizeLinear, uint8 unsigned / int8 signed; "
-        "32-bit layers float",
+        "hwsearch.quantization": "weights: integer storage of the b-bit grid + per-channel DequantizeLinear; "
+        "activations: Clip (below 8 bits) + QuantizeLinear/DequantizeLinear; 32-bit layers float",
+        "hwsearch.int8_form": form
+        + (
+            " (8-bit weights and signed activations as uint8 with zero point 128: exact on every CPU)"
+            if form == "portable"
+            else " (int8 throughout: exact on x86 with VNNI and on aarch64)"
+        ),
     }
     for key, value in props.items():
         entry = proto.metadata_props.add()

@@ -173,35 +173,95 @@ def test_load_quantized_refuses_float_checkpoints_and_save_needs_meta(ws, checkp
 
 
 # ------------------------------------------------------------------------------------------------------ ONNX
+def _ort_session(path: Path, optimize: bool):  # type: ignore[no-untyped-def]
+    ort = pytest.importorskip("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    if not optimize:  # no QDQ fusion: every DequantizeLinear runs in float, the file's values exactly
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _weight_initializers(proto) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Integer weight initializers (the first input of a DequantizeLinear, 2-D or more) by name, as arrays."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    return {
+        n.input[0]: numpy_helper.to_array(inits[n.input[0]])
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2
+    }
+
+
+@pytest.mark.parametrize("form", ["portable", "s8"])
 @pytest.mark.parametrize("policy", [None, MIXED, LOW], ids=["w8a8", "mixed", "low"])
-def test_onnx_runtime_agrees_with_fake_quant_model(ws, policy: Policy | None, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_onnx_runtime_agrees_with_fake_quant_model(ws, policy: Policy | None, form: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import json
 
+    from hwsearch.hardware.cpu import int8_form
+
     onnx = pytest.importorskip("onnx")  # the [onnx] extra
-    ort = pytest.importorskip("onnxruntime")
 
     policy = policy or ws.uniform(8)
-    path = export_onnx(ws, policy, ws.calibration, tmp_path / "m.onnx", ws.splits.input_shape)
+    path = export_onnx(ws, policy, ws.calibration, tmp_path / "m.onnx", ws.splits.input_shape, int8_form=form)
     proto = onnx.load(path)
     props = {p.key: p.value for p in proto.metadata_props}
     assert Policy.from_dict(json.loads(props["hwsearch.policy"])) == policy
+    assert props["hwsearch.int8_form"].startswith(form)
     ops = [n.op_type for n in proto.graph.node]
     n_weight_dq = sum(policy[n].w != 32 for n in NAMES)
     n_act_q = sum(policy[n].a != 32 and not (policy[n].a == 1 and n == NAMES[0]) for n in NAMES)
     assert ops.count("QuantizeLinear") == n_act_q
     assert ops.count("DequantizeLinear") == n_weight_dq + n_act_q
-    int8_inits = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
-    assert len(int8_inits) == n_weight_dq
+    assert len(_weight_initializers(proto)) == n_weight_dq
 
     x, y = ws.split("test")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    out = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
     with torch.no_grad():
         ref = apply_policy(ws.model, policy, ws.calibration).eval()(x)
-    agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-    assert len(y) >= 500 and agree >= 0.99
+    # the integer kernels ONNX Runtime fuses are exact in the form this CPU needs, on every CPU; the file's
+    # values (no fusion) are exact in both forms
+    for optimize in (True, False) if form == int8_form() or form == "portable" else (False,):
+        out = torch.from_numpy(_ort_session(path, optimize).run(None, {"input": x.numpy()})[0])
+        agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+        assert len(y) >= 500 and agree >= 0.99, (optimize, agree)
+
+
+@pytest.mark.parametrize("policy", [None, MIXED, LOW], ids=["w8a8", "mixed", "low"])
+def test_portable_onnx_cannot_saturate_and_holds_the_s8_values(ws, policy: Policy | None, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Portable: no int8 weight reaches the 8-bit grid (u8s8 pair sums then fit int16), 8-bit grids are uint8 at
+    zero point 128, no activation is int8; and it dequantizes to exactly the s8 file's weights and outputs."""
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    policy = policy or ws.uniform(8)
+    files = {
+        f: export_onnx(ws, policy, ws.calibration, tmp_path / f"{f}.onnx", int8_form=f) for f in ("portable", "s8")
+    }
+    protos = {f: onnx.load(p) for f, p in files.items()}
+    port, s8 = (_weight_initializers(protos[f]) for f in ("portable", "s8"))
+    assert port.keys() == s8.keys()
+    for name, q in port.items():
+        layer = name.rsplit(".", 1)[0]
+        w_bits = policy[layer].w
+        assert s8[name].dtype == np.int8
+        if w_bits == 8:
+            assert q.dtype == np.uint8 and np.array_equal(q.astype(np.int16) - 128, s8[name].astype(np.int16))
+        else:
+            assert q.dtype == np.int8 and int(np.abs(q.astype(np.int16)).max()) <= 63
+            assert np.array_equal(q, s8[name])
+    graph = protos["portable"].graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    inits |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    inits |= {n.output[0]: inits[n.input[0]] for n in graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert inits[node.input[2]].dtype == np.uint8
+    x, _ = ws.split("test", 64)
+    outs = [_ort_session(files[f], optimize=False).run(None, {"input": x.numpy()})[0] for f in ("portable", "s8")]
+    assert np.array_equal(outs[0], outs[1])
 
 
 def test_onnx_export_of_an_already_quantized_model_and_bad_inputs(ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

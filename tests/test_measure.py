@@ -90,7 +90,9 @@ def test_nbits_packing_round_trips(bits: int, k: int) -> None:
     np.testing.assert_allclose((q.astype(np.int32) - 2 ** (bits - 1)) * step, deq, rtol=1e-6, atol=1e-6)
 
 
-def test_runtime_that_cannot_run_leaves_precisions_absent(net_layers, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runtime_that_cannot_run_leaves_precisions_absent_with_reasons(
+    net_layers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("onnxruntime")
     net, layers = net_layers
 
@@ -98,17 +100,61 @@ def test_runtime_that_cannot_run_leaves_precisions_absent(net_layers, monkeypatc
         raise RuntimeError("no kernel")
 
     monkeypatch.setattr(M, "_session", refuse)
-    res = M.measure_layers(net, layers, runtime="onnxruntime", config=FAST)
+    rejected: dict[str, dict[str, str]] = {}
+    res = M.measure_layers(net, layers, runtime="onnxruntime", config=FAST, rejected=rejected)
     assert all(cells == {} for cells in res.values())
+    assert set(rejected) == {x.name for x in layers}
+    for layer in layers:
+        assert {"W32A32", "W8A8"} <= set(rejected[layer.name])
+        assert all("cannot run it: RuntimeError: no kernel" in why for why in rejected[layer.name].values())
     with pytest.raises(TableError, match="ran none of the 4 layers"):
-        M.measured_table(res, layers, runtime="onnxruntime", config=FAST)
+        M.measured_table(res, layers, runtime="onnxruntime", config=FAST, rejected=rejected)
 
 
-def test_wrong_output_is_not_recorded(net_layers, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runtime", M.RUNTIMES)
+def test_wrong_output_is_not_recorded_but_reported(runtime: str, net_layers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that disagrees with float (as u8s8 int8 does on x86 without VNNI) is left out, with its error."""
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     net, layers = net_layers
-    monkeypatch.setattr(M, "_close", lambda *a, **k: False)
-    res = M.measure_layers(net, layers[:1], runtime="torch", config=FAST)
-    assert set(res[layers[0].name]) == {"W32A32"}  # fp32 eager is the reference; int8 failed its check
+    monkeypatch.setattr(M, "_rel_error", lambda out, ref: 0.5)
+    rejected: dict[str, dict[str, str]] = {}
+    res = M.measure_layers(net, layers[:1], runtime=runtime, config=FAST, rejected=rejected)
+    name = layers[0].name
+    assert "W8A8" not in res[name]
+    assert rejected[name]["W8A8"] == "output disagrees with float (relative RMS error 0.5 > 0.1)"
+    if runtime == "torch":
+        assert set(res[name]) == {"W32A32"}  # fp32 eager is the reference, never checked against itself
+        table = M.measured_table(res, layers[:1], runtime=runtime, config=FAST, rejected=rejected)
+        assert table.generator["rejected"] == {layers[0].signature(1): rejected[name]}
+        assert table.generator["int8_form"] == "reduce_range"
+
+
+@pytest.mark.parametrize("form", ["auto", "portable"])
+def test_int8_forms_exact_on_this_cpu_are_all_tabulated(form: str, net_layers) -> None:
+    """``auto`` and ``portable`` int8 agree with float on every CPU (AVX2-only x86 included): nothing is rejected."""
+    pytest.importorskip("onnxruntime")
+    net, layers = net_layers
+    rejected: dict[str, dict[str, str]] = {}
+    config = M.MeasureConfig(repeats=1, warmup=0, int8_form=form)
+    res = M.measure_layers(net, layers, runtime="onnxruntime", config=config, rejected=rejected)
+    assert all("W8A8" in cells for cells in res.values()) and rejected == {}
+    table = M.measured_table(res, layers, runtime="onnxruntime", config=config)
+    assert table.generator["int8_form"] in ("portable", "s8") and "rejected" not in table.generator
+
+
+def test_int8_weights_in_each_form_compute_the_layer(net_layers) -> None:
+    """The ONNX Runtime int8 graphs hold the same integers in both forms; the error vs float is rounding only."""
+    pytest.importorskip("onnxruntime")
+    from hwsearch.hardware.cpu import int8_form
+
+    net, layers = net_layers
+    mod = dict(net.named_modules())[layers[0].name]
+    x = torch.rand((1, layers[0].in_channels, *layers[0].in_hw), generator=torch.Generator().manual_seed(0))
+    for form in {"portable", int8_form()}:
+        why: dict[str, str] = {}
+        runners = M._ort_runners(mod, x, 1, form, why)
+        assert "W8A8" in runners and why == {}
 
 
 def test_measured_table_round_trips_and_restricts_bits(net_layers, ort_results, tmp_path: Path) -> None:

@@ -3,13 +3,19 @@
 Each layer is a micro-benchmark: the layer alone, on a random input of its traced shape (batch 1), timed as the
 median of ``repeats`` runs after ``warmup`` runs. Only precisions the runtime really executes are timed, and a
 quantized kernel is kept only when its output matches the float layer's (so a runtime that silently does
-something else is not recorded); precisions it cannot run are absent from the table, never invented.
+something else is not recorded); a precision it cannot run or that disagrees is absent from the entries, never
+invented, and its reason is kept (``rejected`` of :func:`measure_layers`, ``generator["rejected"]`` of the table).
+
+Int8 is computed in the form that is exact on this CPU (:mod:`hwsearch.hardware.cpu`): ONNX Runtime times int8
+weights on x86 with VNNI and aarch64, uint8 weights with zero point 128 (its u8u8 kernels) on other x86; PyTorch's
+fbgemm gets its input quantized with ``reduce_range`` (7-bit activations, as PyTorch's own x86 qconfig does) on
+every CPU. Either way the kernel timed is the one that runs the layer at 8 bits.
 
 Runtimes and the table keys they fill (``W{w}A{a}``, 32 = float):
 
 - ``torch``: ``W32A32`` (eager fp32) and ``W8A8`` (PyTorch's x86/fbgemm quantized conv/linear, quint8 in/out).
 - ``onnxruntime``: each layer as a one-node ONNX graph on the CPU execution provider: ``W32A32`` (Conv / Gemm),
-  ``W8A8`` (QLinearConv / QLinearMatMul, uint8 activations, int8 weights per output channel for convs, per
+  ``W8A8`` (QLinearConv / QLinearMatMul, uint8 activations, 8-bit weights per output channel for convs, per
   tensor for linears; QLinearMatMul has no bias input, so the linear's bias add is not timed), and for linear
   layers weight-only ``W{b}A32`` for each ``b`` in 2, 4, 8 that ``com.microsoft.MatMulNBits`` runs (float
   activations, blockwise weights, block 32). Convolutions get no sub-8-bit entries: ONNX Runtime has no N-bit
@@ -34,6 +40,7 @@ from torch import nn
 
 from hwsearch.checks import check_int
 from hwsearch.errors import ConfigError, TableError
+from hwsearch.hardware.cpu import check_int8_form
 from hwsearch.hardware.table import CostTable
 from hwsearch.layers import LayerInfo
 
@@ -48,6 +55,9 @@ __all__ = [
 ]
 
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
+_INT8_TOL = 0.1  # relative RMS error an int8 kernel may have against the float layer (see _close)
+_REDUCED_U8_MAX = 127
+_U8_ZERO = 128  # zero point carrying a symmetric int8 grid in uint8 (hwsearch.hardware.cpu)
 NBITS_WEIGHT_BITS: tuple[int, ...] = (2, 4, 8)
 _NBITS_BLOCK = 32
 _OPSET = 17
@@ -55,16 +65,19 @@ _OPSET = 17
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """How to time: runs per median, warm-up runs, intra-op threads, and the seed of the random inputs."""
+    """How to time: runs per median, warm-up runs, intra-op threads, the seed of the random inputs, and the int8
+    form of ONNX Runtime's weights (``auto``: the exact one for this CPU, see :mod:`hwsearch.hardware.cpu`)."""
 
     repeats: int = 20
     warmup: int = 5
     threads: int = 1
     seed: int = 0
+    int8_form: str = "auto"
 
     def __post_init__(self) -> None:
         for name, low in (("repeats", 1), ("warmup", 0), ("threads", 1), ("seed", 0)):
             check_int(getattr(self, name), name, low)
+        check_int8_form(self.int8_form)
 
 
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -91,28 +104,37 @@ def runtime_version(runtime: str) -> str:
     raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
-def _close(out: np.ndarray, ref: np.ndarray, tol: float) -> bool:
-    """RMS error within ``tol`` of the reference's RMS spread: a loose check that the kernel computed this layer.
-
-    Loose on purpose: quantized kernels may saturate a few outputs (fbgemm's int16 accumulation on depthwise
-    convs), but a kernel that computes something else (wrong layout, a silent no-op) misses by ~100%.
-    """
+def _rel_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """RMS error relative to the reference's RMS spread (inf for a wrong shape or non-finite output)."""
     out = np.asarray(out, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if out.shape != ref.shape or not np.all(np.isfinite(out)):
-        return False
+        return math.inf
     spread = float(np.sqrt(np.mean((ref - ref.mean()) ** 2))) or 1.0
-    return float(np.sqrt(np.mean((out - ref) ** 2))) <= tol * spread
+    return float(np.sqrt(np.mean((out - ref) ** 2))) / spread
+
+
+def _close(out: np.ndarray, ref: np.ndarray, tol: float) -> bool:
+    """RMS error within ``tol`` of the reference's RMS spread: a check that the kernel computed this layer.
+
+    An exact int8 kernel misses the float layer by its rounding (a few percent); one that saturates or computes
+    something else (wrong layout, a silent no-op) misses by tens of percent or ~100%.
+    """
+    return _rel_error(out, ref) <= tol
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
 
 
-def _torch_int8_runner(module: nn.Module, x: torch.Tensor) -> Callable[[], Any] | None:
-    """A quantized (x86/fbgemm) copy of a conv/linear and its quantized input, or None where it cannot run."""
+_Rejected = dict[str, str]
+
+
+def _torch_int8_runner(module: nn.Module, x: torch.Tensor, rejected: _Rejected) -> Callable[[], Any] | None:
+    """A quantized (x86/fbgemm) copy of a conv/linear and its quantized input, or None (reason in ``rejected``)."""
     engines = torch.backends.quantized.supported_engines
     engine = "x86" if "x86" in engines else "fbgemm" if "fbgemm" in engines else None
     if engine is None:
+        rejected["W8A8"] = f"no x86/fbgemm quantized engine in this torch (engines: {', '.join(engines) or 'none'})"
         return None
     try:
         with warnings.catch_warnings():
@@ -128,20 +150,28 @@ def _torch_int8_runner(module: nn.Module, x: torch.Tensor) -> Callable[[], Any] 
                 observed(x)
                 ref = module(x)
             quantized = (nnq.Conv2d if isinstance(module, nn.Conv2d) else nnq.Linear).from_float(observed[0])
-            qx = torch.quantize_per_tensor(x, scale=float(x.abs().max()) / 255 or 1.0, zero_point=0, dtype=torch.quint8)
+            # reduce_range: quint8 values in [0, 127], so no pair of products saturates fbgemm's int16 sums on CPUs
+            # without VNNI (the observer above does the same for the output, as PyTorch's x86 qconfig does)
+            scale = float(x.abs().max()) / _REDUCED_U8_MAX or 1.0
+            qx = torch.quantize_per_tensor(x, scale=scale, zero_point=0, dtype=torch.quint8)
             with torch.no_grad():
                 out = quantized(qx).dequantize()
-        if not _close(out.numpy(), ref.numpy(), 0.1):
+        err = _rel_error(out.numpy(), ref.numpy())
+        if not err <= _INT8_TOL:
+            rejected["W8A8"] = f"output disagrees with float (relative RMS error {err:.3g} > {_INT8_TOL})"
             return None
         return lambda: quantized(qx)
-    except Exception:  # noqa: BLE001 - a precision the runtime cannot run is absent, never invented
+    except Exception as exc:  # noqa: BLE001 - a precision the runtime cannot run is absent, never invented
+        rejected["W8A8"] = (
+            f"{engine} cannot run it: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
         return None
 
 
-def _torch_runners(module: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+def _torch_runners(module: nn.Module, x: torch.Tensor, rejected: _Rejected) -> dict[str, Callable[[], Any]]:
     mod = copy.deepcopy(module).float().eval()
     runners: dict[str, Callable[[], Any]] = {"W32A32": lambda: mod(x)}
-    int8 = _torch_int8_runner(copy.deepcopy(mod), x)
+    int8 = _torch_int8_runner(copy.deepcopy(mod), x, rejected)
     if int8 is not None:
         runners["W8A8"] = int8
     return runners
@@ -197,7 +227,9 @@ def _u8(x: np.ndarray) -> tuple[np.ndarray, float, int]:
     return np.clip(np.round(x / scale) + zp, 0, 255).astype(np.uint8), scale, zp
 
 
-def _ort_runners(module: nn.Module, x: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
+def _ort_runners(
+    module: nn.Module, x: torch.Tensor, threads: int, form: str, rejected: _Rejected
+) -> dict[str, Callable[[], Any]]:
     from onnx import TensorProto, helper
 
     xf = x.numpy().astype(np.float32)
@@ -215,10 +247,15 @@ def _ort_runners(module: nn.Module, x: torch.Tensor, threads: int) -> dict[str, 
         try:
             sess = _session(graph, threads)
             out = decode(sess.run(None, feed)[0])
-        except Exception:  # noqa: BLE001 - a precision the runtime cannot run is absent, never invented
+        except Exception as exc:  # noqa: BLE001 - a precision the runtime cannot run is absent, never invented
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            rejected[key] = f"onnxruntime cannot run it: {type(exc).__name__}: {first[:200]}"
             return
-        if _close(out, expect, tol):
+        err = _rel_error(out, expect)
+        if err <= tol:
             runners[key] = lambda: sess.run(None, feed)
+        else:
+            rejected[key] = f"output disagrees with float (relative RMS error {err:.3g} > {tol})"
 
     # fp32
     if is_conv:
@@ -229,7 +266,13 @@ def _ort_runners(module: nn.Module, x: torch.Tensor, threads: int) -> dict[str, 
         graph = _graph([node], [f_in], [f_out], {"w": w, "b": b})
     keep("W32A32", graph, {"x": xf}, ref, lambda y: y, 1e-3)
 
-    # int8: uint8 activations in and out, int8 weights
+    # int8: uint8 activations in and out; int8 weights, or uint8 with zero point 128 where u8s8 saturates
+    wdtype = np.int8 if form == "s8" else np.uint8
+    wzero = 0 if form == "s8" else _U8_ZERO
+
+    def wint(q: np.ndarray) -> np.ndarray:
+        return (q.astype(np.int16) + wzero).astype(wdtype)
+
     xq, xs, xzp = _u8(xf)
     _, ys, yzp = _u8(ref)
     q_in = helper.make_tensor_value_info("x", TensorProto.UINT8, list(xf.shape))
@@ -246,18 +289,18 @@ def _ort_runners(module: nn.Module, x: torch.Tensor, threads: int) -> dict[str, 
     }
     if is_conv:
         ws = np.maximum(np.abs(w).reshape(w.shape[0], -1).max(axis=1), 1e-12) / 127
-        wq = np.clip(np.round(w / ws[:, None, None, None]), -127, 127).astype(np.int8)
+        wq = wint(np.clip(np.round(w / ws[:, None, None, None]), -127, 127))
         bq = np.round(b / (xs * ws)).astype(np.int32)
         node = helper.make_node(
             "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **_conv_attrs(module)
         )
-        inits = {**scalars, "w": wq, "ws": ws.astype(np.float32), "wz": np.zeros(w.shape[0], np.int8), "b": bq}
+        inits = {**scalars, "w": wq, "ws": ws.astype(np.float32), "wz": np.full(w.shape[0], wzero, wdtype), "b": bq}
         expect = ref
     else:
         ws = max(float(np.abs(w).max()), 1e-12) / 127
-        wq = np.clip(np.round(w.T / ws), -127, 127).astype(np.int8)
+        wq = wint(np.clip(np.round(w.T / ws), -127, 127))
         node = helper.make_node("QLinearMatMul", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])
-        inits = {**scalars, "w": wq, "ws": np.array(ws, np.float32), "wz": np.array(0, np.int8)}
+        inits = {**scalars, "w": wq, "ws": np.array(ws, np.float32), "wz": np.array(wzero, wdtype)}
         expect = ref - b  # QLinearMatMul has no bias input
     keep("W8A8", _graph([node], [q_in], [q_out], inits), {"x": xq}, expect, dequant, 0.1)
 
@@ -318,15 +361,19 @@ def measure_layers(
     *,
     runtime: str = "torch",
     config: MeasureConfig | None = None,
+    rejected: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median ms per layer at batch 1, ``{layer name: {"W32A32": ms, "W8A8": ms, ...}}``; see the module doc.
 
-    Layers with the same signature are timed once and share the result.
+    Layers with the same signature are timed once and share the result. ``rejected``, when given, receives
+    ``{layer name: {key: reason}}`` for every precision tried and left out (cannot run, or disagrees).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     cfg = config or MeasureConfig()
+    form = check_int8_form(cfg.int8_form)
     gen = torch.Generator().manual_seed(cfg.seed)
+    reasons: dict[str, _Rejected] = {}
     modules = dict(net.named_modules())
     by_sig: dict[str, dict[str, float]] = {}
     out: dict[str, dict[str, float]] = {}
@@ -341,9 +388,14 @@ def measure_layers(
                     raise TableError(f"layer {layer.name!r} is not a Conv2d/Linear of this model; list it again")
                 x = _layer_input(layer, gen)
                 mod = copy.deepcopy(mod).float().eval()
-                runners = _torch_runners(mod, x) if runtime == "torch" else _ort_runners(mod, x, cfg.threads)
+                why = reasons.setdefault(sig, {})
+                runners = (
+                    _torch_runners(mod, x, why) if runtime == "torch" else _ort_runners(mod, x, cfg.threads, form, why)
+                )
                 by_sig[sig] = {k: median_ms(fn, cfg.repeats, cfg.warmup) for k, fn in runners.items()}
             out[layer.name] = dict(by_sig[sig])
+            if rejected is not None and reasons[sig]:
+                rejected[layer.name] = dict(reasons[sig])
     finally:
         torch.set_num_threads(old_threads)
     return out
@@ -358,13 +410,21 @@ def measured_table(
     device: str | None = None,
     model: str | None = None,
     generator: Mapping[str, Any] | None = None,
+    rejected: Mapping[str, Mapping[str, str]] | None = None,
 ) -> CostTable:
-    """A ``measured`` table (batch 1, ms per image, no energy) from :func:`measure_layers`' results."""
+    """A ``measured`` table (batch 1, ms per image, no energy) from :func:`measure_layers`' results.
+
+    ``rejected`` (from :func:`measure_layers`) is kept in ``generator["rejected"]`` by layer signature, so a
+    precision missing from the table says why.
+    """
     entries: dict[str, dict[str, dict[str, float | None]]] = {}
+    why: dict[str, dict[str, str]] = {}
     for layer in layers:
         row = {k: {"latency": max(v, 1e-9), "energy": None} for k, v in results[layer.name].items() if math.isfinite(v)}
         if row:
             entries.setdefault(layer.signature(1), row)
+        if rejected and rejected.get(layer.name):
+            why.setdefault(layer.signature(1), dict(rejected[layer.name]))
     if not entries:
         raise TableError(f"runtime {runtime!r} ran none of the {len(layers)} layers; nothing to tabulate")
     name = device or f"cpu-{platform.machine() or 'unknown'}-{runtime}"
@@ -378,5 +438,12 @@ def measured_table(
         ),
         entries=entries,
         model=model,
-        generator={"runtime": runtime, "threads": config.threads, "seed": config.seed, **dict(generator or {})},
+        generator={
+            "runtime": runtime,
+            "threads": config.threads,
+            "seed": config.seed,
+            "int8_form": check_int8_form(config.int8_form) if runtime == "onnxruntime" else "reduce_range",
+            **({"rejected": why} if why else {}),
+            **dict(generator or {}),
+        },
     )
