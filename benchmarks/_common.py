@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwsearch.cli import main as cli
+from hwsearch.pipelines import BaselineConfig, train_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -15,5 +15,5 @@ def default_checkpoint(path: str | None, epochs: int = 8) -> Path:
         return Path(path)
     ckpt = RESULTS / "fp32.pt"
     if not ckpt.exists():
-        assert cli(["train", "--epochs", str(epochs), "--out", str(ckpt), "--quiet"]) == 0
+        train_baseline(BaselineConfig(epochs=epochs), ckpt)
     return ckpt

@@ -90,13 +90,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-limit", type=int, default=500, help="validation images for the beta sweep")
     p.add_argument("--amp-images", type=int, default=200)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--compute-device", default="cpu", help="cpu, cuda, cuda:N, mps: where models run")
     return p.parse_args(argv)
 
 
 def _fine_tune(model: nn.Module, data, args: argparse.Namespace, beta: float, seed: int) -> nn.Module:
     reg = lipschitz_regularizer(beta) if beta > 0 else None
-    cfg = TrainConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=64, seed=seed, device=args.device)
+    cfg = TrainConfig(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=64, seed=seed, device=args.compute_device)
     train(model, data.train, cfg, regularizer=reg)
     return model.eval()
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- FP32 base
     set_seed(args.seed)
     base = build_model("smallcnn", data.num_classes, data.input_shape, data.mean, data.std)
-    base_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=64, seed=args.seed, device=args.device)
+    base_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=64, seed=args.seed, device=args.compute_device)
     train(base, data.train, base_cfg)
     base.eval()
     _log(f"[{time.perf_counter() - t_start:6.1f}s] FP32 base trained, test acc {accuracy(base, (x_test, y_test)):.3f}")

@@ -67,10 +67,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
         if ckpt is None:
-            from hwsearch.cli import main as cli
+            from hwsearch.pipelines import BaselineConfig, train_baseline
 
-            ckpt = str(Path(tmp) / "fp32.pt")
-            assert cli(["train", "--epochs", "2", "--out", ckpt, "--quiet"]) == 0
+            ckpt = str(train_baseline(BaselineConfig(epochs=2), Path(tmp) / "fp32.pt").path)
         print(
             f"# {torch.cuda.get_device_name(0)}; torch {torch.__version__}; {args.episodes} episodes, PGD-{args.steps}"
         )

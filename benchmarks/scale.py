@@ -69,10 +69,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
         if ckpt is None:
-            from hwsearch.cli import main as cli
+            from hwsearch.pipelines import BaselineConfig, train_baseline
 
-            ckpt = str(Path(tmp) / "fp32.pt")
-            assert cli(["train", "--epochs", "2", "--out", ckpt, "--quiet"]) == 0
+            ckpt = str(train_baseline(BaselineConfig(epochs=2), Path(tmp) / "fp32.pt").path)
         ws = prepare(ckpt)
         wanted = set(args.backends.split(","))
         print(

@@ -24,7 +24,10 @@ from hwsearch.workflow import build_env, prepare
 def one_run(ws, episodes: int, cache: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     env, ev = build_env(
-        ws, get_cost_model("bitfusion-edge"), parse_budget("latency=0.5x"), evaluator_config=EvaluatorConfig(cache=cache)
+        ws,
+        get_cost_model("bitfusion-edge"),
+        parse_budget("latency=0.5x"),
+        evaluator_config=EvaluatorConfig(cache=cache),
     )
     result = run_search(env, SearchConfig(episodes=episodes, seed=0))
     total = time.perf_counter() - t0

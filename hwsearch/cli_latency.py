@@ -6,23 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
+from hwsearch.cli_common import add_target
 from hwsearch.errors import ConfigError
-from hwsearch.hardware import (
-    DEFAULT_DEVICE,
-    CostModel,
-    device_spec,
-    get_cost_model,
-    is_table_path,
-    list_devices,
-    policy_cost,
-    save_table,
-)
+from hwsearch.hardware import DEFAULT_DEVICE, device_spec, list_devices, save_table
 from hwsearch.hardware.measure import RUNTIMES, MeasureConfig, measure_layers, measured_table, runtime_version
 from hwsearch.hardware.regenerate import build_model_table, shipped_table_name
-from hwsearch.layers import LayerInfo, discover_layers
-from hwsearch.policy import load_policy, uniform_policy
+from hwsearch.models import model_layers
 
 __all__ = [
     "add_latency_parser",
@@ -30,8 +19,6 @@ __all__ = [
     "cmd_latency_build",
     "cmd_latency_show",
     "cmd_latency_measure",
-    "model_layers",
-    "measure_layers",
 ]
 
 _DEFAULT_SHAPES = {"smallcnn": "1,28,28"}
@@ -49,14 +36,6 @@ def _parse_shape(values: str | list[str] | None, model: str) -> tuple[int, int, 
     if len(dims) != 3 or any(d <= 0 for d in dims):
         raise ConfigError(f"--input-shape {text!r} must be C H W (or C,H,W) with positive integers, e.g. 3 32 32")
     return dims  # type: ignore[return-value]
-
-
-def model_layers(model: str, num_classes: int, input_shape: tuple[int, int, int]) -> tuple[nn.Module, list[LayerInfo]]:
-    """Build a zoo model (or module:factory) and list its quantizable layers."""
-    from hwsearch.models import build_model
-
-    net = build_model(model, num_classes=num_classes, input_shape=input_shape)
-    return net, discover_layers(net, input_shape)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -78,14 +57,14 @@ def add_latency_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_latency_devices)
 
     p = sub.add_parser("build", help="tabulate a device's cost for every layer of a model and bit pair")
-    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"one of {', '.join(list_devices())}")
+    add_target(p, help=f"the analytical device to tabulate: one of {', '.join(list_devices())}")
     _add_model_args(p)
     p.add_argument("--out", default=None, help="table file (default <device>__<model>.json, the shipped name)")
     p.set_defaults(func=cmd_latency_build)
 
     p = sub.add_parser("show", help="per-layer latency/energy of a policy on a device or table")
-    p.add_argument("--device", default=DEFAULT_DEVICE, help="analytical device name or a cost table file (.json)")
-    p.add_argument("--table", default=None, help="cost table file to read instead of --device")
+    add_target(p, help="analytical device name or a cost table file (.json)")
+    p.add_argument("--table", default=None, help="cost table file to read instead of --target")
     _add_model_args(p)
     p.add_argument("--policy", default=None, help="policy.json (default: every layer W8A8)")
     p.set_defaults(func=cmd_latency_show)
@@ -119,8 +98,8 @@ def cmd_latency_devices(args: argparse.Namespace) -> int:
 
 def cmd_latency_build(args: argparse.Namespace) -> int:
     shape = _parse_shape(args.input_shape, args.model)
-    table = build_model_table(args.device, args.model, shape, args.num_classes)
-    out = Path(args.out or shipped_table_name(args.device, args.model.replace(":", "_")))
+    table = build_model_table(args.target, args.model, shape, args.num_classes)
+    out = Path(args.out or shipped_table_name(args.target, args.model.replace(":", "_")))
     save_table(table, out)
     pairs = len(next(iter(table.entries.values())))
     print(f"wrote {len(table.entries)} layer signatures x {pairs} bit pairs to {out}")
@@ -128,21 +107,22 @@ def cmd_latency_build(args: argparse.Namespace) -> int:
 
 
 def cmd_latency_show(args: argparse.Namespace) -> int:
+    from hwsearch.tools import latency_breakdown
+
     shape = _parse_shape(args.input_shape, args.model)
-    _, layers = model_layers(args.model, args.num_classes, shape)
-    if args.table and not is_table_path(args.table):
-        raise ConfigError(f"--table {args.table!r} must be a .json cost table file")
-    cost_model: CostModel = get_cost_model(args.table or args.device)
-    names = [x.name for x in layers]
-    policy = load_policy(args.policy) if args.policy else uniform_policy(names, 8)
-    cost = policy_cost(cost_model, layers, policy)
-    width = max(len(n) for n in names)
+    shown = latency_breakdown(
+        args.model, args.num_classes, shape, target=args.target, table=args.table, policy_path=args.policy
+    )
+    cost, layers, cost_model = shown.cost, shown.layers, shown.cost_model
+    assert cost is not None and layers is not None and cost_model is not None
+    shares = cost.latency_shares()
+    width = max(len(ly.name) for ly in layers)
     print(f"{'layer':<{width}}  W/A    latency ms   share   energy mJ")
     for layer in layers:
         c = cost.per_layer[layer.name]
-        bits = policy[layer.name]
-        share = 100 * c.latency_ms / cost.latency_ms if cost.latency_ms else 0.0
+        bits = shown.policy[layer.name]
         energy = f"{c.energy_mj:.5g}" if c.energy_mj is not None else "-"
+        share = 100 * shares[layer.name]
         print(f"{layer.name:<{width}}  {bits.w}/{bits.a:<4} {c.latency_ms:11.5g}  {share:5.1f}%  {energy:>10}")
     total_e = f"{cost.energy_mj:.5g} mJ" if cost.energy_mj is not None else "unknown energy"
     print(

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from hwsearch.errors import ModelError
+from hwsearch.layers import LayerInfo, discover_layers
 
-__all__ = ["Normalize", "NormalizedModel", "SmallCNN", "ResNet20", "build_model", "list_models"]
+__all__ = ["Normalize", "NormalizedModel", "SmallCNN", "ResNet20", "build_model", "model_layers", "list_models"]
 
 _SMALL_INPUT = 64
 
@@ -256,7 +257,7 @@ def build_model(
     """A freshly initialised ``name`` for ``num_classes`` and ``input_shape`` (C, H, W), inputs in [0, 1].
 
     ``mean``/``std`` are per channel (one value is broadcast to every channel). Initialisation uses torch's
-    global RNG, so call ``training.set_seed`` first for a reproducible model.
+    global RNG, so call ``runtime.set_seed`` first for a reproducible model.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -280,3 +281,11 @@ def build_model(
             raise ModelError(f"unknown model {name!r}; known: {', '.join(list_models())}, or module:factory")
         net = _ZOO[key](num_classes, shape)  # type: ignore[arg-type]
     return NormalizedModel(normalize, net)
+
+
+def model_layers(
+    name: str, num_classes: int, input_shape: tuple[int, int, int]
+) -> tuple[NormalizedModel, list[LayerInfo]]:
+    """Build a zoo model (or ``module:factory``) with random weights and list its quantizable layers."""
+    net = build_model(name, num_classes=num_classes, input_shape=input_shape)
+    return net, discover_layers(net, input_shape)

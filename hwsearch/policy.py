@@ -157,12 +157,3 @@ def uniform_policy(layer_names: Iterable[str], w: int, a: int | None = None) -> 
     a = w if a is None else a
     names = list(layer_names)
     return Policy({n: LayerBits(w, a) for n in names}, {"kind": f"fixed W{w}A{a}"})
-
-
-def __getattr__(name: str) -> Any:
-    """Former home of ``load_policy`` / ``save_policy``; kept until tests/test_export.py (owned elsewhere) moves."""
-    if name in ("load_policy", "save_policy"):
-        from hwsearch import policy_formats
-
-        return getattr(policy_formats, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

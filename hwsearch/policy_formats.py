@@ -30,6 +30,7 @@ __all__ = [
     "format_from_path",
     "policy_to_text",
     "policy_from_text",
+    "plain_policy_dict",
     "load_policy",
     "save_policy",
 ]
@@ -63,7 +64,7 @@ def _yaml() -> Any:
     return yaml
 
 
-def _plain_dict(policy: Policy) -> dict[str, Any]:
+def plain_policy_dict(policy: Policy) -> dict[str, Any]:
     """The schema-v1 dict with meta reduced to JSON types, so JSON and YAML carry exactly the same thing."""
     try:
         return json.loads(json.dumps(policy.to_dict()))
@@ -75,9 +76,9 @@ def policy_to_text(policy: Policy, fmt: str) -> str:
     """The file contents of ``policy`` in ``fmt`` (csv and haq drop meta; haq drops names too)."""
     fmt = _check_format(fmt)
     if fmt == "json":
-        return json.dumps(_plain_dict(policy), indent=2) + "\n"
+        return json.dumps(plain_policy_dict(policy), indent=2) + "\n"
     if fmt == "yaml":
-        return _yaml().safe_dump(_plain_dict(policy), sort_keys=False, default_flow_style=False)
+        return _yaml().safe_dump(plain_policy_dict(policy), sort_keys=False, default_flow_style=False)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")

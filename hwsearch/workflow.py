@@ -1,4 +1,7 @@
-"""The user-level steps (prepare, search, compare), shared by the CLI and the Python API."""
+"""The building blocks of the pipelines: a prepared workspace, the search env, scoring and comparing policies.
+
+The pipelines themselves (what the CLI runs) are :mod:`hwsearch.job` and :mod:`hwsearch.pipelines`.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +18,19 @@ from hwsearch.data import DataSplits, load_dataset, tensors
 from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
-from hwsearch.hardware import CostModel, bit_grid, get_cost_model, policy_cost
+from hwsearch.hardware import CostModel, PolicyCost, bit_grid, float_size_bits, get_cost_model, policy_cost
 from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import Policy, uniform_policy
 from hwsearch.quant import Calibration, apply_policy, calibrate, remove_quantizers
 from hwsearch.records import CompareRow
 from hwsearch.runtime import resolve_compute_device
-from hwsearch.search import EpisodeRecord, SearchConfig, SearchResult, run_search
 from hwsearch.training import TrainConfig
 
 __all__ = [
     "Workspace",
     "prepare",
     "build_env",
-    "search_policy",
+    "score_policy",
     "compare_policies",
     "finetune_policy",
     "robust_evaluator",
@@ -121,42 +123,50 @@ def build_env(
     return env, evaluator
 
 
-def search_policy(
-    ws: Workspace,
-    device_name: str,
-    budget: Budget,
-    config: SearchConfig,
+def score_policy(
+    name: str,
+    model: nn.Module,
+    layers: Sequence[LayerInfo],
+    policy: Policy | None,
+    cost_model: CostModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
     *,
-    evaluator_config: EvaluatorConfig | None = None,
-    env_kwargs: Mapping[str, Any] | None = None,
-    on_episode: Callable[[EpisodeRecord], bool | None] | None = None,
-) -> tuple[SearchResult, MixedPrecisionEnv, Evaluator]:
-    env, evaluator = build_env(
-        ws, get_cost_model(device_name), budget, evaluator_config=evaluator_config, env_kwargs=env_kwargs
-    )
-    result = run_search(env, config, on_episode=on_episode)
-    return result, env, evaluator
-
-
-def _float_size(ws: Workspace) -> int:
-    return sum(ly.params * 32 for ly in ws.layers)
+    reference: PolicyCost | None = None,
+    robust_eval: Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, Any]] | None = None,
+) -> CompareRow:
+    """One row of a comparison: ``model`` (already quantized by ``policy``; None = FP32, not priced) scored on
+    ``(x, y)`` and priced on ``cost_model`` against fixed W8A8 (``reference``, computed when not given)."""
+    if reference is None:
+        reference = policy_cost(cost_model, layers, uniform_policy([ly.name for ly in layers], 8))
+    if policy is None:
+        lat, energy, size = None, None, float_size_bits(layers)
+    else:
+        pc = policy_cost(cost_model, layers, policy)
+        lat, energy, size = pc.latency_ms, pc.energy_mj, int(pc.size_bits)
+    device = next(model.parameters()).device
+    acc = clean_accuracy(model, x.to(device), y.to(device))
+    speedup = reference.latency_ms / lat if lat else None
+    saving = reference.energy_mj / energy if (energy and reference.energy_mj) else None
+    robust = dict(robust_eval(model, x, y)) if robust_eval else {}
+    return CompareRow(name, policy, acc, lat, energy, size, speedup, saving, robust)
 
 
 def compare_policies(
     ws: Workspace,
     entries: Mapping[str, Policy | None | tuple[Policy | None, Workspace | None]],
-    device_name: str,
+    target: str,
     *,
     split: str = "test",
     robust_eval: Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, Any]] | None = None,
 ) -> list[CompareRow]:
-    """Score each entry on ``split`` and price it on the device.
+    """Score each entry on ``split`` and price it on the cost model of ``target``.
 
     An entry is a policy (applied to ``ws``'s model), ``None`` (``ws``'s FP32 model, not priced), or a
     ``(policy, workspace)`` pair for another checkpoint of the same architecture: an FP32 model trained with
     the Lipschitz term, or the weights a defended policy was fine-tuned into.
     """
-    cost_model = get_cost_model(device_name)
+    cost_model = get_cost_model(target)
     x, y = ws.split(split)
     ref_cost = policy_cost(cost_model, ws.layers, ws.uniform(8))
     rows = []
@@ -168,17 +178,13 @@ def compare_policies(
                 f"entry {name!r} is a model with other layers than {ws.model_name}; compare like with like"
             )
         if policy is None:
-            model, lat, energy, size = src.model, None, None, _float_size(src)
+            model = src.model
         else:
             policy.check_against(src.layer_names)
             model = apply_policy(src.model, policy, src.calibration)
-            pc = policy_cost(cost_model, src.layers, policy)
-            lat, energy, size = pc.latency_ms, pc.energy_mj, int(pc.size_bits)
-        acc = clean_accuracy(model, x.to(src.device), y.to(src.device))
-        speedup = ref_cost.latency_ms / lat if lat else None
-        saving = ref_cost.energy_mj / energy if (energy and ref_cost.energy_mj) else None
-        robust = dict(robust_eval(model, x, y)) if robust_eval else {}
-        rows.append(CompareRow(name, policy, acc, lat, energy, size, speedup, saving, robust))
+        rows.append(
+            score_policy(name, model, src.layers, policy, cost_model, x, y, reference=ref_cost, robust_eval=robust_eval)
+        )
     return rows
 
 

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from hwsearch.cli import main
+from hwsearch.pipelines import BaselineConfig, train_baseline
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "fp32.pt"
-    assert main(["train", "--epochs", "1", "--out", str(path), "--quiet"]) == 0
-    return path
+    return train_baseline(BaselineConfig(epochs=1), path).path
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -2,7 +2,7 @@
 
 Each case builds its inputs under a scratch folder, runs ``hwsearch.cli.main`` in-process with that folder as
 the working directory, and checks that the folder is exactly as it was before (no partial checkpoint, policy,
-run folder, ``run.json`` or temp file is left behind, and no existing file was touched).
+run folder, job config or temp file is left behind, and no existing file was touched).
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ LAYER_MISMATCH: dict[str, dict] = {
 @functools.cache
 def _valid_table() -> dict[str, Any]:
     """A complete analytical smallcnn table (the shape ``latency build`` writes), as a plain dict."""
-    from hwsearch.cli_latency import model_layers
     from hwsearch.hardware import build_table, get_cost_model
+    from hwsearch.models import model_layers
 
     _, layers = model_layers("smallcnn", 10, (1, 28, 28))
     table = build_table(get_cost_model("bitfusion-edge"), layers, batch=1, model="smallcnn", bits=(2, 4, 8))
@@ -381,22 +381,22 @@ CASES: list[Case] = [
     Case("model-unknown", lambda t, c: _train("--model", "resnet9000"), "unknown model"),
     Case("model-bad-factory", lambda t, c: _train("--model", "no_such_module_xyz:make"), "cannot import"),
     Case("model-factory-not-a-model", lambda t, c: _train("--model", "os:getcwd"), "not an nn.Module"),
-    Case("compute-device-unknown", lambda t, c: _train("--device", "tpu"), "unknown"),
-    Case("compute-device-cuda-absent", lambda t, c: _train("--device", "cuda"), "cuda"),
-    Case("target-device-unknown-search", lambda t, c: _search(c, "--device", "tpu-v9"), "unknown device"),
+    Case("compute-device-unknown", lambda t, c: _train("--compute-device", "tpu"), "unknown"),
+    Case("compute-device-cuda-absent", lambda t, c: _train("--compute-device", "cuda"), "cuda"),
+    Case("target-device-unknown-search", lambda t, c: _search(c, "--target", "tpu-v9"), "unknown device"),
     Case(
         "target-device-unknown-compare",
-        lambda t, c: ["compare", "--checkpoint", str(c), "--device", "x"],
+        lambda t, c: ["compare", "--checkpoint", str(c), "--target", "x"],
         "unknown device",
     ),
     Case(
         "target-device-unknown-evaluate",
-        lambda t, c: ["evaluate", "--quantized", "q.pt", "--device", "x"],
+        lambda t, c: ["evaluate", "--quantized", "q.pt", "--target", "x"],
         "unknown device",
     ),
     Case(
         "target-device-unknown-latency",
-        lambda t, c: ["latency", "show", "--model", "smallcnn", "--device", "nosuch"],
+        lambda t, c: ["latency", "show", "--model", "smallcnn", "--target", "nosuch"],
         "unknown device",
     ),
     Case("attack-unknown", lambda t, c: _search(c, "--attack", "carlini"), "method"),
@@ -487,8 +487,13 @@ CASES: list[Case] = [
     Case("resume-no-run", lambda t, c: ["search", "--resume", str(_empty(t))], "no search to resume"),
     Case(
         "resume-corrupt-run",
-        lambda t, c: ["search", "--resume", str(_write(t, "r/run.json", "{oops").parent)],
+        lambda t, c: ["search", "--resume", str(_write(t, "r/config/job.json", "{oops").parent.parent)],
         "corrupt",
+    ),
+    Case(
+        "resume-old-run-json",
+        lambda t, c: ["search", "--resume", str(_write(t, "r/run.json", {"schema": 1, "args": {}}).parent)],
+        "older hwsearch",
     ),
     Case("train-out-under-a-file", lambda t, c: _train("--out", str(_regular_file(t) / "fp32.pt")), "fp32.pt"),
     Case("train-out-is-a-folder", lambda t, c: _train("--out", str(_empty(t))), "empty"),
@@ -552,7 +557,7 @@ for _name, (_mutate, _expect) in BAD_TABLES.items():
         def setup(t: Path, c: Path) -> list[str]:
             p = str(_table(mutate)(t))
             if kind == "latency-device":
-                return ["latency", "show", "--model", "smallcnn", "--device", p]
+                return ["latency", "show", "--model", "smallcnn", "--target", p]
             return ["latency", "show", "--model", "smallcnn", "--table", p]
 
         return setup
@@ -563,12 +568,12 @@ for _name, (_mutate, _expect) in BAD_TABLES.items():
 CASES += [
     Case(
         "table-missing-file",
-        lambda t, c: ["latency", "show", "--model", "smallcnn", "--device", str(t / "no.json")],
+        lambda t, c: ["latency", "show", "--model", "smallcnn", "--target", str(t / "no.json")],
         "does not exist",
     ),
     Case(
         "table-malformed-json",
-        lambda t, c: ["latency", "show", "--model", "smallcnn", "--device", str(_write(t, "t.json", "{"))],
+        lambda t, c: ["latency", "show", "--model", "smallcnn", "--target", str(_write(t, "t.json", "{"))],
         "JSON",
     ),
     Case(
@@ -579,17 +584,17 @@ CASES += [
     Case("table-flag-not-json", lambda t, c: ["latency", "show", "--model", "smallcnn", "--table", "t.txt"], ".json"),
     Case(
         "table-nan-search",
-        lambda t, c: _search(c, "--device", str(_table(_set_cell("latency", float("nan")))(t))),
+        lambda t, c: _search(c, "--target", str(_table(_set_cell("latency", float("nan")))(t))),
         "finite",
     ),
     Case(
         "table-bad-unit-compare",
-        lambda t, c: ["compare", "--checkpoint", str(c), "--device", str(_table(_set("units", {"latency": "s"}))(t))],
+        lambda t, c: ["compare", "--checkpoint", str(c), "--target", str(_table(_set("units", {"latency": "s"}))(t))],
         "unit",
     ),
     Case(
         "table-missing-signature-search",
-        lambda t, c: _search(c, "--device", str(_table(_drop_signature)(t))),
+        lambda t, c: _search(c, "--target", str(_table(_drop_signature)(t))),
         "no entry",
     ),
 ]

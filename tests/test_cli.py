@@ -10,17 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from hwsearch.envs import EnvConfig
+import torch
 
-from hwsearch.budget import Budget
+from hwsearch.budget import Budget, parse_budget
 from hwsearch.checkpoint import save_checkpoint
-from hwsearch.cli import main
+from hwsearch.cli import build_parser, main
 from hwsearch.config_json import load_config
-from hwsearch.evaluate import EvaluatorConfig
+from hwsearch.job import SearchJobConfig
 from hwsearch.models import build_model
 from hwsearch.policy_formats import load_policy
 from hwsearch.runtime import set_seed
-from hwsearch.search import SearchConfig
 
 SEARCH_FAST = ["--episodes", "4", "--warmup", "2", "--hidden", "16", "16", "--quiet"]
 
@@ -47,12 +46,11 @@ def test_search_writes_policy_episodes_and_summary(checkpoint: Path, tmp_path: P
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert len(rows) == 4 and rows[0]["net.features.conv1"].count("/") == 1
     assert "Where time went" in (out / "summary.md").read_text()
-    # the resolved settings reload as the configs the search ran with
-    search_cfg = load_config(SearchConfig, out / "config" / "search.json")
-    env_cfg = load_config(EnvConfig, out / "config" / "env.json")
-    assert search_cfg.episodes == 4 and env_cfg.budget == Budget("latency", 0.8, relative=True)
-    assert env_cfg.w_bits and 0 < env_cfg.acc_ref <= 1
-    assert load_config(EvaluatorConfig, out / "config" / "evaluator.json").robust_subset >= 1
+    # the one saved job config reloads as the settings the search ran with (what --resume reads)
+    job = load_config(SearchJobConfig, out / "config" / "job.json")
+    assert job.search.episodes == 4 and parse_budget(job.budget) == Budget("latency", 0.8, relative=True)
+    assert job.checkpoint == str(checkpoint) and job.target == "bitfusion-edge" and job.parallel.n_envs == 1
+    assert sorted(p.name for p in (out / "config").iterdir()) == ["job.json"] and not (out / "run.json").exists()
     # a second run into the same folder is refused unless asked
     assert main(args + SEARCH_FAST) == 2
 
@@ -91,12 +89,12 @@ def test_compare_writes_report_with_baselines(
     ("argv", "match"),
     [
         (["search", "--checkpoint", "/nonexistent/fp32.pt"], "/nonexistent/fp32.pt"),
-        (["search", "--device", "tpu-v9"], "tpu-v9"),
+        (["search", "--target", "tpu-v9"], "tpu-v9"),
         (["search", "--budget", "latency=0.01x"], "raise it to at least"),
         (["search", "--budget", "latency=-1x"], "budget"),
         (["search", "--budget", "speed=0.5x"], "malformed"),
         (["search", "--agent", "ppo"], "ppo"),
-        (["compare", "--device", "tpu-v9"], "tpu-v9"),
+        (["compare", "--target", "tpu-v9"], "tpu-v9"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(
@@ -170,7 +168,7 @@ def test_search_on_a_table_uses_only_the_bit_widths_it_prices(checkpoint: Path, 
         "search",
         "--checkpoint",
         str(checkpoint),
-        "--device",
+        "--target",
         str(path),
         "--budget",
         "latency=0.8x",
@@ -242,3 +240,43 @@ def test_a_custom_factory_checkpoint_is_searched_only_with_model_factory(
     assert f"--model-factory {factory}" in one_line_error(capsys)
     assert main([*args, "--model-factory", factory]) == 0
     assert load_policy(out / "policy.json").names() == ["net.0", "net.3"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "dest", "new_flag"),
+    [
+        (["train", "--device", "cuda"], "compute_device", "--compute-device"),
+        (["search", "--device", "bismo-edge"], "target", "--target"),
+        (["sweep", "--device", "bismo-edge"], "target", "--target"),
+        (["compare", "--device", "bismo-edge"], "target", "--target"),
+        (["evaluate", "--device", "bismo-edge"], "target", "--target"),
+        (["show", "--policy", "p.json", "--device", "bismo-edge"], "target", "--target"),
+        (["latency", "show", "--model", "smallcnn", "--device", "bismo-edge"], "target", "--target"),
+        (["latency", "build", "--model", "smallcnn", "--device", "bismo-edge"], "target", "--target"),
+    ],
+)
+def test_old_device_flag_still_works_and_says_what_to_type(
+    argv: list[str], dest: str, new_flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--device`` meant the torch device on train and the cost model elsewhere: each now has its own name."""
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == argv[argv.index("--device") + 1]
+    err = capsys.readouterr().err
+    assert "--device is deprecated" in err and new_flag in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["train", "search", "compare", "evaluate", "export", "finetune", "amplify"])
+def test_every_model_command_takes_compute_device(command: str) -> None:
+    argv = [command, "--compute-device", "cpu"]
+    if command in ("export",):
+        argv += ["--policy", "p.json", "--format", "json", "--out", "x.json"]
+    if command == "finetune":
+        argv += ["--policy", "p.json"]
+    assert build_parser().parse_args(argv).compute_device == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_names_the_right_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--compute-device", "cuda", "--out", str(tmp_path / "x.pt"), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert "CUDA is not available" in err and "use --compute-device cpu" in err

@@ -81,7 +81,7 @@ def test_missing_signature_names_it_and_the_build_command(small_table) -> None:
         TableCostModel(table).layer_cost(other, 8, 8)
     msg = str(exc.value)
     assert other.signature(1) in msg and "'head'" in msg
-    assert "hwsearch latency build --device bitfusion-edge --model tiny" in msg
+    assert "hwsearch latency build --target bitfusion-edge --model tiny" in msg
 
 
 def test_missing_bit_pair_lists_present_pairs(small_table) -> None:
@@ -177,14 +177,14 @@ def test_cli_build_then_show_from_table(tmp_path: Path, capsys: pytest.CaptureFi
     parser = argparse.ArgumentParser()
     add_latency_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "t.json"
-    args = parser.parse_args(["latency", "build", "--device", "bismo-edge", "--model", "smallcnn", "--out", str(out)])
+    args = parser.parse_args(["latency", "build", "--target", "bismo-edge", "--model", "smallcnn", "--out", str(out)])
     assert args.func(args) == 0
     table = load_table(out)
     assert table.device == "bismo-edge" and table.model == "smallcnn" and table.method == "analytical"
     args = parser.parse_args(["latency", "show", "--model", "smallcnn", "--table", str(out)])
     assert args.func(args) == 0
     assert "total on bismo-edge" in capsys.readouterr().out
-    args = parser.parse_args(["latency", "show", "--model", "smallcnn", "--device", "nope"])
+    args = parser.parse_args(["latency", "show", "--model", "smallcnn", "--target", "nope"])
     with pytest.raises(TableError, match="unknown device 'nope'"):
         args.func(args)
 
@@ -213,7 +213,7 @@ def test_cli_build_command_recorded_in_table_reproduces_it(tmp_path: Path) -> No
     shipped = shipped_table_path("bismo-edge", "smallcnn")
     command = json.loads(shipped.read_text())["generator"]["command"]
     assert (
-        command == "hwsearch latency build --device bismo-edge --model smallcnn --input-shape 1 28 28 --num-classes 10"
+        command == "hwsearch latency build --target bismo-edge --model smallcnn --input-shape 1 28 28 --num-classes 10"
     )
     out = tmp_path / shipped.name
     assert main([*shlex.split(command)[1:], "--out", str(out)]) == 0
@@ -262,7 +262,7 @@ def test_shipped_table_prices_like_the_device_model() -> None:
 def test_missing_shipped_table_names_the_build_command() -> None:
     from hwsearch.hardware.regenerate import shipped_table_path
 
-    with pytest.raises(TableError, match="hwsearch latency build --device bitfusion --model resnet99"):
+    with pytest.raises(TableError, match="hwsearch latency build --target bitfusion --model resnet99"):
         shipped_table_path("bitfusion", "resnet99")
 
 
@@ -273,7 +273,7 @@ def test_unknown_table_stem_is_refused() -> None:
         regenerate(only=["bitfusion__nope"], check=True)
 
 
-def test_get_device_reads_a_table_path(small_table, tmp_path: Path) -> None:
+def test_get_cost_model_reads_a_table_path(small_table, tmp_path: Path) -> None:
     from hwsearch.hardware import is_table_path
 
     table, layers = small_table
@@ -339,7 +339,7 @@ def test_cli_show_accepts_a_table_as_device(small_table, tmp_path: Path, capsys:
     from hwsearch.hardware.regenerate import shipped_table_path
 
     path = shipped_table_path("bismo-edge", "smallcnn")
-    assert main(["latency", "show", "--model", "smallcnn", "--device", str(path)]) == 0
+    assert main(["latency", "show", "--model", "smallcnn", "--target", str(path)]) == 0
     assert "total on bismo-edge" in capsys.readouterr().out
 
 

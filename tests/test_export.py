@@ -10,19 +10,12 @@ import torch
 
 from hwsearch.cli_export import add_export_parser
 from hwsearch.errors import CheckpointError, ConfigError, HwsearchError, PolicyError
-from hwsearch.export import (
-    POLICY_FORMATS,
-    export_onnx,
-    export_policy,
-    import_policy,
-    integer_weight,
-    load_quantized,
-    policy_from_text,
-    save_quantized,
-)
-from hwsearch.policy import Policy, save_policy
+from hwsearch.onnx_export import export_onnx
+from hwsearch.policy import Policy
+from hwsearch.policy_formats import POLICY_FORMATS, load_policy, policy_from_text, save_policy
 from hwsearch.quant import apply_policy, quant_wrappers
 from hwsearch.quant.quantizers import quantize_weight
+from hwsearch.quantized import integer_weight, load_quantized, save_quantized
 
 NAMES = ["net.features.conv1", "net.features.conv2", "net.features.conv3", "net.classifier.fc1", "net.classifier.fc2"]
 MIXED = Policy(
@@ -42,26 +35,24 @@ def ws(checkpoint: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("fmt", POLICY_FORMATS)
 @pytest.mark.parametrize("policy", [MIXED, LOW], ids=["mixed", "low"])
 def test_policy_round_trip_in_every_format(fmt: str, policy: Policy, tmp_path: Path) -> None:
-    path = export_policy(policy, tmp_path / f"p.{fmt}", fmt)
-    back = import_policy(path, fmt, layer_names=NAMES)
+    path = save_policy(policy, tmp_path / f"p.{fmt}", fmt)
+    back = load_policy(path, fmt, layer_names=NAMES)
     assert back == policy
     assert back.names() == policy.names()  # forward order kept
     if fmt in ("json", "yaml"):
         assert back.meta == policy.meta
     else:
         assert back.meta == {}  # csv and haq carry bits only (documented)
-    assert import_policy(path, layer_names=NAMES) == policy  # format from the extension
+    assert load_policy(path, layer_names=NAMES) == policy  # format from the extension
 
 
-def test_json_export_reads_with_the_policy_loader(tmp_path: Path) -> None:
-    from hwsearch.policy import load_policy
-
-    assert load_policy(export_policy(MIXED, tmp_path / "p.json")) == MIXED
+def test_json_export_is_the_schema_v1_a_search_writes(tmp_path: Path) -> None:
+    assert Policy.from_json(save_policy(MIXED, tmp_path / "p.json").read_text()) == MIXED
     assert (tmp_path / "p.csv").exists() is False
-    text = export_policy(MIXED, tmp_path / "p.csv").read_text()
+    text = save_policy(MIXED, tmp_path / "p.csv").read_text()
     assert text.splitlines()[0] == "layer,w_bits,a_bits"
     assert text.splitlines()[1] == "net.features.conv1,8,8"
-    assert export_policy(MIXED, tmp_path / "p.haq").read_text().strip() == "[[8, 8], [4, 4], [2, 3], [1, 32], [32, 32]]"
+    assert save_policy(MIXED, tmp_path / "p.haq").read_text().strip() == "[[8, 8], [4, 4], [2, 3], [1, 32], [32, 32]]"
 
 
 @pytest.mark.parametrize(
@@ -88,7 +79,7 @@ def test_malformed_policy_files_raise_one_line(fmt: str, text: str, needle: str,
     path = tmp_path / f"bad.{fmt}"
     path.write_text(text)
     with pytest.raises(PolicyError) as info:
-        import_policy(path, fmt, layer_names=NAMES)
+        load_policy(path, fmt, layer_names=NAMES)
     msg = str(info.value)
     assert needle in msg and "\n" not in msg and str(path) in msg
 
@@ -97,11 +88,11 @@ def test_policy_file_user_mistakes(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="HAQ strategy has no layer names"):
         policy_from_text("[[8, 8]]", "haq")
     with pytest.raises(PolicyError, match="format 'xml' is unknown"):
-        export_policy(MIXED, tmp_path / "p.xml", "xml")
+        save_policy(MIXED, tmp_path / "p.xml", "xml")
     with pytest.raises(PolicyError, match="cannot tell the policy format"):
-        import_policy(tmp_path / "p.xml")
+        load_policy(tmp_path / "p.xml")
     with pytest.raises(PolicyError, match="does not exist"):
-        import_policy(tmp_path / "missing.json")
+        load_policy(tmp_path / "missing.json")
 
 
 def test_haq_accepts_python_literals_but_never_code() -> None:
@@ -111,11 +102,11 @@ def test_haq_accepts_python_literals_but_never_code() -> None:
 
 
 def test_export_is_atomic_and_keeps_old_file_on_failure(tmp_path: Path) -> None:
-    path = export_policy(MIXED, tmp_path / "p.json")
+    path = save_policy(MIXED, tmp_path / "p.json")
     bad = Policy({"x": (8, 8)}, {"obj": object()})
     with pytest.raises(PolicyError, match="meta"):
-        export_policy(bad, path)
-    assert import_policy(path) == MIXED
+        save_policy(bad, path)
+    assert load_policy(path) == MIXED
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
 
 
@@ -293,13 +284,13 @@ def test_cli_export_policy_formats(
     out = tmp_path / f"out.{fmt}"
     assert _run(["export", "--policy", str(src), "--format", fmt, "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
-    assert import_policy(out, layer_names=NAMES) == MIXED
+    assert load_policy(out, layer_names=NAMES) == MIXED
     back = tmp_path / "back.json"  # and back, naming the haq file's layers from the checkpoint
     assert (
         _run(["export", "--policy", str(out), "--format", "json", "--out", str(back), "--checkpoint", str(checkpoint)])
         == 0
     )
-    assert import_policy(back) == MIXED
+    assert load_policy(back) == MIXED
 
 
 def test_cli_export_checkpoint_onnx_then_evaluate_and_show(
@@ -328,7 +319,7 @@ def test_cli_export_checkpoint_onnx_then_evaluate_and_show(
     assert [ln.split()[1:] for ln in plain.splitlines()[1:6]] == [[str(b.w), str(b.a)] for b in LOW.layers.values()]
     assert _run(["show", "--policy", str(save_policy(MIXED, tmp_path / "m.json"))]) == 0
     assert "fp  fp" in capsys.readouterr().out  # float layers marked
-    assert _run(["show", *common, "--device", "bitfusion-edge"]) == 0
+    assert _run(["show", *common, "--target", "bitfusion-edge"]) == 0
     priced = capsys.readouterr().out
     assert "share" in priced and "%" in priced and "total on" in priced
 
@@ -341,13 +332,13 @@ def test_cli_export_checkpoint_onnx_then_evaluate_and_show(
         (["export", "--policy", "{d}/p.haq", "--format", "json", "--out", "x.json"], "pass --checkpoint"),
         (["evaluate", "--policy", "{p}"], "--policy and --checkpoint go together"),
         (["evaluate"], "either --policy"),
-        (["evaluate", "--quantized", "{p}", "--device", "no-such-device"], "no-such-device"),
-        (["show", "--policy", "{p}", "--device", "bitfusion-edge"], "needs --checkpoint"),
+        (["evaluate", "--quantized", "{p}", "--target", "no-such-device"], "no-such-device"),
+        (["show", "--policy", "{p}", "--target", "bitfusion-edge"], "needs --checkpoint"),
     ],
 )
 def test_cli_user_mistakes_raise_hwsearch_errors(argv: list[str], needle: str, tmp_path: Path) -> None:
     p = save_policy(MIXED, tmp_path / "p.json")
-    export_policy(MIXED, tmp_path / "p.haq")
+    save_policy(MIXED, tmp_path / "p.haq")
     argv = [a.format(p=p, d=tmp_path) for a in argv]
     with pytest.raises(HwsearchError) as info:
         _run(argv)

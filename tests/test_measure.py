@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hwsearch.errors import ConfigError, TableError
-from hwsearch.hardware import TableCostModel, bit_grid, get_device, load_table, save_table
+from hwsearch.hardware import TableCostModel, bit_grid, get_cost_model, load_table, save_table
 from hwsearch.hardware import measure as M
 from hwsearch.layers import discover_layers
 
@@ -163,7 +163,7 @@ def test_measured_table_round_trips_and_restricts_bits(net_layers, ort_results, 
     assert table.method == "measured" and table.batch == 1 and table.device.endswith("-onnxruntime")
     assert "onnxruntime" in table.source and table.generator["runtime"] == "onnxruntime"
     path = save_table(table, tmp_path / "m.json")
-    model = get_device(str(path))
+    model = get_cost_model(str(path))
     assert isinstance(model, TableCostModel) and load_table(path).to_dict() == table.to_dict()
     assert {(32, 32), (8, 8)} <= model.supported_pairs(layers)
     assert (4, 32) not in model.supported_pairs(layers)  # convs have no 4-bit weights
@@ -202,5 +202,5 @@ def test_cli_measure_then_show(runtime: str, tmp_path: Path, capsys: pytest.Capt
     table = load_table(out)
     assert table.method == "measured" and table.model == "smallcnn"
     assert table.generator["command"].startswith("hwsearch latency measure --model smallcnn --input-shape 1 28 28")
-    assert main(["latency", "show", "--model", "smallcnn", "--device", str(out)]) == 0
+    assert main(["latency", "show", "--model", "smallcnn", "--target", str(out)]) == 0
     assert f"total on {table.device}" in capsys.readouterr().out

@@ -159,10 +159,6 @@ def get_cost_model(name: str | os.PathLike[str]) -> CostModel:
     return device_from_spec(device_spec(str(name)))
 
 
-#: Former name of :func:`get_cost_model`; kept until tests/test_measure.py (owned elsewhere) moves to the new name.
-get_device = get_cost_model
-
-
 def supported_pairs(cost_model: CostModel, layers: Iterable[LayerInfo]) -> frozenset[tuple[int, int]]:
     """(w, a) pairs ``cost_model`` prices for every layer: a table's own pairs, else all pairs of its widths."""
     own = getattr(cost_model, "supported_pairs", None)

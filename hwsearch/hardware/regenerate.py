@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hwsearch.errors import HwsearchError, TableError
 from hwsearch.hardware.cost import device_spec, get_cost_model, is_table_path, list_devices
-from hwsearch.hardware.table import CostTable, build_table, render_table, save_table
+from hwsearch.hardware.table import CostTable, build_command, build_table, render_table, save_table
 
 __all__ = [
     "SHIPPED_MODELS",
@@ -92,12 +92,7 @@ def build_table_command(
     known = _shipped_model(model)
     shape = tuple(input_shape) if input_shape is not None else known.input_shape if known else None
     classes = num_classes if num_classes is not None else known.num_classes if known else None
-    cmd = f"hwsearch latency build --device {device} --model {model}"
-    if shape is not None:
-        cmd += " --input-shape " + " ".join(str(int(d)) for d in shape)
-    if classes is not None:
-        cmd += f" --num-classes {int(classes)}"
-    return cmd
+    return build_command(device, model, shape, classes)
 
 
 def build_model_table(device: str, model: str, input_shape: Sequence[int], num_classes: int) -> CostTable:

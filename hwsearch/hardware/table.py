@@ -21,9 +21,10 @@ import numpy as np
 
 from hwsearch.budget import check_table_size
 from hwsearch.errors import TableError
-from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, bit_key
+from hwsearch.hardware.base import CostModel, LayerCost, bit_key
 from hwsearch.io import atomic_write_text
 from hwsearch.layers import LayerInfo
+from hwsearch.policy import VALID_BITS
 
 __all__ = [
     "TABLE_SCHEMA_VERSION",
@@ -46,12 +47,18 @@ METHODS: tuple[str, ...] = ("analytical", "measured", "imported")
 LATENCY_UNITS: tuple[str, ...] = ("ms", "cycles")
 ENERGY_UNITS: tuple[str, ...] = ("mJ",)
 _BIT_KEY = re.compile(r"^W(\d+)A(\d+)$")
-_VALID_BITS = (*range(1, 9), FLOAT_BITS)
 
 
-def build_command(device: str, model: str | None) -> str:
-    """The command that (re)builds a table, quoted in error messages."""
-    return f"hwsearch latency build --device {device} --model {model or 'MODEL'}"
+def build_command(
+    device: str, model: str | None, input_shape: Sequence[int] | None = None, num_classes: int | None = None
+) -> str:
+    """The command that (re)builds a table: quoted in error messages and recorded in each table's generator."""
+    cmd = f"hwsearch latency build --target {device} --model {model or 'MODEL'}"
+    if input_shape is not None:
+        cmd += " --input-shape " + " ".join(str(int(d)) for d in input_shape)
+    if num_classes is not None:
+        cmd += f" --num-classes {int(num_classes)}"
+    return cmd
 
 
 def _positive(value: Any, what: str) -> float:
@@ -70,7 +77,7 @@ def _positive(value: Any, what: str) -> float:
 
 def _parse_bit_key(key: str, where: str) -> tuple[int, int]:
     m = _BIT_KEY.match(key) if isinstance(key, str) else None
-    if m is None or int(m.group(1)) not in _VALID_BITS or int(m.group(2)) not in _VALID_BITS:
+    if m is None or int(m.group(1)) not in VALID_BITS or int(m.group(2)) not in VALID_BITS:
         raise TableError(f"{where}: bit key {key!r} must be W<w>A<a> with w, a in 1..8 or 32")
     return int(m.group(1)), int(m.group(2))
 

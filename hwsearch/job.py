@@ -1,0 +1,444 @@
+"""The search job: one search written to a folder (episode log, checkpoints, policy, summary), resumable, on any
+parallel backend; and a budget sweep of such searches. The CLI's ``search`` and ``sweep`` are these calls.
+
+The job's settings are one :class:`SearchJobConfig`, saved as versioned JSON (:mod:`hwsearch.config_json`) to
+``OUT/config/job.json`` before anything is loaded; ``--resume`` reads it back, so a resumed search runs with the
+settings it started with. See docs/ARCHITECTURE.md, "Data flow".
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from hwsearch.budget import Budget, parse_budget
+from hwsearch.checks import check_int, check_number
+from hwsearch.config_json import load_config, save_config
+from hwsearch.errors import ConfigError, HwsearchError
+from hwsearch.evaluate import Evaluator, EvaluatorConfig
+from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
+from hwsearch.io import atomic_write_text
+from hwsearch.parallel import ParallelConfig, merge_worker_stats, parallel_env, require_ray
+from hwsearch.policy_formats import save_policy
+from hwsearch.records import EvalResult
+from hwsearch.report import EpisodeLog, read_episode_log, search_summary
+from hwsearch.robust.attacks import AttackConfig, search_attacks
+from hwsearch.search import EpisodeRecord, SearchCheckpoint, SearchConfig, SearchResult, run_search
+from hwsearch.workflow import Workspace, build_env, prepare
+
+__all__ = [
+    "JOB_CONFIG",
+    "SearchJobConfig",
+    "SearchJobResult",
+    "Progress",
+    "StopOnSignal",
+    "prepare_output",
+    "run_search_job",
+    "resume_search_job",
+    "load_job_config",
+    "parse_budgets",
+    "run_sweep",
+]
+
+#: Where a search folder keeps its settings (relative to the folder).
+JOB_CONFIG = Path("config") / "job.json"
+
+
+@dataclass(frozen=True)
+class SearchJobConfig:
+    """Everything a search job needs: the model, the target, the budget, the reward and the search settings.
+
+    ``target`` names the cost model (an analytical device or a cost table file); ``compute_device`` is where torch
+    runs the evaluations. ``search.seed`` seeds the agent and the evaluator's robust subset alike.
+    """
+
+    checkpoint: str
+    target: str = DEFAULT_DEVICE
+    budget: str = "latency=0.5x"
+    search: SearchConfig = field(default_factory=SearchConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data_root: str | None = None
+    model_factory: str | None = None
+    compute_device: str = "cpu"
+    min_bits: int = 2
+    max_bits: int = 8
+    acc_weight: float = 10.0
+    robust_weight: float = 0.0
+    cost_weight: float = 0.0
+    attack: str | None = None
+    eps: float = 0.1
+    steps: int = 10
+    episode_finetune_steps: int = 0
+    episode_lipschitz_beta: float = 0.0
+    checkpoint_every: int = 10
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        parse_budget(self.budget)
+        if not 1 <= self.min_bits <= self.max_bits <= 8:
+            raise ConfigError(f"--min-bits {self.min_bits} / --max-bits {self.max_bits}: need 1 <= min <= max <= 8")
+        for what in ("acc_weight", "robust_weight", "cost_weight"):
+            check_number(getattr(self, what), what)
+        check_int(self.checkpoint_every, "checkpoint_every", 1)
+
+    @property
+    def attacks(self) -> tuple[AttackConfig, ...]:
+        """The search's attacks: none unless robustness is asked for; else the STE + shadow pair."""
+        if self.robust_weight <= 0 and not self.attack:
+            return ()
+        return tuple(search_attacks(self.eps, self.steps, method=self.attack or "pgd"))
+
+    def evaluator_config(self) -> EvaluatorConfig:
+        return EvaluatorConfig(
+            attacks=self.attacks,
+            seed=self.search.seed,
+            finetune_steps=self.episode_finetune_steps,
+            lipschitz_beta=self.episode_lipschitz_beta,
+        )
+
+    def check(self) -> None:
+        """Fail fast on what only the environment can tell (the target's name, the attack, Ray), before loading."""
+        get_cost_model(self.target)
+        _ = self.attacks
+        if self.parallel.backend == "ray":
+            require_ray()
+
+
+@dataclass(frozen=True)
+class SearchJobResult:
+    """A finished search: the episodes and the folder holding ``policy.json``, ``episodes.csv``, ``summary.md``."""
+
+    result: SearchResult
+    out: Path
+    budget: Budget
+    target: str
+
+    @property
+    def best(self) -> EpisodeRecord:
+        return self.result.best
+
+    @property
+    def policy_path(self) -> Path:
+        return self.out / "policy.json"
+
+
+class Progress(Protocol):
+    """What a job reports while it runs (the CLI draws a progress bar; the library itself never prints)."""
+
+    def start(self, total: int, done: int, desc: str) -> None: ...
+
+    def episode(self, record: EpisodeRecord, best_reward: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int, done: int, desc: str) -> None:
+        pass
+
+    def episode(self, record: EpisodeRecord, best_reward: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM set a flag the search checks every step, so it stops cleanly after a checkpoint."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def prepare_output(path: str | Path, overwrite: bool, marker: str) -> Path:
+    """Refuse to mix two runs in one folder; nothing already computed is silently replaced."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {str(out)!r} is a file; name a folder")
+    if (out / marker).exists() and not overwrite:
+        raise ConfigError(
+            f"output folder {str(out)!r} already holds a run ({marker}); pass --overwrite or another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".hwsearch-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"output folder {str(out)!r} is not writable ({exc.strerror}); choose another --out"
+        ) from None
+    return out
+
+
+def _workspace(config: SearchJobConfig) -> Workspace:
+    return prepare(
+        config.checkpoint,
+        data_root=config.data_root,
+        device=config.compute_device,
+        model_name=config.model_factory,
+    )
+
+
+def _evaluator(config: SearchJobConfig, ws: Workspace) -> Evaluator:
+    x, y = ws.split("val")
+    train = ws.split("train") if config.episode_finetune_steps else None
+    return Evaluator(ws.model, ws.calibration, x, y, config.evaluator_config(), train_data=train)
+
+
+def _search_into(
+    out: Path,
+    config: SearchJobConfig,
+    ws: Workspace,
+    evaluator: Evaluator,
+    budget: Budget,
+    *,
+    resuming: bool,
+    stop: Callable[[], bool],
+    progress: Progress,
+) -> SearchResult | None:
+    """One search written to ``out`` (log, checkpoints, policy, summary); returns the result, or None if stopped."""
+    t0 = time.perf_counter()
+    search = replace(config.search, warmup_episodes=min(config.search.warmup_episodes, config.search.episodes))
+    env_kwargs: dict[str, Any] = {
+        "w_acc": config.acc_weight,
+        "w_rob": config.robust_weight,
+        "w_cost": config.cost_weight,
+    }
+    t_start = evaluator.timings.copy()  # a sweep shares the evaluator: report this search's part
+    env, _ = build_env(
+        ws,
+        get_cost_model(config.target),
+        budget,
+        env_kwargs=env_kwargs,
+        evaluator=evaluator,
+        bits=range(config.min_bits, config.max_bits + 1),
+    )
+    history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
+    # finished episodes need no second evaluation
+    evaluator.prime_cache((rec.policy.key(), EvalResult(rec.accuracy, rec.robust_accuracy)) for rec in history)
+    if not resuming:  # a fresh run keeps nothing of a run it replaces (--overwrite)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    # after the history is cached (workers start with it), before the log (a worker that cannot start leaves no run)
+    search_env = parallel_env(env, config.parallel)
+    try:
+        log = EpisodeLog(out / "episodes.csv", ws.layer_names, keep=len(history) if resuming else None)
+        ckpt = SearchCheckpoint(out / "checkpoint", every=config.checkpoint_every)
+        progress.start(search.episodes, len(history), f"search {budget} ({search.agent})")
+        best = [max((r.reward for r in history), default=float("-inf"))]
+
+        def on_episode(rec: EpisodeRecord) -> None:
+            log.append(rec)
+            best[0] = max(best[0], rec.reward)
+            progress.episode(rec, best[0])
+
+        result = run_search(
+            search_env,
+            search,
+            on_episode=on_episode,
+            checkpoint=ckpt,
+            history=history,
+            should_stop=stop,
+            tensorboard=out / "tensorboard" if config.tensorboard else None,
+            resume=resuming,
+        )
+        if search_env is not env:
+            merge_worker_stats(search_env, evaluator)  # their cache (a sweep's next budget) and timings
+    finally:
+        if search_env is not env:
+            search_env.close()
+    progress.close()
+    if stop():
+        return None
+    top = result.best
+    meta = {
+        "source": "hwsearch search",
+        "agent": search.agent,
+        "device": config.target,
+        "budget": str(budget),
+        "episode": top.episode,
+        "reward": top.reward,
+        "val_accuracy": top.accuracy,
+        "val_robust_accuracy": top.robust_accuracy,
+        "latency_ms": top.latency_ms,
+        "relative_cost": top.relative_cost,
+        "checkpoint": config.checkpoint,
+        "seed": search.seed,
+    }
+    save_policy(top.policy.with_meta(**meta), out / "policy.json")
+    t = evaluator.timings.since(t_start)
+    total = time.perf_counter() - t0
+    timings = {
+        "evaluation: quantize + accuracy": t.quantize + t.accuracy,
+        "evaluation: attack": t.attack,
+        "agent and other": total - t.quantize - t.accuracy - t.attack,
+        "total": total,
+    }
+    if search_env is not env:  # worker seconds overlap: their sum is CPU time, not a share of the wall time
+        n = config.parallel.n_envs
+        timings = {
+            f"evaluation, summed over {n} workers: quantize + accuracy": t.quantize + t.accuracy,
+            f"evaluation, summed over {n} workers: attack": t.attack,
+            "total": total,
+        }
+    ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if evaluator.attacks else None}
+    summary = search_summary(
+        result, device=config.target, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
+    )
+    summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
+    atomic_write_text(out / "summary.md", summary)
+    return result
+
+
+def load_job_config(folder: str | Path) -> SearchJobConfig:
+    """The settings of the search in ``folder`` (its ``config/job.json``); a clear error for anything else."""
+    folder = Path(folder)
+    path = folder / JOB_CONFIG
+    if not path.is_file():
+        if (folder / "run.json").is_file():
+            raise ConfigError(
+                f"{str(folder)!r} was written by an older hwsearch (run.json, not {JOB_CONFIG}); "
+                "start a new search with --out"
+            )
+        raise ConfigError(f"{str(folder)!r} holds no search to resume (no {JOB_CONFIG}); start one with --out")
+    try:
+        return load_config(SearchJobConfig, path)
+    except ConfigError as exc:
+        raise ConfigError(f"{str(path)!r} is corrupt ({exc}); start a new search with --out") from None
+
+
+def run_search_job(
+    config: SearchJobConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> SearchJobResult | None:
+    """Run a fresh search into ``out``; returns None when ``should_stop`` turned true (resume it from ``out``).
+
+    Refuses a folder that holds another run unless ``overwrite``. A failure before the first episode leaves
+    nothing behind (a folder it created is removed).
+    """
+    config.check()
+    existed = Path(out).exists()
+    folder = prepare_output(out, overwrite, "episodes.csv")
+    return _run(config, folder, resuming=False, existed=existed, progress=progress, should_stop=should_stop)
+
+
+def resume_search_job(
+    out: str | Path, *, progress: Progress | None = None, should_stop: Callable[[], bool] = lambda: False
+) -> SearchJobResult | None:
+    """Continue the interrupted search in ``out`` with the settings it was started with."""
+    config = load_job_config(out)
+    config.check()
+    return _run(config, Path(out), resuming=True, existed=True, progress=progress, should_stop=should_stop)
+
+
+def _run(
+    config: SearchJobConfig,
+    out: Path,
+    *,
+    resuming: bool,
+    existed: bool,
+    progress: Progress | None,
+    should_stop: Callable[[], bool],
+) -> SearchJobResult | None:
+    budget = parse_budget(config.budget)
+    try:
+        if not resuming:
+            save_config(out / JOB_CONFIG, config)
+        ws = _workspace(config)
+        result = _search_into(
+            out,
+            config,
+            ws,
+            _evaluator(config, ws),
+            budget,
+            resuming=resuming,
+            stop=should_stop,
+            progress=progress or _Silent(),
+        )
+    except HwsearchError:
+        if not resuming and not (out / "episodes.csv").exists():  # failed before any episode: leave nothing
+            if existed:
+                (out / JOB_CONFIG).unlink(missing_ok=True)
+                if (out / JOB_CONFIG.parent).is_dir() and not any((out / JOB_CONFIG.parent).iterdir()):
+                    (out / JOB_CONFIG.parent).rmdir()
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+    return None if result is None else SearchJobResult(result, out, budget, config.target)
+
+
+def parse_budgets(text: str) -> list[Budget]:
+    """``[METRIC=]V1,V2,...`` (default metric latency) as budgets, e.g. ``0.3x,0.5x`` or ``energy=0.4x,0.6x``."""
+    metric, _, values = text.partition("=") if "=" in text else ("latency", "", text)
+    budgets = [parse_budget(f"{metric}={v.strip()}") for v in values.split(",") if v.strip()]
+    if not budgets:
+        raise ConfigError(f"--budgets {text!r} names no budget; e.g. --budgets 0.3x,0.4x,0.5x")
+    return budgets
+
+
+def run_sweep(
+    config: SearchJobConfig,
+    budgets: Sequence[Budget],
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_budget: Callable[[Budget, SearchResult], None] | None = None,
+) -> dict[str, Path] | None:
+    """One search per budget into ``out/<budget>``, sharing one evaluation cache, then the Pareto front of
+    everything evaluated (``pareto.csv`` / ``.png``; their paths are returned). None when stopped."""
+    from hwsearch.pareto import write_pareto
+
+    config.check()
+    folder = prepare_output(out, overwrite, "pareto.csv")
+    ws = _workspace(config)
+    evaluator = _evaluator(config, ws)
+    episodes: list[tuple[str, EpisodeRecord]] = []
+    for budget in budgets:
+        sub = folder / str(budget).replace("=", "-")
+        sub.mkdir(parents=True, exist_ok=True)
+        result = _search_into(
+            sub,
+            replace(config, budget=str(budget)),
+            ws,
+            evaluator,
+            budget,
+            resuming=False,
+            stop=should_stop,
+            progress=progress or _Silent(),
+        )
+        if result is None:
+            return None
+        episodes += [(str(budget), rec) for rec in result.episodes]
+        if on_budget is not None:
+            on_budget(budget, result)
+    return write_pareto(folder, episodes)

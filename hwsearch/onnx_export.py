@@ -1,0 +1,287 @@
+"""ONNX export of a quantized model (:func:`export_onnx`).
+
+Opset 13 QDQ form, chosen so ONNX Runtime reproduces the fake quantization on every CPU:
+
+- quantized weights are stored as integer initializers holding the integers of the layer's own b-bit grid
+  (``|q| <= 2^(b-1)-1``; 1 bit: +-1) with a per-output-channel ``DequantizeLinear`` (axis 0). ``q * scale`` in
+  float32 is exactly the weight the fake quantizer computes, so every width 1..8 is exact, not only 8 bits;
+- quantized activations are ``Clip`` to the calibrated range (omitted for unsigned 8 bits, where uint8
+  saturation does the same; int8 would admit -128, one level below the symmetric grid) then
+  ``QuantizeLinear``/``DequantizeLinear``: uint8 with zero point 0 for unsigned inputs (after ReLU), symmetric
+  for signed ones. Signed 1-bit activations (+-m, no zero level) are not a linear grid and are exported as
+  ``Where(x >= 0, m, -m)``;
+- the integer types follow ``int8_form`` (:mod:`hwsearch.hardware.cpu`): ``portable`` (default) stores 8-bit
+  weight grids as uint8 with zero point 128 and signed activations as uint8 with zero point 128, so that the
+  fused integer kernels are exact on x86 CPUs without VNNI too; ``s8`` stores int8 (zero point 0) throughout,
+  exact on x86 with VNNI and on aarch64. Both forms hold the same values; weights of at most 7 bits are int8 in
+  both (they cannot saturate);
+- layers at 32 bits stay float; the policy, calibration and int8 form are in the model's ``metadata_props``.
+
+Runtimes that fuse QDQ into integer kernels (QLinearConv) may round differently from the float reference in rare
+ties; the test bounds top-1 disagreement at 1%.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hwsearch.errors import ConfigError, PolicyError
+from hwsearch.hardware.cpu import check_int8_form
+from hwsearch.io import atomic_write_with
+from hwsearch.policy import FLOAT_BITS, Policy
+from hwsearch.policy_formats import plain_policy_dict
+from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
+from hwsearch.quant.calibration import Calibration
+from hwsearch.quantized import activation_grid, integer_weight, unpack_model
+
+__all__ = ["ONNX_OPSET", "export_onnx"]
+
+ONNX_OPSET = 13
+_U8_ZERO = 128  # zero point that carries a symmetric int8 grid in uint8 (see hwsearch.hardware.cpu)
+
+
+class _Dequantize(torch.autograd.Function):
+    """Integers minus per-channel zero point, times per-channel scale; exported as one ``DequantizeLinear``
+    (axis 0) on an integer initializer."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:  # noqa: ARG004
+        shape = (-1, *([1] * (q.dim() - 1)))
+        return (q.float() - zero_point.float().reshape(shape)) * scale.reshape(shape)
+
+    @staticmethod
+    def symbolic(g: Any, q: Any, scale: Any, zero_point: Any) -> Any:
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=0)
+
+
+class _QuantDequant(torch.autograd.Function):
+    """Per-tensor quantize then dequantize; exported as a ``QuantizeLinear``/``DequantizeLinear`` pair."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:  # noqa: ARG004
+        info = torch.iinfo(zero_point.dtype)
+        zp = zero_point.float()
+        return ((x / scale).round() + zp).clamp(info.min, info.max).sub(zp) * scale
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any) -> Any:
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        return g.op("DequantizeLinear", q, scale, zero_point)
+
+
+class _OnnxQuantLayer(nn.Module):
+    """Export-only stand-in for a :class:`QuantWrapper`: same values, built from ONNX-representable ops."""
+
+    def __init__(self, wrapper: QuantWrapper, form: str) -> None:
+        super().__init__()
+        layer = wrapper.layer
+        self.is_conv = isinstance(layer, nn.Conv2d)
+        if self.is_conv:
+            if layer.padding_mode != "zeros":
+                raise ConfigError(f"ONNX export supports zero-padded convolutions only, not {layer.padding_mode!r}")
+            self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        self.w_quant = wrapper.w_bits != FLOAT_BITS
+        if self.w_quant:
+            q, scale = integer_weight(layer.weight, wrapper.w_bits)
+            zero_point = torch.zeros(q.shape[0], dtype=torch.int8)
+            if form == "portable" and wrapper.w_bits == 8:  # |q| up to 127 saturates u8s8 kernels without VNNI
+                q = (q.to(torch.int16) + _U8_ZERO).to(torch.uint8)
+                zero_point = torch.full((q.shape[0],), _U8_ZERO, dtype=torch.uint8)
+            self.register_buffer("weight_int", q)
+            self.register_buffer("weight_scale", scale)
+            self.register_buffer("weight_zero_point", zero_point)
+        else:
+            self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        self.act = "float"
+        if wrapper.a_bits != FLOAT_BITS:
+            grid = activation_grid(wrapper.a_bits, wrapper.act_lo, wrapper.act_hi, wrapper.signed)
+            saturates = wrapper.a_bits == 8 and not wrapper.signed  # uint8's [0, 255] is the grid's own range
+            self.act = "binary" if grid["binary"] else ("qdq" if saturates else "clip-qdq")
+            dtype, zero = grid["dtype"], grid["zero_point"]
+            if form == "portable" and dtype == torch.int8:  # same grid, shifted into uint8
+                dtype, zero = torch.uint8, zero + _U8_ZERO
+            self.register_buffer("act_scale", grid["scale"].clone())
+            self.register_buffer("act_zero_point", torch.tensor(zero, dtype=dtype))
+            self.register_buffer("act_lo", grid["clip_lo"].clone())
+            self.register_buffer("act_hi", grid["clip_hi"].clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.act == "binary":
+            x = torch.where(x >= 0, self.act_hi, -self.act_hi)
+        elif self.act != "float":
+            if self.act == "clip-qdq":
+                x = torch.clamp(x, self.act_lo, self.act_hi)
+            x = _QuantDequant.apply(x, self.act_scale, self.act_zero_point)
+        w = (
+            _Dequantize.apply(self.weight_int, self.weight_scale, self.weight_zero_point)
+            if self.w_quant
+            else self.weight
+        )
+        if self.is_conv:
+            return F.conv2d(x, w, self.bias, *self.conv_args)
+        return F.linear(x, w, self.bias)
+
+
+def _bins(size: int, out: int) -> list[tuple[int, int]]:
+    """Adaptive pooling's bins: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+class _StaticPool(nn.Module):
+    """Adaptive max/avg pooling for one known input size, in ops ONNX has for any size ratio.
+
+    The exporter refuses adaptive pooling whose output size does not divide the input size (smallcnn's 7 -> 3).
+    Uniform bins become a plain pooling window; others are sliced and reduced one bin at a time.
+    """
+
+    def __init__(self, kind: str, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.bins = (_bins(in_hw[0], out_hw[0]), _bins(in_hw[1], out_hw[1]))
+        self.window: tuple[tuple[int, int], tuple[int, int]] | None = None
+        kernels = [{e - s for s, e in b} for b in self.bins]
+        strides = [{b[i + 1][0] - b[i][0] for i in range(len(b) - 1)} or {1} for b in self.bins]
+        starts_ok = all(b[0][0] == 0 for b in self.bins)
+        if all(len(k) == 1 for k in kernels) and all(len(s) == 1 for s in strides) and starts_ok:
+            k = (next(iter(kernels[0])), next(iter(kernels[1])))
+            st = (next(iter(strides[0])), next(iter(strides[1])))
+            self.window = (k, st)
+
+    def _reduce(self, x: Tensor, dim: int) -> Tensor:
+        return x.amax(dim=dim, keepdim=True) if self.kind == "max" else x.mean(dim=dim, keepdim=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.window is not None:
+            k, st = self.window
+            return F.max_pool2d(x, k, st) if self.kind == "max" else F.avg_pool2d(x, k, st)
+        rows = torch.cat([self._reduce(x[..., s:e, :], -2) for s, e in self.bins[0]], dim=-2)
+        return torch.cat([self._reduce(rows[..., s:e], -1) for s, e in self.bins[1]], dim=-1)
+
+
+def _replace_adaptive_pools(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """Swap every adaptive 2-D pool for a :class:`_StaticPool` sized by one forward pass at ``shape``."""
+    pools = {n: m for n, m in model.named_modules() if isinstance(m, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d))}
+    seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
+        seen.setdefault(name, (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:])))  # type: ignore[arg-type]
+
+    handles = [m.register_forward_hook(functools.partial(hook, name=n)) for n, m in pools.items()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape)))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, (in_hw, out_hw) in seen.items():
+        kind = "max" if isinstance(pools[name], nn.AdaptiveMaxPool2d) else "avg"
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _StaticPool(kind, in_hw, out_hw))  # type: ignore[arg-type]
+
+
+def _policy_of(qmodel: nn.Module) -> Policy:
+    wrappers = dict(quant_wrappers(qmodel))
+    bits = {
+        n: (wrappers[n].w_bits, wrappers[n].a_bits) if n in wrappers else (32, 32) for n in quantizable_names(qmodel)
+    }
+    return Policy(bits, {})
+
+
+def export_onnx(
+    qmodel_or_ws: Any,
+    policy: Policy | None,
+    calibration: Calibration | None,
+    path: str | os.PathLike[str],
+    input_shape: Sequence[int] | None = None,
+    *,
+    opset: int = ONNX_OPSET,
+    int8_form: str = "portable",
+) -> Path:
+    """Write a QDQ ONNX model of the fake-quant network (see the module docstring for the representation).
+
+    ``int8_form``: ``portable`` (exact on every CPU), ``s8`` (int8 throughout: exact and fastest on x86 with
+    VNNI and on aarch64, wrong on x86 without VNNI) or ``auto`` (the form for this machine's CPU).
+
+    ``qmodel_or_ws``: a Workspace or float model (``policy`` and ``calibration`` are applied), or a model
+    ``apply_policy`` already quantized (``policy`` may be None; if given it must match). ``input_shape`` is
+    (C, H, W) (default: the workspace's); the batch axis is dynamic.
+    """
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - optional dependency
+        raise ConfigError("ONNX export needs the onnx package; pip install 'hwsearch[onnx]'") from None
+    if opset < 13:
+        raise ConfigError(f"opset {opset} lacks per-channel DequantizeLinear; use 13 or later")
+    form = check_int8_form(int8_form)
+    model, ws_cal, _, ws_shape = unpack_model(qmodel_or_ws)
+    calibration = calibration if calibration is not None else ws_cal
+    shape = tuple(int(d) for d in (input_shape if input_shape is not None else (ws_shape or ())))
+    if len(shape) != 3 or any(d <= 0 for d in shape):
+        raise ConfigError(f"input_shape {shape!r} must be (C, H, W) with positive sizes")
+    if any(isinstance(m, QuantWrapper) for m in model.modules()):
+        qmodel = model
+        actual = _policy_of(qmodel)
+        if policy is not None and policy != actual:
+            raise PolicyError("the policy given differs from the bit widths the quantized model carries")
+        policy = policy.with_meta() if policy is not None else actual
+    else:
+        if policy is None:
+            raise PolicyError("a float model needs a policy to export a quantized ONNX model")
+        qmodel = apply_policy(model, policy, calibration)
+    export_model = copy.deepcopy(qmodel).cpu().eval()
+    for name, wrapper in list(quant_wrappers(export_model)):
+        parent_name, _, child = name.rpartition(".")
+        parent = export_model.get_submodule(parent_name) if parent_name else export_model
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form))
+    _replace_adaptive_pools(export_model, shape)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            export_model,
+            (torch.zeros((1, *shape)),),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    props = {
+        "hwsearch.policy": json.dumps(plain_policy_dict(policy)),
+        "hwsearch.calibration": json.dumps(None if calibration is None else calibration.to_dict()),
+        "hwsearch.quantization": "weights: integer storage of the b-bit grid + per-channel DequantizeLinear; "
+        "activations: Clip (below 8 bits) + QuantizeLinear/DequantizeLinear; 32-bit layers float",
+        "hwsearch.int8_form": form
+        + (
+            " (8-bit weights and signed activations as uint8 with zero point 128: exact on every CPU)"
+            if form == "portable"
+            else " (int8 throughout: exact on x86 with VNNI and on aarch64)"
+        ),
+    }
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    return atomic_write_with(path, _write)
