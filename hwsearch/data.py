@@ -20,7 +20,7 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -226,10 +226,16 @@ def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _load_mnist5k(root: str | os.PathLike[str] | None, image_size: int | None) -> DataSplits:
-    images, labels = _mnist5k_arrays()
-    images = _resize_array(images, image_size)
-    return _embedded_splits("mnist5k", images, labels, tuple(str(i) for i in range(10)))
+def _embedded_loader(
+    name: str, arrays: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> Callable[[str | os.PathLike[str] | None, int | None], DataSplits]:
+    """The loader of a dataset shipped inside a package (ten digit classes): no root, optional resize."""
+
+    def load(root: str | os.PathLike[str] | None, image_size: int | None) -> DataSplits:
+        images, labels = arrays()
+        return _embedded_splits(name, _resize_array(images, image_size), labels, tuple(str(i) for i in range(10)))
+
+    return load
 
 
 @lru_cache(maxsize=1)
@@ -244,12 +250,6 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
-
-
-def _load_digits(root: str | os.PathLike[str] | None, image_size: int | None) -> DataSplits:
-    images, labels = _digits_arrays()
-    images = _resize_array(images, image_size)
-    return _embedded_splits("digits", images, labels, tuple(str(i) for i in range(10)))
 
 
 def _resize_array(images: np.ndarray, image_size: int | None) -> np.ndarray:
@@ -430,8 +430,8 @@ def _load_imagefolder(root: str | os.PathLike[str] | None, image_size: int | Non
 
 
 _LOADERS = {
-    "mnist5k": _load_mnist5k,
-    "digits": _load_digits,
+    "mnist5k": _embedded_loader("mnist5k", _mnist5k_arrays),
+    "digits": _embedded_loader("digits", _digits_arrays),
     "cifar10": _load_cifar10,
     "cifar100": _load_cifar100,
     "svhn": _load_svhn,
