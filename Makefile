@@ -22,9 +22,9 @@ install: $(INSTALL_STAMP)
 
 demo: install
 	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt
-	$(PYTHON) -m hwsearch.cli search --checkpoint $(OUT)/fp32.pt --device bitfusion-edge --budget latency=0.5x \
+	$(PYTHON) -m hwsearch.cli search --checkpoint $(OUT)/fp32.pt --target bitfusion-edge --budget latency=0.5x \
 		--robust-weight 5 --eps 0.1 --out $(OUT)/search --overwrite
-	$(PYTHON) -m hwsearch.cli compare --checkpoint $(OUT)/fp32.pt --device bitfusion-edge \
+	$(PYTHON) -m hwsearch.cli compare --checkpoint $(OUT)/fp32.pt --target bitfusion-edge \
 		--policy searched=$(OUT)/search/policy.json --eps 0.1 --out $(OUT)/report
 
 test: install
@@ -36,6 +36,7 @@ test-fast: install
 lint: install
 	$(PYTHON) -m ruff check hwsearch envs tests benchmarks
 	$(PYTHON) -m ruff format --check hwsearch envs tests benchmarks
+	$(PYTHON) -m mypy
 
 tables: install
 	$(PYTHON) -m hwsearch.hardware.regenerate
@@ -44,4 +45,4 @@ tables-check: install
 	$(PYTHON) -m hwsearch.hardware.regenerate --check
 
 clean:
-	rm -rf $(INSTALL_STAMP) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(INSTALL_STAMP) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

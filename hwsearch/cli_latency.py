@@ -35,7 +35,7 @@ def _parse_shape(values: str | list[str] | None, model: str) -> tuple[int, int, 
         dims = ()
     if len(dims) != 3 or any(d <= 0 for d in dims):
         raise ConfigError(f"--input-shape {text!r} must be C H W (or C,H,W) with positive integers, e.g. 3 32 32")
-    return dims  # type: ignore[return-value]
+    return (dims[0], dims[1], dims[2])
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

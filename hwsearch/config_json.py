@@ -61,7 +61,7 @@ def config_from_dict(cls: type[T], data: Any) -> T:
     values = data.get("fields", {})
     if not isinstance(values, dict):
         raise ConfigError(f"{name} config 'fields' must be a JSON object, got {type(values).__name__}")
-    known = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    known = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]  # cls: any config dataclass (T is unbounded)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{name} config has unknown field(s) {unknown}; known fields: {known}")

@@ -91,7 +91,7 @@ class LabeledTensorDataset(TensorDataset):
             raise DatasetError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         super().__init__(images, labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:  # type: ignore[override]
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:  # type: ignore[override]  # int labels, not TensorDataset's tuple of tensors
         x, y = self.tensors
         return x[index], int(y[index])
 
@@ -161,7 +161,7 @@ def _embedded_splits(name: str, images: np.ndarray, labels: np.ndarray, classes:
         train=LabeledTensorDataset(x[tr], y[tr]),
         val=LabeledTensorDataset(x[va], y[va]),
         test=LabeledTensorDataset(x[te], y[te]),
-        input_shape=tuple(int(d) for d in x.shape[1:]),  # type: ignore[arg-type]
+        input_shape=tuple(int(d) for d in x.shape[1:]),  # type: ignore[arg-type]  # images are (N, C, H, W)
         num_classes=len(classes),
         mean=mean,
         std=std,
@@ -384,7 +384,7 @@ def _image_size_of(folders: Sequence, image_size: int | None) -> tuple[int, int]
 
 def _folder_stats(dataset: Dataset, limit: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std from (up to) ``limit`` evenly spaced training images: cheap and deterministic."""
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)  # type: ignore[arg-type]  # map-style datasets are sized; torch's Dataset does not say so
     picks = np.unique(np.linspace(0, n - 1, num=min(n, limit)).astype(int))
     return _channel_stats(torch.stack([dataset[int(i)][0] for i in picks]))
 
@@ -469,7 +469,7 @@ def tensors(dataset: Dataset | tuple[Tensor, Tensor], limit: int | None = None) 
             idx = idx[:limit]
             return x[idx].float(), y[idx].long()
         return x[:limit].float(), y[:limit].long()
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)  # type: ignore[arg-type]  # map-style datasets are sized; torch's Dataset does not say so
     n = n if limit is None else min(n, limit)
     if n == 0:
         raise DatasetError("cannot stack an empty dataset")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,9 @@ _SMALL_INPUT = 64
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, with buffers so it follows ``.to(device)`` and lands in checkpoints."""
+
+    mean: Tensor  # buffers, declared for the type checker
+    std: Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -212,7 +216,7 @@ def _from_factory(spec: str, num_classes: int, input_shape: tuple[int, int, int]
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import failure of the user's module is a user error
         raise ModelError(f"model {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    factory = module
+    factory: Any = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
@@ -274,12 +278,12 @@ def build_model(
         raise ModelError(f"mean/std need 1 or {channels} values, got {mean!r} / {std!r}")
     normalize = Normalize(mean, std)
     if ":" in name:
-        net = _from_factory(name, num_classes, shape)  # type: ignore[arg-type]
+        net = _from_factory(name, num_classes, shape)
     else:
         key = name.lower()
         if key not in _ZOO:
             raise ModelError(f"unknown model {name!r}; known: {', '.join(list_models())}, or module:factory")
-        net = _ZOO[key](num_classes, shape)  # type: ignore[arg-type]
+        net = _ZOO[key](num_classes, shape)
     return NormalizedModel(normalize, net)
 
 

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from hwsearch.errors import ConfigError, PolicyError
 from hwsearch.hardware.cpu import check_int8_form
 from hwsearch.io import atomic_write_with
-from hwsearch.policy import FLOAT_BITS, Policy
+from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 from hwsearch.policy_formats import plain_policy_dict
 from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
 from hwsearch.quant.calibration import Calibration
@@ -83,6 +83,15 @@ class _QuantDequant(torch.autograd.Function):
 
 class _OnnxQuantLayer(nn.Module):
     """Export-only stand-in for a :class:`QuantWrapper`: same values, built from ONNX-representable ops."""
+
+    act_lo: Tensor  # buffers (when the activations are quantized), declared for the type checker
+    act_hi: Tensor
+    act_scale: Tensor
+    act_zero_point: Tensor
+    weight_int: Tensor
+    weight_scale: Tensor
+    weight_zero_point: Tensor
+    conv_args: tuple[Any, ...]
 
     def __init__(self, wrapper: QuantWrapper, form: str) -> None:
         super().__init__()
@@ -177,7 +186,7 @@ def _replace_adaptive_pools(model: nn.Module, shape: tuple[int, ...]) -> None:
     seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
 
     def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
-        seen.setdefault(name, (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:])))  # type: ignore[arg-type]
+        seen.setdefault(name, (tuple(inp[0].shape[-2:]), tuple(out.shape[-2:])))  # type: ignore[arg-type]  # (H, W) pairs
 
     handles = [m.register_forward_hook(functools.partial(hook, name=n)) for n, m in pools.items()]
     try:
@@ -190,13 +199,14 @@ def _replace_adaptive_pools(model: nn.Module, shape: tuple[int, ...]) -> None:
         kind = "max" if isinstance(pools[name], nn.AdaptiveMaxPool2d) else "avg"
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _StaticPool(kind, in_hw, out_hw))  # type: ignore[arg-type]
+        setattr(parent, child, _StaticPool(kind, in_hw, out_hw))
 
 
 def _policy_of(qmodel: nn.Module) -> Policy:
     wrappers = dict(quant_wrappers(qmodel))
     bits = {
-        n: (wrappers[n].w_bits, wrappers[n].a_bits) if n in wrappers else (32, 32) for n in quantizable_names(qmodel)
+        n: LayerBits(wrappers[n].w_bits, wrappers[n].a_bits) if n in wrappers else LayerBits(FLOAT_BITS, FLOAT_BITS)
+        for n in quantizable_names(qmodel)
     }
     return Policy(bits, {})
 
@@ -254,7 +264,7 @@ def export_onnx(
         torch.onnx.export(
             export_model,
             (torch.zeros((1, *shape)),),
-            buf,
+            buf,  # type: ignore[arg-type]  # it writes to file objects too; its stub lists only paths
             dynamo=False,
             opset_version=opset,
             input_names=["input"],

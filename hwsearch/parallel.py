@@ -136,30 +136,31 @@ def make_vec_env(
             compute_device=device,
         )
     if config.backend == "serial":
-        store = cache
-        client = None if store is None else DictCache(store)
+        local = None if cache is None else DictCache(cache)
         vec = _SharedDummyVecEnv(
-            [WorkerFactory(fn, config.threads, device, client, own_process=False) for fn in env_fns]
+            [WorkerFactory(fn, config.threads, device, local, own_process=False) for fn in env_fns]
         )
-        vec.cache_store = store
+        vec.cache_store = cache
         return vec
     start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    manager = store = client = None
+    manager: SyncManager | None = None
+    store: Any = None
+    client: DictCache | None = None
     if cache is not None:
         manager = SyncManager(ctx=mp.get_context(start_method))
         manager.start(ignore_sigint)
         store = manager.dict(cache)
         client = DictCache(store)
     try:
-        vec = _SharedSubprocVecEnv(
+        procs = _SharedSubprocVecEnv(
             [WorkerFactory(fn, threads, device, client) for fn in env_fns], start_method=start_method
         )
     except BaseException:
         if manager is not None:
             manager.shutdown()
         raise
-    vec.manager, vec.cache_store = manager, store
-    return vec
+    procs.manager, procs.cache_store = manager, store
+    return procs
 
 
 def parallel_env(env: MixedPrecisionEnv, config: ParallelConfig) -> MixedPrecisionEnv | VecEnv:

@@ -188,7 +188,9 @@ class RayVecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         self._ray.get([a.set_attr.remote(attr_name, value) for a in self._targets(indices)])
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any):  # type: ignore[no-untyped-def]
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
         return self._ray.get([a.call.remote(method_name, method_args, method_kwargs) for a in self._targets(indices)])
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:

@@ -24,7 +24,7 @@ class WorkerEnv(gym.Wrapper):
     """A worker's env, plus :meth:`worker_stats` so the driver can collect what the worker evaluated."""
 
     def worker_stats(self) -> dict[str, Any]:
-        ev = self.env.unwrapped.evaluator  # type: ignore[attr-defined]
+        ev = getattr(self.env.unwrapped, "evaluator", None)  # a MixedPrecisionEnv's (gym.Env does not declare it)
         inner = ev.inner if isinstance(ev, SharedCacheEvaluator) else ev
         if not isinstance(inner, Evaluator):  # an injected evaluator (a test's fake) keeps no stats
             return {"timings": {}, "cache": {}}

@@ -233,9 +233,12 @@ def amplify_models(config: AmplifyConfig, out: str | Path) -> dict[str, Any]:
     if config.defended:
         dws = config.source.prepare(config.defended)
         stored = dws.meta.get("extra", {}).get("policy")
-        if stored is None and read is None:
+        if stored is not None:
+            dpolicy = Policy.from_dict(stored)
+        elif read is not None:
+            dpolicy = read(dws.layer_names)
+        else:
             raise ConfigError(f"{config.defended!r} was not written by `hwsearch finetune`; pass --policy too")
-        dpolicy = Policy.from_dict(stored) if stored is not None else read(dws.layer_names)  # type: ignore[misc]
         models["defended"] = apply_policy(dws.model, dpolicy, dws.calibration)
     x, y = ws.split("test", config.images)
     x, y = x.to(ws.device), y.to(ws.device)
@@ -307,26 +310,27 @@ def compare_report(config: CompareConfig, out: str | Path | None = None) -> Comp
         path, _, ckpt = value.partition("@")
         readers[name] = (read_policy_for(path), ckpt or None)
     for spec in config.models:
-        name, ckpt = _named(spec, "--model")
-        readers[name] = (None, ckpt)
+        name, model_ckpt = _named(spec, "--model")
+        readers[name] = (None, model_ckpt)
     ws = config.source.prepare()
     others: dict[str, Workspace] = {}
     entries: dict[str, Any] = dict(standard_entries(ws, bits=config.fixed))
-    for name, (read, ckpt) in readers.items():
+    for name, (read, other) in readers.items():
         policy = None if read is None else read(ws.layer_names)
-        if ckpt is None:
+        if other is None:
             entries[name] = policy
         else:
-            if ckpt not in others:
-                others[ckpt] = config.source.prepare(ckpt)
-            entries[name] = (policy, others[ckpt])
+            if other not in others:
+                others[other] = config.source.prepare(other)
+            entries[name] = (policy, others[other])
     robust = robust_evaluator(
         ws, config.eps, steps=config.attack_steps, restarts=config.restarts, images=config.robust_images
     )
     rows = compare_policies(ws, entries, config.target, split="test", robust_eval=robust if config.eps else None)
+    images = len(ws.splits.test)  # type: ignore[arg-type]  # every split is a sized map-style dataset
     header = (
         f"# hwsearch comparison\n\nModel `{ws.model_name}` on the `{ws.splits.name}` test split "
-        f"({len(ws.splits.test)} images), device `{config.target}`."
+        f"({images} images), device `{config.target}`."
     )
     if config.eps:
         header += (

@@ -7,9 +7,10 @@ probe in ``hwsearch.robust.amplification``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ def _robust_series(rows: Sequence[Any]) -> list[str]:
     return out
 
 
+def _robust_at(row: Any, eps: str) -> float | None:
+    return _robust_value((row.robust or {}).get(eps, {}))
+
+
 def _robust_value(figs: Mapping[str, Any]) -> float | None:
     """The worst case when present, else the lowest attack figure (robust accuracy is a worst case)."""
     if not isinstance(figs, Mapping) or not figs:
@@ -130,7 +135,9 @@ def plot_tradeoff(
         raise ConfigError("plot_tradeoff needs at least one comparison row")
     fig = Figure(figsize=(7.5, 5.0))
     ax = fig.add_subplot(1, 1, 1)
-    series = [("clean accuracy", "#1f77b4", "o", lambda r: r.accuracy)]
+    series: list[tuple[str, str, str, Callable[[Any], float | None]]] = [
+        ("clean accuracy", "#1f77b4", "o", lambda r: r.accuracy)
+    ]
     palette = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
     markers = ["s", "^", "D", "v", "P"]
     for i, eps in enumerate(_robust_series(rows)):
@@ -139,7 +146,7 @@ def plot_tradeoff(
                 f"robust accuracy @ eps {eps}",
                 palette[i % len(palette)],
                 markers[i % len(markers)],
-                lambda r, eps=eps: _robust_value((r.robust or {}).get(eps, {})),
+                functools.partial(_robust_at, eps=eps),
             )
         )
     priced = [r for r in rows if r.latency_ms is not None]

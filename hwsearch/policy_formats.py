@@ -23,7 +23,7 @@ from typing import Any
 
 from hwsearch.errors import ConfigError, PolicyError
 from hwsearch.io import atomic_write_text
-from hwsearch.policy import Policy
+from hwsearch.policy import LayerBits, Policy
 
 __all__ = [
     "POLICY_FORMATS",
@@ -103,14 +103,14 @@ def _from_csv(text: str, source: str) -> Policy:
     header = [c.strip() for c in rows[0]]
     if header != _CSV_HEADER:
         raise PolicyError(f"{source}: CSV header is {','.join(header)!r}; expected {','.join(_CSV_HEADER)!r}")
-    layers: dict[str, list[int]] = {}
+    layers: dict[str, LayerBits] = {}
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) != 3:
             raise PolicyError(f"{source}: CSV row {lineno} has {len(row)} cells; expected layer,w_bits,a_bits")
         name = row[0].strip()
         if name in layers:
             raise PolicyError(f"{source}: CSV row {lineno} repeats layer {name!r}")
-        layers[name] = [_int_cell(row[1], f"row {lineno} w_bits"), _int_cell(row[2], f"row {lineno} a_bits")]
+        layers[name] = LayerBits(_int_cell(row[1], f"row {lineno} w_bits"), _int_cell(row[2], f"row {lineno} a_bits"))
     return Policy(layers, {})
 
 
@@ -131,7 +131,7 @@ def _from_haq(text: str, source: str, layer_names: Sequence[str] | None) -> Poli
     names = list(layer_names)
     if len(data) != len(names):
         raise PolicyError(f"{source}: HAQ strategy has {len(data)} pairs but the model has {len(names)} layers")
-    return Policy({n: list(p) for n, p in zip(names, data, strict=True)}, {})
+    return Policy({n: LayerBits(p[0], p[1]) for n, p in zip(names, data, strict=True)}, {})
 
 
 def policy_from_text(

@@ -435,6 +435,7 @@ def run_search(
             return
         if agent is not None and partial[0]:  # an unfinished episode's transitions are not a valid episode
             rb = agent.replay_buffer
+            assert rb is not None  # built with the agent
             rb.pos = (rb.pos - partial[0]) % rb.buffer_size
             partial[0] = 0
         extra = {"config": asdict(config), "n_envs": n_envs}

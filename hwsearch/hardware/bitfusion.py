@@ -314,23 +314,23 @@ def _simulate_cached(shape: ConvShape, config: BitFusionConfig, orders: tuple[tu
         + (dram_read + dram_write) * en.dram_pj_per_bit
     )
     flat = int(np.lexsort((energy.ravel(), cycles.ravel()))[0])
-    oi, idx = divmod(flat, shape2[1])
+    row, col = divmod(flat, shape2[1])
     tiles = {"b": b, "ow": ow, "oh": oh, "ic": ic, "oc": oc}
     return SimResult(
-        cycles=int(cycles[oi, idx]),
-        compute_cycles=int(compute[idx]),
-        stall_cycles=int(stall[oi, idx]),
-        dram_read_bits=int(dram_read[oi, idx]),
-        dram_write_bits=int(dram_write[oi, idx]),
-        wbuf_read_bits=int(in_wgt_r[idx]),
-        wbuf_write_bits=int(sizes[0][oi, idx]),
-        ibuf_read_bits=int(in_act_r[idx]),
-        ibuf_write_bits=int(sizes[1][oi, idx]),
-        obuf_read_bits=int(obuf_rw[oi, idx]),
-        obuf_write_bits=int(obuf_rw[oi, idx]),
-        energy_pj=float(energy[oi, idx]),
-        order=tuple(orders[oi]),
-        tiling={k: (int(num[k][idx]), int(tiles[k][idx])) for k in LOOPS},
+        cycles=int(cycles[row, col]),
+        compute_cycles=int(compute[col]),
+        stall_cycles=int(stall[row, col]),
+        dram_read_bits=int(dram_read[row, col]),
+        dram_write_bits=int(dram_write[row, col]),
+        wbuf_read_bits=int(in_wgt_r[col]),
+        wbuf_write_bits=int(sizes[0][row, col]),
+        ibuf_read_bits=int(in_act_r[col]),
+        ibuf_write_bits=int(sizes[1][row, col]),
+        obuf_read_bits=int(obuf_rw[row, col]),
+        obuf_write_bits=int(obuf_rw[row, col]),
+        energy_pj=float(energy[row, col]),
+        order=tuple(orders[row]),
+        tiling={k: (int(num[k][col]), int(tiles[k][col])) for k in LOOPS},
     )
 
 

@@ -19,6 +19,7 @@ The remedies both runtimes document, and where hwsearch uses them:
 from __future__ import annotations
 
 import functools
+import importlib
 import platform
 from collections.abc import Iterable
 
@@ -37,13 +38,13 @@ _X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 def cpu_flags() -> frozenset[str]:
     """This CPU's feature names, lower case: from the ``cpuid`` instruction as numpy reads it at import (right
     under emulators and on every OS), else the flags Linux reports in /proc/cpuinfo, else none."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as found  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
+    found: dict[str, bool] = {}
+    for private in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy >= 2, then 1.x
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as found
-        except ImportError:
-            found = {}
+            found = dict(importlib.import_module(private).__cpu_features__)
+            break
+        except (ImportError, AttributeError):
+            continue
     if found:
         return frozenset(name.lower() for name, present in found.items() if present)
     try:

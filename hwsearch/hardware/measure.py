@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -228,7 +228,7 @@ def _u8(x: np.ndarray) -> tuple[np.ndarray, float, int]:
 
 
 def _ort_runners(
-    module: nn.Module, x: torch.Tensor, threads: int, form: str, rejected: _Rejected
+    module: nn.Conv2d | nn.Linear, x: torch.Tensor, threads: int, form: str, rejected: _Rejected
 ) -> dict[str, Callable[[], Any]]:
     from onnx import TensorProto, helper
 
@@ -259,7 +259,7 @@ def _ort_runners(
 
     # fp32
     if is_conv:
-        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **_conv_attrs(module))
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **_conv_attrs(cast(nn.Conv2d, module)))
         graph = _graph([node], [f_in], [f_out], {"w": w, "b": b})
     else:
         node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
@@ -292,7 +292,10 @@ def _ort_runners(
         wq = wint(np.clip(np.round(w / ws[:, None, None, None]), -127, 127))
         bq = np.round(b / (xs * ws)).astype(np.int32)
         node = helper.make_node(
-            "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **_conv_attrs(module)
+            "QLinearConv",
+            ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+            ["y"],
+            **_conv_attrs(cast(nn.Conv2d, module)),
         )
         inits = {**scalars, "w": wq, "ws": ws.astype(np.float32), "wz": np.full(w.shape[0], wzero, wdtype), "b": bq}
         expect = ref
@@ -417,7 +420,7 @@ def measured_table(
     ``rejected`` (from :func:`measure_layers`) is kept in ``generator["rejected"]`` by layer signature, so a
     precision missing from the table says why.
     """
-    entries: dict[str, dict[str, dict[str, float | None]]] = {}
+    entries: dict[str, dict[str, Any]] = {}  # raw cells: CostTable validates them into TableEntry
     why: dict[str, dict[str, str]] = {}
     for layer in layers:
         row = {k: {"latency": max(v, 1e-9), "energy": None} for k, v in results[layer.name].items() if math.isfinite(v)}

@@ -113,7 +113,7 @@ def build_model_table(device: str, model: str, input_shape: Sequence[int], num_c
     spec = device_spec(device)
     shape = tuple(int(d) for d in input_shape)
     with torch.random.fork_rng(devices=[]):
-        net = build_model(model, num_classes=int(num_classes), input_shape=shape)  # type: ignore[arg-type]
+        net = build_model(model, num_classes=int(num_classes), input_shape=shape)  # type: ignore[arg-type]  # (C, H, W), from a shipped model or the CLI
     layers = discover_layers(net, shape)
     config = getattr(cost_model, "config", None)
     return build_table(

@@ -345,12 +345,12 @@ def build_table(
     """Tabulate an analytical cost model over every distinct layer signature and bit pair."""
     widths = tuple(bits) if bits is not None else cost_model.supported_bits()
     check_table_size(len({layer.signature(batch) for layer in layers}), len(widths), len(widths), what="the cost table")
-    entries: dict[str, dict[str, dict[str, float | None]]] = {}
+    entries: dict[str, dict[str, Any]] = {}  # raw cells: CostTable validates them into TableEntry
     for layer in layers:
         sig = layer.signature(batch)
         if sig in entries:
             continue
-        row: dict[str, dict[str, float | None]] = {}
+        row: dict[str, Any] = {}
         for w in widths:
             for a in widths:
                 c = cost_model.layer_cost(layer, w, a)
@@ -391,7 +391,7 @@ def import_haq_npy(
         raise TableError(
             f"HAQ table {str(p)!r} has {arr.shape[0]} layers but the model has {len(layers)} quantizable layers"
         )
-    entries: dict[str, dict[str, dict[str, float | None]]] = {}
+    entries: dict[str, dict[str, Any]] = {}  # raw cells: CostTable validates them into TableEntry
     for layer, grid in zip(layers, arr, strict=True):
         sig = layer.signature(batch)
         row = {

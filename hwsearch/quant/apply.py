@@ -37,9 +37,13 @@ class QuantWrapper(nn.Module):
     is quantized, the backward pass is the float layer's), which attacks use against gradient masking.
     """
 
+    layer: nn.Conv2d | nn.Linear
+    act_lo: Tensor  # buffers, declared for the type checker (nn.Module.__getattr__ types them Tensor | Module)
+    act_hi: Tensor
+
     def __init__(self, layer: nn.Module, w_bits: int, a_bits: int, lo: float = 0.0, hi: float = 1.0) -> None:
         super().__init__()
-        if not isinstance(layer, QUANTIZABLE):
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):  # QUANTIZABLE, spelt out so the type narrows
             raise TypeError(f"cannot quantize {type(layer).__name__}; only Conv2d and Linear")
         self.layer = layer
         self.w_bits = int(w_bits)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -81,7 +81,7 @@ def calibrate(
     highs: dict[str, list[float]] = {}
     handles = []
 
-    def make_hook(name: str):  # type: ignore[no-untyped-def]
+    def make_hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(_mod: nn.Module, inp: tuple[Tensor, ...]) -> None:
             x = inp[0].detach().float().flatten()
             if method == "minmax" or x.numel() < 2:

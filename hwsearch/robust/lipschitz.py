@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from hwsearch.checks import check_int, check_number
-from hwsearch.layers import QUANTIZABLE
 from hwsearch.quant import QuantWrapper, quantizable_names
 
 __all__ = [
@@ -29,9 +28,9 @@ def _matrix(weight: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def _float_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _float_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     """Every float Conv2d/Linear, including the ``.layer`` inside each QuantWrapper (its trainable weights)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def orthogonality_penalty(model: nn.Module) -> Tensor:
@@ -106,5 +105,6 @@ def layer_lipschitz_bounds(model: nn.Module, *, iters: int = 100, seed: int = 0)
     for name in quantizable_names(model):
         mod = model.get_submodule(name)
         layer = mod.layer if isinstance(mod, QuantWrapper) else mod
+        assert isinstance(layer, (nn.Conv2d, nn.Linear))  # quantizable_names lists only these
         out[name] = _spectral_norm(_matrix(layer.weight), iters, gen)
     return out
