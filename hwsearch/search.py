@@ -43,7 +43,7 @@ REWARD_MODES = ("episode", "sparse")
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """DDPG settings that worked for HAQ (DESIGN.md section 5).
+    """DDPG settings that worked for HAQ (docs/ARCHITECTURE.md, "The search agent").
 
     ``noise_sigma`` is in the env's action units ([-1, 1]); HAQ's 0.5 on its [0, 1] actions is 1.0 here.
     The replay buffer holds ``replay_episodes`` episodes. ``reward_mode``: ``episode`` (HAQ: every transition

@@ -1,4 +1,4 @@
-"""BitFusion cost model, computed the way its authors' simulator computes it (DESIGN.md section 8).
+"""BitFusion cost model, computed the way its authors' simulator computes it (docs/ARCHITECTURE.md, "The cost models").
 
 A plain roofline misses BitFusion by up to 59% per network: the simulator pads the reduction to the fused
 array width, moves 32-bit partial sums both ways, re-reads operands whose tiles do not fit half a buffer, and
@@ -49,8 +49,9 @@ _DEPS: dict[str, tuple[bool, bool, bool]] = {
     "oc": (False, True, True),
 }
 
-#: Loop orders, outermost first: the three DESIGN.md names. They come within 0.03% of the simulator's
-#: optimum on every benchmark layer; the default searches all 120 orders, as the simulator does, and is exact.
+#: Loop orders, outermost first: the three docs/ARCHITECTURE.md names ("The cost models"). They come within
+#: 0.03% of the simulator's optimum on every benchmark layer; the default searches all 120 orders, as the
+#: simulator does, and is exact.
 DEFAULT_ORDERS: tuple[tuple[str, ...], ...] = (
     ("b", "ow", "oh", "oc", "ic"),
     ("ic", "oc", "b", "ow", "oh"),

@@ -1,6 +1,7 @@
 """White-box attacks (FGSM, PGD) on fake-quantized models, and worst-case robust accuracy.
 
-Quantizers blunt gradients: straight-through (STE) PGD alone flatters low-bit models (DESIGN.md section 7).
+Quantizers blunt gradients: straight-through (STE) PGD alone flatters low-bit models (docs/ARCHITECTURE.md,
+"The attack set").
 Every attack therefore names how its gradient is taken: ``ste`` (through the quantizers' straight-through
 estimators), ``shadow`` (quantized forward value, float backward) or ``transfer`` (crafted on the FP32 source
 model). :func:`robust_accuracy` counts an image robust only if it is classified correctly clean and survives
