@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwsearch.hardware import DEFAULT_DEVICE
-from hwsearch.pipelines import ModelSource
 from hwsearch.runtime import COMPUTE_DEVICE_HELP
+
+if TYPE_CHECKING:  # the pipelines (torch, SB3) load with the command that needs them, not with --help
+    from hwsearch.pipelines import ModelSource
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -72,6 +74,8 @@ def add_common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
 
 
 def model_source(args: argparse.Namespace) -> ModelSource:
+    from hwsearch.pipelines import ModelSource
+
     return ModelSource(
         checkpoint=args.checkpoint,
         data_root=args.data_root,

@@ -145,7 +145,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         say(args, f"{budget}: best val accuracy {100 * result.best.accuracy:.2f}% at {result.best.relative_cost:.3f}x")
 
     with StopOnSignal() as stop:
-        paths = run_sweep(
+        done = run_sweep(
             config,
             budgets,
             args.out,
@@ -154,8 +154,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             should_stop=stop,
             on_budget=on_budget,
         )
-    if paths is None:
-        print(f"hwsearch: stopped by {stop.signal_name}", file=sys.stderr)
+    if done.stopped_during is not None:
+        print(f"hwsearch: stopped by {stop.signal_name} during {done.stopped_during}", file=sys.stderr)
         return 130
-    say(args, f"Pareto front: {paths['csv']} and {paths['png']}")
+    say(args, f"Pareto front: {done.files['csv']} and {done.files['png']}")
     return 0

@@ -43,6 +43,7 @@ __all__ = [
     "resume_search_job",
     "load_job_config",
     "parse_budgets",
+    "SweepResult",
     "run_sweep",
 ]
 
@@ -395,6 +396,14 @@ def _run(
     return None if result is None else SearchJobResult(result, out, budget, config.target)
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    """The Pareto front's files (``csv``, ``png``), or none and the budget a stop came in."""
+
+    files: dict[str, Path]
+    stopped_during: Budget | None = None
+
+
 def parse_budgets(text: str) -> list[Budget]:
     """``[METRIC=]V1,V2,...`` (default metric latency) as budgets, e.g. ``0.3x,0.5x`` or ``energy=0.4x,0.6x``."""
     metric, _, values = text.partition("=") if "=" in text else ("latency", "", text)
@@ -413,9 +422,10 @@ def run_sweep(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_budget: Callable[[Budget, SearchResult], None] | None = None,
-) -> dict[str, Path] | None:
+) -> SweepResult:
     """One search per budget into ``out/<budget>``, sharing one evaluation cache, then the Pareto front of
-    everything evaluated (``pareto.csv`` / ``.png``; their paths are returned). None when stopped."""
+    everything evaluated (``pareto.csv`` / ``.png``). When ``should_stop`` turns true the sweep ends after that
+    budget's checkpoint, without a front, and says which budget it stopped in."""
     from hwsearch.pareto import write_pareto
 
     config.check()
@@ -437,8 +447,8 @@ def run_sweep(
             progress=progress or _Silent(),
         )
         if result is None:
-            return None
+            return SweepResult({}, stopped_during=budget)
         episodes += [(str(budget), rec) for rec in result.episodes]
         if on_budget is not None:
             on_budget(budget, result)
-    return write_pareto(folder, episodes)
+    return SweepResult(write_pareto(folder, episodes))
