@@ -50,7 +50,7 @@ OnEpoch = Callable[[int, dict], None]
 class ModelSource:
     """Where a trained model comes from and where it runs: checkpoint, local data, custom factory, torch device."""
 
-    checkpoint: str = "runs/fp32.pt"
+    checkpoint: str
     data_root: str | None = None
     model_factory: str | None = None
     compute_device: str = "cpu"
