@@ -1,66 +1,156 @@
-"""Where a default search spends its time: wall time, and total / evaluation time with and without the cache.
+"""Seconds per evaluated episode of a robust search, before and after the evaluation speed work, in one run.
 
-Target: total search time <= 1.25 x the time spent evaluating policies (the agent's own share stays small),
-and the default demo search under 10 minutes on 2 cores.
+A search spends its time scoring policies (quantize, clean pass, the search's attack pair); the agent's share is
+small. This times the same policies (fixed W8A8 plus seeded random mixes) with the search's evaluator, for
+smallcnn and resnet20 on mnist5k, robustness in the reward (STE + shadow PGD-10 at eps 0.1 on 200 images, clean
+accuracy on 1,000), in three configurations, interleaved round by round so that machine noise hits them alike:
 
-    python benchmarks/search_speed.py [--checkpoint CKPT] [--episodes 300]
+- ``before``: the code at ``--base`` (default: the last commit before this work), 1 thread: today's settings;
+- ``after, 1 thread``: this tree, 1 thread (the code's own gain);
+- ``after, N threads``: this tree with every core this process may use (``os.sched_getaffinity``).
+
+Each run is a fresh process (``benchmarks/_eval_timer.py``) on the tree under test. Figures and their ratios go
+to ``benchmarks/results/search_speed.json`` (with command, commit, CPU, load) and ``search_speed.md``.
+
+    python -m benchmarks.search_speed [--rounds 2] [--policies 4] [--base COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
-import torch
-
-from benchmarks._common import default_checkpoint
-from hwsearch.budget import parse_budget
-from hwsearch.evaluate import EvaluatorConfig
-from hwsearch.hardware import get_cost_model
-from hwsearch.search import SearchConfig, run_search
-from hwsearch.workflow import build_env, prepare
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TIMER = ROOT / "benchmarks" / "_eval_timer.py"
+BASE = "08a29b5"  # main before the evaluation speed work
+MODELS = {"smallcnn": 8, "resnet20": 2}  # epochs of `hwsearch train` for each benchmark checkpoint
 
 
-def one_run(ws, episodes: int, cache: bool) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    env, ev = build_env(
-        ws,
-        get_cost_model("bitfusion-edge"),
-        parse_budget("latency=0.5x"),
-        evaluator_config=EvaluatorConfig(cache=cache),
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _checkpoint(model: str, epochs: int) -> Path:
+    path = RESULTS / f"speed_{model}.pt"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "hwsearch.cli", "train", "--model", model, "--epochs", str(epochs)]
+        subprocess.run([*cmd, "--out", str(path), "--quiet"], check=True, cwd=ROOT)
+    return path
+
+
+def _base_tree(commit: str, into: Path) -> Path:
+    """The package at ``commit``, laid out so that ``import hwsearch`` (with envs, latency_tables) resolves there."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    for sub in ("envs", "latency_tables"):
+        shutil.copytree(into / sub, into / "hwsearch" / sub)
+    return into
+
+
+def _time(tree: Path, ckpt: Path, threads: int, policies: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, str(TIMER), "--checkpoint", str(ckpt), "--threads", str(threads)]
+    out = subprocess.run(
+        [*cmd, "--policies", str(policies)], check=True, capture_output=True, text=True, env=env, cwd=tree
     )
-    result = run_search(env, SearchConfig(episodes=episodes, seed=0))
-    total = time.perf_counter() - t0
-    t = ev.timings
-    evaluation = t.quantize + t.accuracy + t.attack
-    return {
-        "total_s": total,
-        "eval_s": evaluation,
-        "ratio": total / evaluation,
-        "hits": t.hits,
-        "calls": t.calls,
-        "best_reward": result.best.reward,
-    }
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--episodes", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--policies", type=int, default=4, help="random policies per run (plus fixed W8A8)")
+    ap.add_argument("--base", default=BASE)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    ws = prepare(default_checkpoint(args.checkpoint))
-    rows = {name: one_run(ws, args.episodes, cache) for name, cache in (("with cache", True), ("without cache", False))}
-    print(f"default search: {args.episodes} episodes, smallcnn on mnist5k, bitfusion-edge, latency=0.5x, 1 thread\n")
-    print("| run | wall s | evaluation s | total / evaluation | cache hits / evaluations | best reward |")
-    print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(
-            f"| {name} | {r['total_s']:.1f} | {r['eval_s']:.1f} | {r['ratio']:.3f} | {r['hits']:.0f} / {r['calls']:.0f} "
-            f"| {r['best_reward']:.4f} |"
-        )
-    w, wo = rows["with cache"], rows["without cache"]
-    print(f"\ncache speed-up of the whole search: {wo['total_s'] / w['total_s']:.2f}x (same run, same seed)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    load_start = os.getloadavg()[0]
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = _base_tree(args.base, Path(tmp))
+        configs = [("before", base, 1), ("after, 1 thread", ROOT, 1), (f"after, {cores} threads", ROOT, cores)]
+        for model in args.models:
+            ckpt = _checkpoint(model, MODELS[model])
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+            for _ in range(args.rounds):
+                for name, tree, threads in configs:
+                    runs[name].append(_time(tree, ckpt, threads, args.policies))
+                    print(f"{model:9s} {name:18s} {runs[name][-1]['median_s']:.2f} s per evaluation", flush=True)
+            same = all(
+                [(r["accuracy"], r["robust_accuracy"]) for r in runs[name][0]["rows"]]
+                == [(r["accuracy"], r["robust_accuracy"]) for r in runs["before"][0]["rows"]]
+                for name in runs
+            )
+            seconds = {name: statistics.median(r["median_s"] for r in rs) for name, rs in runs.items()}
+            before = seconds["before"]
+            records.append(
+                {
+                    "model": model,
+                    "seconds_per_evaluation": seconds,
+                    "speedup_vs_before": {name: before / s for name, s in seconds.items()},
+                    "projected_300_episode_search_s": {name: 300 * s for name, s in seconds.items()},
+                    "same_figures_as_before": same,
+                    "runs": runs,
+                }
+            )
+    result = {
+        "command": "python -m benchmarks.search_speed " + " ".join(sys.argv[1:]),
+        "commit": _git("rev-parse", "HEAD"),
+        "base": _git("rev-parse", args.base),
+        "cpu": _cpu_model(),
+        "cores": cores,
+        "date": started,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
+        "setting": "robust search evaluation: clean accuracy on 1,000 search-val images, STE + shadow PGD-10 at "
+        "eps 0.1 on 200 of them (cascade); W8A8 + seeded random W2-8/A2-8 policies; median over policies, then "
+        "over rounds",
+        "records": records,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "search_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# Search speed ({result['date']}, {result['cpu']}, {cores} cores, commit {result['commit'][:10]})",
+        "",
+        f"`{result['command']}`; before = commit {result['base'][:10]}. {result['setting']}. "
+        f"1-min load average {load_start:.1f} at start, {result['load_average_1min']['end']:.1f} at end.",
+        "",
+        "| model | configuration | s / evaluation | speed-up vs before | 300 evaluated episodes (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for rec in records:
+        for name, s in rec["seconds_per_evaluation"].items():
+            lines.append(
+                f"| {rec['model']} | {name} | {s:.2f} | {rec['speedup_vs_before'][name]:.2f}x | "
+                f"{rec['projected_300_episode_search_s'][name]:.0f} |"
+            )
+    lines += [
+        "",
+        "Same accuracy and robust accuracy as before for every policy: "
+        + ", ".join(f"{r['model']} {'yes' if r['same_figures_as_before'] else 'NO'}" for r in records),
+    ]
+    (RESULTS / "search_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

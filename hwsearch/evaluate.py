@@ -17,7 +17,7 @@ from hwsearch.quant import Calibration, apply_policy
 from hwsearch.records import EvalResult
 from hwsearch.robust.attacks import AttackConfig
 
-__all__ = ["EvaluatorConfig", "EvalTimings", "Evaluator", "clean_accuracy", "count_correct"]
+__all__ = ["EvaluatorConfig", "EvalTimings", "Evaluator", "clean_accuracy", "correct_mask", "count_correct"]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -29,11 +29,18 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-@torch.inference_mode()
 def count_correct(
     model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, *, device: torch.device | None = None
 ) -> int:
-    """Top-1 hits of ``model`` on ``(x, y)``, in eval mode (restored after); the one top-1 count of hwsearch.
+    """Top-1 hits of ``model`` on ``(x, y)`` (:func:`correct_mask` summed); the one top-1 count of hwsearch."""
+    return int(correct_mask(model, x, y, batch_size, device=device).sum())
+
+
+@torch.inference_mode()
+def correct_mask(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, *, device: torch.device | None = None
+) -> Tensor:
+    """Which images of ``(x, y)`` ``model`` classifies correctly (bool, on the CPU), in eval mode (restored after).
 
     Inference mode because no gradient is ever needed here. On out-of-memory the batch is halved and the failed
     batch retried, down to one image; if even one image does not fit, a one-line :class:`HwsearchError` says so.
@@ -45,7 +52,7 @@ def count_correct(
     model.eval()
     if device is None:
         device = next(model.parameters()).device
-    correct = 0
+    hits = torch.zeros(len(x), dtype=torch.bool)
     i = 0
     try:
         while i < len(x):
@@ -64,11 +71,11 @@ def count_correct(
                     ) from None
                 batch_size = max(1, batch_size // 2)
                 continue
-            correct += int((out.argmax(dim=1).cpu() == y[i : i + batch_size].cpu()).sum())
+            hits[i : i + batch_size] = out.argmax(dim=1).cpu() == y[i : i + batch_size].cpu()
             i += batch_size
     finally:
         model.train(was_training)
-    return correct
+    return hits
 
 
 def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
@@ -154,8 +161,9 @@ class Evaluator:
         self.source_model = source_model if source_model is not None else model
         n = min(self.config.robust_subset, len(x))
         g = torch.Generator().manual_seed(self.config.seed)
-        idx = torch.randperm(len(x), generator=g)[:n].to(self.device)
-        self.x_rob, self.y_rob = self.x[idx], self.y[idx]
+        idx = torch.randperm(len(x), generator=g)[:n]
+        self._rob_idx = idx  # the clean pass's verdicts on these images are reused by the attack
+        self.x_rob, self.y_rob = self.x[idx.to(self.device)], self.y[idx.to(self.device)]
         if self.config.finetune_steps and train_data is None:
             raise ConfigError("episode fine-tuning needs train_data=(x, y)")
         self.train_data = train_data
@@ -231,7 +239,8 @@ class Evaluator:
         t0 = time.perf_counter()
         qmodel = self.quantize(policy)
         t1 = time.perf_counter()
-        acc = clean_accuracy(qmodel, self.x, self.y, self.config.batch_size)
+        hits = correct_mask(qmodel, self.x, self.y, self.config.batch_size)
+        acc = int(hits.sum()) / max(len(self.x), 1)
         t2 = time.perf_counter()
         rob: float | None = None
         per_attack: dict[str, float] = {}
@@ -246,6 +255,7 @@ class Evaluator:
                 source_model=self.source_model,
                 seed=self.config.seed,
                 cascade=True,  # the search needs only the worst case: attack only what still stands
+                clean_correct=hits[self._rob_idx],
             )
             rob, per_attack = float(res.worst), {k: float(v) for k, v in res.per_attack.items()}
         t3 = time.perf_counter()

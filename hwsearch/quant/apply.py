@@ -80,11 +80,12 @@ class QuantWrapper(nn.Module):
         return F.linear(x, w, layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._op(self.quantized_input(x), self.quantized_weight())
-        if self.grad_mode == "shadow":
+        if self.grad_mode == "shadow" and torch.is_grad_enabled():
+            with torch.no_grad():  # the quantized value only; the gradient is the float layer's
+                out = self._op(self.quantized_input(x), self.quantized_weight())
             ref = self._op(x, self.layer.weight)
-            return ref + (out - ref).detach()
-        return out
+            return out + (ref - ref.detach())  # value: the quantized output exactly; gradient: the float one
+        return self._op(self.quantized_input(x), self.quantized_weight())
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}, range=[{float(self.act_lo):.4g}, {float(self.act_hi):.4g}]"

@@ -24,8 +24,21 @@ def activation_levels(bits: int, signed: bool) -> int:
 
 
 def _ste(x: Tensor, q: Tensor) -> Tensor:
-    """Value ``q`` exactly (grid points stay exact), gradient of ``x`` (straight through)."""
+    """Value ``q`` exactly (grid points stay exact), gradient of ``x`` (straight through).
+
+    Without a gradient to pass (inference, the clean pass) ``q`` itself: the same value, two passes over the
+    tensor fewer.
+    """
+    if not x.requires_grad:
+        return q.detach()
     return q.detach() + (x - x.detach())
+
+
+def _snap(xc: Tensor, scale: Tensor) -> Tensor:
+    """``round(xc / scale) * scale`` with no autograd record, in place on one temporary (same values)."""
+    with torch.no_grad():
+        out = xc / scale
+        return out.round_().mul_(scale)
 
 
 _CLIP_RATIOS = tuple(0.3 + 0.05 * i for i in range(15))  # 0.30 .. 1.00 of the channel's max |w|
@@ -96,8 +109,8 @@ def quantize_activation(x: Tensor, bits: int, lo: float | Tensor, hi: float | Te
         qmax = 2 ** (bits - 1) - 1
         scale = m / qmax
         xc = x.clamp(-m, m)
-        return _ste(xc, torch.round(xc / scale) * scale)
+        return _ste(xc, _snap(xc, scale))
     top = hi_t.clamp_min(1e-8)
     scale = top / (2**bits - 1)
     xc = x.clamp(torch.zeros_like(top), top)
-    return _ste(xc, torch.round(xc / scale) * scale)
+    return _ste(xc, _snap(xc, scale))

@@ -35,6 +35,7 @@ __all__ = [
     "AttackConfig",
     "RobustResult",
     "attack",
+    "attack_with_outcome",
     "robust_accuracy",
     "search_attacks",
     "report_attacks",
@@ -258,6 +259,19 @@ def attack(
     source_model: nn.Module | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
+    """Adversarial examples for ``model`` within ``cfg.eps`` of ``x``; see :func:`attack_with_outcome`."""
+    return attack_with_outcome(model, x, y, cfg, source_model=source_model, generator=generator)[0]
+
+
+def attack_with_outcome(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: AttackConfig,
+    *,
+    source_model: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Adversarial examples for ``model`` within ``cfg.eps`` of ``x`` (inputs and outputs in [0, 1]).
 
     Runs on the model's device and returns the examples on ``x``'s device and dtype; ``x`` is not modified.
@@ -265,6 +279,9 @@ def attack(
     restarts each sample keeps the first example that ``model`` misclassifies (restarts after the first only
     attack the samples not yet fooled); a sample never fooled gets the last restart's final iterate.
     Random starts draw from ``generator`` (any device) for reproducibility.
+
+    Also returns whether ``model`` misclassifies each example (a bool mask on ``x``'s device), which the attack
+    has already computed: callers need no second forward pass to score it.
     """
     if not isinstance(cfg, AttackConfig):
         raise TypeError(f"cfg must be an AttackConfig, got {type(cfg).__name__}")
@@ -280,7 +297,10 @@ def attack(
     if cfg.grad == "transfer" and source_model is None:
         raise ConfigError(f"attack {cfg.label} transfers from the FP32 model; pass source_model=")
     if cfg.eps == 0 or x.shape[0] == 0:
-        return x.clone()
+        with _eval_mode(model):
+            return x.clone(), _wrong(model, x.to(_device_of(model, x.device)), y.to(_device_of(model, x.device))).to(
+                x.device
+            )
 
     device = _device_of(model, x.device)
     xd = x.detach().to(device)
@@ -309,7 +329,7 @@ def attack(
                 fooled[rest] = _wrong(model, x_adv[rest], ys[rest])
             best[todo] = x_adv
             done[todo] = fooled
-    return best.to(device=x.device, dtype=x.dtype)
+    return best.to(device=x.device, dtype=x.dtype), done.to(x.device)
 
 
 def robust_accuracy(
@@ -322,6 +342,7 @@ def robust_accuracy(
     batch_size: int = 256,
     seed: int = 0,
     cascade: bool = False,
+    clean_correct: Tensor | None = None,
 ) -> RobustResult:
     """Clean accuracy and per-sample worst-case robust accuracy of ``model`` over ``attacks``.
 
@@ -333,6 +354,9 @@ def robust_accuracy(
     ``cascade=True`` attacks an image only while it is still robust, in list order: the same worst case for
     a fraction of the cost (most images fall to the first attack at large eps), but then each column is the
     cumulative figure, robust to that attack and every one before it (the first column is unchanged).
+
+    ``clean_correct``: which images ``model`` classifies correctly, when the caller's own clean pass already
+    knows (the evaluator's); saves the clean forward pass here.
     """
     attacks = list(attacks)
     labels = [a.label for a in attacks]
@@ -343,6 +367,8 @@ def robust_accuracy(
     check_int(batch_size, "attack batch_size", 1)
     if x.shape[0] != y.shape[0]:
         raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
+    if clean_correct is not None and tuple(clean_correct.shape) != (x.shape[0],):
+        raise ConfigError(f"clean_correct has shape {tuple(clean_correct.shape)}; expected ({x.shape[0]},)")
     dev = _device_of(model, x.device)
     n = int(x.shape[0])
     gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in attacks]
@@ -352,15 +378,20 @@ def robust_accuracy(
         for lo in range(0, n, batch_size):
             xb = x[lo : lo + batch_size].to(dev)
             yb = y[lo : lo + batch_size].to(dev)
-            ok = ~_wrong(model, xb, yb)
+            if clean_correct is None:
+                ok = ~_wrong(model, xb, yb)
+            else:
+                ok = clean_correct[lo : lo + batch_size].to(device=dev, dtype=torch.bool)
             clean_ok[lo : lo + batch_size] = ok.cpu()
             alive = ok.clone()
             for i, cfg in enumerate(attacks):
                 idx = (alive if cascade else ok).nonzero().squeeze(1)
                 survived = torch.zeros_like(ok)
                 if idx.numel():
-                    x_adv = attack(model, xb[idx], yb[idx], cfg, source_model=source_model, generator=gens[i])
-                    survived[idx] = ~_wrong(model, x_adv, yb[idx])
+                    _, fooled = attack_with_outcome(
+                        model, xb[idx], yb[idx], cfg, source_model=source_model, generator=gens[i]
+                    )
+                    survived[idx] = ~fooled.to(dev)
                 alive &= survived
                 per[i, lo : lo + batch_size] = (alive if cascade else survived).cpu()
     worst = clean_ok.clone()

@@ -1,0 +1,120 @@
+"""The evaluation's shortcuts compute exactly what the plain path computes: same values, same verdicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hwsearch.errors import ConfigError
+from hwsearch.policy import Policy
+from hwsearch.quant import apply_policy, calibrate, gradient_mode, quantizable_names
+from hwsearch.quant.quantizers import quantize_activation
+from hwsearch.robust import AttackConfig, robust_accuracy
+from hwsearch.robust.attacks import _eval_mode, _wrong, attack_with_outcome
+
+N_CLASSES = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """A fitted tiny CNN (with BatchNorm), its 3-bit quantized copy, and 48 images it mostly gets right."""
+    g = torch.Generator().manual_seed(0)
+    protos = torch.rand(N_CLASSES, 1, 6, 6, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, N_CLASSES, (48,), generator=g)
+    x = (protos[y] + 0.1 * torch.randn(48, 1, 6, 6, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 36, N_CLASSES),
+    )
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    cal = calibrate(model, x)
+    policy = Policy({n: (3, 3) for n in quantizable_names(model)}, {})
+    return model, apply_policy(model, policy, cal).eval(), x, y
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
+def test_activation_quantizer_without_gradient_is_the_same_value(bits: int, signed: bool) -> None:
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(bits)) * 2
+    lo, hi = (-1.5, 1.2) if signed else (0.0, 1.3)
+    xg = x.clone().requires_grad_(True)
+    with_grad = quantize_activation(xg, bits, lo, hi, signed)
+    with torch.no_grad():
+        plain = quantize_activation(x, bits, lo, hi, signed)
+    assert torch.equal(plain, with_grad.detach()) and not plain.requires_grad
+    (g,) = torch.autograd.grad(with_grad.sum(), xg)  # clipped STE still: 1 inside the range, 0 outside
+    m = max(abs(lo), abs(hi))
+    inside = (x >= -m) & (x <= m) if signed else (x >= 0) & (x <= hi)
+    assert torch.equal(g, inside.float())
+
+
+def test_shadow_forward_is_the_quantized_value_and_the_float_gradient(setup) -> None:  # type: ignore[no-untyped-def]
+    model, qmodel, x, y = setup
+    xg = x.clone().requires_grad_(True)
+    with gradient_mode(qmodel, "ste"):
+        ste_out = qmodel(xg)
+    with gradient_mode(qmodel, "shadow"):
+        shadow_out = qmodel(xg)
+        with torch.no_grad():
+            shadow_plain = qmodel(x)
+    assert torch.equal(shadow_out.detach(), ste_out.detach()) and torch.equal(shadow_plain, ste_out.detach())
+    # the gradient of the last (linear) layer's output w.r.t. its input is the float weight's
+    (g_shadow,) = torch.autograd.grad(shadow_out[:, 0].sum(), xg)
+    assert g_shadow.abs().sum() > 0
+    (g_ste,) = torch.autograd.grad(ste_out[:, 0].sum(), xg)
+    assert not torch.equal(g_shadow, g_ste)  # routes differ: shadow skips the quantizers' clipping and grid
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AttackConfig("pgd", 0.15, 5, grad="ste"),
+        AttackConfig("pgd", 0.15, 5, grad="shadow", restarts=2),
+        AttackConfig("pgd", 0.15, 5, grad="transfer"),
+        AttackConfig("pgd", 2.0, 5, grad="shadow", loss="margin", norm="l2"),
+        AttackConfig("fgsm", 0.15, 1, grad="ste"),
+        AttackConfig("pgd", 0.0, 5, grad="ste"),
+    ],
+    ids=lambda c: f"{c.label}-eps{c.eps}",
+)
+def test_attack_outcome_is_the_models_verdict_on_its_examples(cfg: AttackConfig, setup) -> None:  # type: ignore[no-untyped-def]
+    model, qmodel, x, y = setup
+    gen = torch.Generator().manual_seed(0)
+    x_adv, fooled = attack_with_outcome(qmodel, x, y, cfg, source_model=model, generator=gen)
+    with _eval_mode(qmodel):
+        assert torch.equal(fooled, _wrong(qmodel, x_adv, y))
+    assert fooled.dtype == torch.bool and fooled.shape == y.shape
+    if cfg.eps > 0:
+        assert fooled.any()  # the check above is not vacuous
+
+
+def test_robust_accuracy_with_the_callers_clean_verdicts_is_unchanged(setup) -> None:  # type: ignore[no-untyped-def]
+    model, qmodel, x, y = setup
+    attacks = [AttackConfig("pgd", 0.1, 5, grad="ste"), AttackConfig("pgd", 0.1, 5, grad="shadow")]
+    with torch.no_grad():
+        ok = qmodel(x).argmax(1) == y
+    for cascade in (False, True):
+        plain = robust_accuracy(qmodel, x, y, attacks, cascade=cascade, batch_size=20)
+        reused = robust_accuracy(qmodel, x, y, attacks, cascade=cascade, batch_size=20, clean_correct=ok)
+        assert plain == reused
+    with pytest.raises(ConfigError, match=r"clean_correct has shape \(47,\); expected \(48,\)"):
+        robust_accuracy(qmodel, x, y, attacks, clean_correct=ok[:47])
