@@ -62,15 +62,25 @@ def add_compute_device(p: argparse.ArgumentParser, *, alias: bool = False) -> No
         p.add_argument("--device", dest="compute_device", action=DeprecatedAlias, new_flag="--compute-device")
 
 
-def add_common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
-    """The flags of every command that loads a trained model."""
+def add_common(p: argparse.ArgumentParser, checkpoint: bool = True, auto_threads: bool = False) -> None:
+    """The flags of every command that loads a trained model; ``auto_threads``: ``--threads`` defaults to the
+    measured choice of :mod:`hwsearch.cores` (search, sweep, compare) instead of 1."""
     if checkpoint:
         p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="FP32 checkpoint from `hwsearch train`")
     p.add_argument("--data-root", default=None, help="folder of a local dataset (cifar10, svhn, imagefolder)")
     p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
     add_compute_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models)")
+    if auto_threads:
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch CPU threads (default: 1 or every core this process may use, whichever a probe of the model "
+            "measures faster)",
+        )
+    else:
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small models)")
 
 
 def model_source(args: argparse.Namespace) -> ModelSource:

@@ -12,7 +12,7 @@ __all__ = ["add_compare_parser", "cmd_compare"]
 
 def add_compare_parser(sub: Any) -> None:
     p = sub.add_parser("compare", help="compare FP32, fixed-bit baselines and policies on the test split")
-    add_common(p)
+    add_common(p, auto_threads=True)
     add_target(p)
     p.add_argument("--policy", action="append", default=[], help="[NAME=]POLICY_FILE[@CKPT] (repeatable)")
     p.add_argument("--fixed", type=int, nargs="*", default=[8, 4], help="fixed bit widths to include")
@@ -41,6 +41,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         restarts=args.restarts,
         robust_images=args.robust_images,
         amplification=args.amplification,
+        threads=args.threads,
     )
     report = compare_report(config, args.out)
     if report.files:

@@ -46,7 +46,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 def add_search_parsers(sub: Any) -> None:
     """Add ``search`` and ``sweep`` to the main CLI."""
     p = sub.add_parser("search", help="search a mixed-precision policy with DDPG (or random search)")
-    add_common(p)
+    add_common(p, auto_threads=True)
     _search_options(p)
     p.add_argument("--budget", default="latency=0.5x", help="METRIC=VALUE[x]: latency, energy or size")
     p.add_argument("--out", default="runs/search")
@@ -56,7 +56,7 @@ def add_search_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("sweep", help="one search per budget and the Pareto front of all of them")
-    add_common(p)
+    add_common(p, auto_threads=True)
     _search_options(p)
     p.add_argument("--budgets", default="latency=0.3x,0.4x,0.5x,0.6x", help="[METRIC=]V1,V2,... e.g. 0.3x,0.5x")
     p.add_argument("--out", default="runs/sweep")
@@ -104,6 +104,7 @@ def job_config(args: argparse.Namespace) -> Any:
         episode_lipschitz_beta=args.episode_lipschitz_beta,
         checkpoint_every=args.checkpoint_every,
         tensorboard=args.tensorboard,
+        threads=args.threads,
     )
 
 

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor, nn
 
-__all__ = ["available_cores", "thread_candidates", "fastest_threads"]
+__all__ = ["available_cores", "thread_candidates", "fastest_threads", "model_probe", "use_threads"]
 
 
 def available_cores() -> int:
@@ -57,3 +58,33 @@ def fastest_threads(probe: Callable[[], object], candidates: Sequence[int] | Non
         torch.set_num_threads(before)
     assert best is not None
     return best[1]
+
+
+def model_probe(model: nn.Module, x: Tensor, y: Tensor, images: int = 256) -> Callable[[], None]:
+    """What an evaluation repeats, in miniature: a clean pass over ``images`` images and one input gradient of a
+    quarter of them (the attack's step)."""
+    xs, ys = x[:images], y[:images]
+    xg_src = xs[: max(1, images // 4)]
+
+    def probe() -> None:
+        was = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                model(xs)
+            xg = xg_src.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xg)
+                torch.autograd.grad(nn.functional.cross_entropy(logits, ys[: len(xg)]), xg)
+        finally:
+            model.train(was)
+
+    return probe
+
+
+def use_threads(threads: int | None, probe: Callable[[], object]) -> int:
+    """Set torch's thread count to ``threads``, or (None) to the fastest of :func:`thread_candidates` for ``probe``;
+    returns the count set."""
+    n = threads if threads is not None else fastest_threads(probe)
+    torch.set_num_threads(n)
+    return n

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from hwsearch.budget import Budget, parse_budget
 from hwsearch.checks import check_int, check_number
 from hwsearch.config_json import load_config, save_config
+from hwsearch.cores import model_probe, thread_candidates, use_threads
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
@@ -79,9 +82,12 @@ class SearchJobConfig:
     episode_lipschitz_beta: float = 0.0
     checkpoint_every: int = 10
     tensorboard: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if self.threads is not None:
+            check_int(self.threads, "threads", 1)
         parse_budget(self.budget)
         if not 1 <= self.min_bits <= self.max_bits <= 8:
             raise ConfigError(f"--min-bits {self.min_bits} / --max-bits {self.max_bits}: need 1 <= min <= max <= 8")
@@ -239,6 +245,10 @@ def _search_into(
         evaluator=evaluator,
         bits=range(config.min_bits, config.max_bits + 1),
     )
+    threads = torch.get_num_threads()
+    if config.parallel.n_envs == 1:  # workers of a parallel run take their threads from the parallel config
+        w8 = evaluator.quantize(ws.uniform(8))
+        threads = use_threads(config.threads, model_probe(w8, evaluator.x, evaluator.y))
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     # finished episodes need no second evaluation
     evaluator.prime_cache((rec.policy.key(), EvalResult(rec.accuracy, rec.robust_accuracy)) for rec in history)
@@ -311,6 +321,13 @@ def _search_into(
         result, device=config.target, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
     )
     summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
+    if config.parallel.n_envs == 1:
+        how = (
+            "as asked (--threads)"
+            if config.threads is not None
+            else "the faster of " + " and ".join(map(str, thread_candidates())) + " for this model (hwsearch.cores)"
+        )
+        summary += f"Torch threads: {threads}, {how}.\n"
     atomic_write_text(out / "summary.md", summary)
     return result
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hwsearch.checks import check_int, check_number
+from hwsearch.cores import model_probe, use_threads
 from hwsearch.errors import ConfigError
 from hwsearch.hardware import DEFAULT_DEVICE, PolicyCost, float_size_bits, get_cost_model, policy_cost
 from hwsearch.layers import LayerInfo
@@ -280,8 +281,11 @@ class CompareConfig:
     restarts: int = 1
     robust_images: int = 500
     amplification: str | None = None
+    threads: int | None = None  # None: 1 or every core, whichever measures faster for the model (hwsearch.cores)
 
     def __post_init__(self) -> None:
+        if self.threads is not None:
+            check_int(self.threads, "threads", 1)
         for eps in self.eps:
             _check_eps(eps)
         for flag, value in (("--robust-images", self.robust_images), ("--attack-steps", self.attack_steps)):
@@ -313,6 +317,8 @@ def compare_report(config: CompareConfig, out: str | Path | None = None) -> Comp
         name, model_ckpt = _named(spec, "--model")
         readers[name] = (None, model_ckpt)
     ws = config.source.prepare()
+    x_probe, y_probe = ws.split("val", 256)
+    use_threads(config.threads, model_probe(ws.model, x_probe.to(ws.device), y_probe.to(ws.device)))
     others: dict[str, Workspace] = {}
     entries: dict[str, Any] = dict(standard_entries(ws, bits=config.fixed))
     for name, (read, other) in readers.items():

@@ -54,3 +54,37 @@ def test_thread_count_changes_no_figure(checkpoint) -> None:  # type: ignore[no-
     finally:
         torch.set_num_threads(before)
     assert figures[0] == figures[1]
+
+
+def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``--threads`` unset: the job measures and the summary says what it chose; set: used as given."""
+    import pytest
+
+    from hwsearch.cli import main
+    from hwsearch.errors import ConfigError
+    from hwsearch.job import SearchJobConfig
+    from hwsearch.pipelines import CompareConfig, ModelSource
+
+    probed: list[tuple[int, ...]] = []
+
+    def fake_fastest(probe, candidates=None, repeats=2):  # type: ignore[no-untyped-def]
+        probe()  # the probe runs the model
+        probed.append(tuple(candidates or cores.thread_candidates()))
+        return 1
+
+    monkeypatch.setattr(cores, "fastest_threads", fake_fastest)
+    before = torch.get_num_threads()
+    try:
+        args = ["search", "--checkpoint", str(checkpoint), "--episodes", "2", "--warmup", "1", "--quiet"]
+        assert main([*args, "--out", str(tmp_path / "a")]) == 0
+        assert len(probed) == 1
+        assert "Torch threads: 1, the faster of" in (tmp_path / "a" / "summary.md").read_text()
+        assert main([*args, "--out", str(tmp_path / "b"), "--threads", "1"]) == 0
+        assert len(probed) == 1  # told: nothing measured
+        assert "Torch threads: 1, as asked (--threads)." in (tmp_path / "b" / "summary.md").read_text()
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads"):
+        SearchJobConfig(checkpoint=str(checkpoint), threads=0)
+    with pytest.raises(ConfigError, match="threads"):
+        CompareConfig(source=ModelSource(checkpoint=str(checkpoint)), threads=0)
