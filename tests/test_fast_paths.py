@@ -16,14 +16,6 @@ from hwsearch.robust.attacks import _eval_mode, _wrong, attack_with_outcome
 N_CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
     """A fitted tiny CNN (with BatchNorm), its 3-bit quantized copy, and 48 images it mostly gets right."""
