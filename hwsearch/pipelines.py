@@ -306,6 +306,7 @@ def compare_report(config: CompareConfig, out: str | Path | None = None) -> Comp
     searched policy (and copy ``amplification`` in)."""
     from hwsearch.plots import plot_policy_bits, plot_tradeoff
     from hwsearch.report import write_compare
+    from hwsearch.robust import SQUARE_QUERIES
 
     cost_model = get_cost_model(config.target)  # fail fast on a bad name, before loading anything
     readers: dict[str, tuple[Callable[[Sequence[str]], Policy] | None, str | None]] = {}
@@ -341,8 +342,8 @@ def compare_report(config: CompareConfig, out: str | Path | None = None) -> Comp
     if config.eps:
         header += (
             f" Robust accuracy: per-sample worst case over STE-, shadow- and transfer-PGD ({config.attack_steps} "
-            f"steps, {config.restarts} restart(s)), margin-loss PGD and FGSM, L-inf, on the first "
-            f"{config.robust_images} test images."
+            f"steps, {config.restarts} restart(s)), margin-loss PGD, FGSM and gradient-free Square "
+            f"({SQUARE_QUERIES} queries), L-inf, on the first {config.robust_images} test images."
         )
     if out is None:
         return CompareReport(rows, header)

@@ -11,6 +11,8 @@ from typing import Any
 
 from hwsearch.io import atomic_write_json, atomic_write_text
 from hwsearch.records import CompareRow
+from hwsearch.robust.attacks import is_gradient_free
+from hwsearch.robust.square import MASKING_MARGIN, masking_gap, masking_warning
 from hwsearch.search import EpisodeRecord, SearchResult
 
 __all__ = [
@@ -129,6 +131,9 @@ def compare_records(rows: Sequence[CompareRow]) -> list[dict[str, Any]]:
         for eps, figs in r.robust.items():
             for k, v in figs.items():
                 rec[f"robust@{eps}:{k}"] = v
+            if any(is_gradient_free(k) for k in figs):  # lowest gradient attack minus gradient-free, and the flag
+                rec[f"robust@{eps}:masking_gap"] = masking_gap(figs)
+                rec[f"robust@{eps}:masking_warning"] = masking_warning(figs)
         out.append(rec)
     return out
 
@@ -168,8 +173,28 @@ def compare_table(rows: Sequence[CompareRow], device: str) -> str:
             lines.append(
                 "| " + " | ".join([r.name] + [_fmt(None if v is None else 100 * v, ".2f") for v in vals]) + " |"
             )
-        text += "\n".join(lines) + "\n"
+        text += "\n".join(lines) + "\n" + _masking_note(rows)
     return text
+
+
+def _masking_note(rows: Sequence[CompareRow]) -> str:
+    """The gradient-masking check: gradient-free (Square) against the lowest gradient attack, per policy and eps."""
+    checked, flagged = 0, []
+    for r in rows:
+        for eps, figs in r.robust.items():
+            gap = masking_gap(figs)
+            if gap is None:
+                continue
+            checked += 1
+            if masking_warning(figs):
+                free = min(v for k, v in figs.items() if k != "worst" and is_gradient_free(k))
+                flagged.append(f"{r.name} @{eps} (gradient-free {100 * free:.2f}%, {100 * gap:.2f} points below)")
+    if not checked:
+        return ""
+    rule = f"gradient-free robust accuracy more than {100 * MASKING_MARGIN:g} points below the lowest gradient attack's"
+    if flagged:
+        return f"\nPossible gradient masking ({rule}): " + "; ".join(flagged) + ".\n"
+    return f"\nNo gradient-masking warning (none has {rule}).\n"
 
 
 def write_compare(out_dir: Path, rows: Sequence[CompareRow], device: str, header: str = "") -> dict[str, Path]:

@@ -12,13 +12,18 @@ from hwsearch.errors import ConfigError
 from hwsearch.policy import uniform_policy
 from hwsearch.quant import QuantWrapper, apply_policy, calibrate, quantizable_names
 from hwsearch.robust import (
+    MASKING_MARGIN,
     AttackConfig,
     RobustResult,
     attack,
+    is_gradient_free,
+    masking_gap,
+    masking_warning,
     report_attacks,
     robust_accuracy,
     search_attacks,
 )
+from hwsearch.robust import attacks as attacks_module
 
 N_CLASSES = 4
 
@@ -102,6 +107,9 @@ def _quantized(model: nn.Module, bits: int, x: torch.Tensor) -> nn.Module:
         ({"grad": "bpda"}, "'bpda'"),
         ({"restarts": 0}, "restarts = 0"),
         ({"random_start": 1}, "random_start = 1"),
+        ({"method": "square", "grad": "shadow"}, "'shadow' does not apply to square"),
+        ({"method": "square", "norm": "l2"}, "'l2' is not available for square"),
+        ({"grad": "none"}, "'none' needs a gradient-free method"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(kwargs: dict, needle: str) -> None:
@@ -119,8 +127,21 @@ def test_config_defaults_labels_and_step_size() -> None:
     assert [a.label for a in search_attacks(0.1)] == ["pgd10-ste", "pgd10-shadow"]
     assert [a.label for a in search_attacks(0.1, 10, method="fgsm")] == ["fgsm-ste", "fgsm-shadow"]
     labels = [a.label for a in report_attacks(0.2, steps=20, restarts=3)]
-    assert labels == ["pgd20-ste-r3", "pgd20-shadow-r3", "pgd20-transfer-r3", "pgd20-shadow-margin-r3", "fgsm-ste"]
+    assert labels == [
+        "pgd20-ste-r3",
+        "pgd20-shadow-r3",
+        "pgd20-transfer-r3",
+        "pgd20-shadow-margin-r3",
+        "fgsm-ste",
+        "square200-margin",
+    ]
+    no_square = ["pgd20-ste", "pgd20-shadow", "pgd20-transfer", "pgd20-shadow-margin", "fgsm-ste"]
+    assert [a.label for a in report_attacks(0.2, steps=20, restarts=1, queries=0)] == no_square
     assert all(a.eps == 0.2 for a in report_attacks(0.2))
+    sq = AttackConfig("square", 0.1, 300)
+    assert sq.grad == "none" and sq.label == "square300" and is_gradient_free(sq.label)
+    assert not any(is_gradient_free(a.label) for a in report_attacks(0.1, queries=0))
+    assert not is_gradient_free("worst")
 
 
 def test_robust_result_validates_and_is_read_only() -> None:
@@ -152,6 +173,33 @@ def test_examples_stay_in_budget_and_image_range(cnn, norm: str, method: str, gr
     assert (size <= eps + 1e-6).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert (size > 0).any()
+
+
+@pytest.mark.parametrize("eps", [0.3, 0.5])
+@pytest.mark.parametrize("bits", [3, 32])
+def test_square_stays_in_budget_and_image_range_and_fools_some(cnn, eps: float, bits: int) -> None:
+    model, x, y = cnn
+    q = model if bits == 32 else _quantized(model, bits, x)
+    x_adv = attack(q, x, y, AttackConfig("square", eps, 60, loss="margin"), generator=torch.Generator().manual_seed(0))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    d = (x_adv - x).abs().flatten(1).amax(dim=1)
+    assert (d <= eps + 1e-6).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        clean_ok = q(x).argmax(1) == y
+        fooled = q(x_adv).argmax(1) != y
+    assert (fooled & clean_ok).any()  # it searched, and found something
+    assert torch.equal(x_adv[~clean_ok], x[~clean_ok])  # images already wrong are left alone
+
+
+def test_square_is_seeded_by_the_generator_and_leaves_global_rng_alone(cnn) -> None:
+    model, x, y = cnn
+    cfg = AttackConfig("square", 0.3, 30)
+    state = torch.random.get_rng_state()
+    a = attack(model, x, y, cfg, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # torchattacks reseeds the global RNG; we restore it
+    b = attack(model, x, y, cfg, generator=torch.Generator().manual_seed(1))
+    c = attack(model, x, y, cfg, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 @pytest.mark.parametrize("cfg", [AttackConfig("pgd", 0.0), AttackConfig("fgsm", 0.0), AttackConfig(eps=0.0, norm="l2")])
@@ -197,6 +245,87 @@ def test_worst_case_is_per_sample_intersection(cnn) -> None:
     assert r.n == len(y)
     assert r.worst <= min(r.per_attack.values()) <= max(r.per_attack.values()) <= r.clean
     assert set(r.per_attack) == {a.label for a in report_attacks(0.1, steps=5, restarts=1)}
+
+
+class _ReadsMarker(nn.Module):
+    """Class 0 unless feature 0 is pushed below 0.5; feature 1 carries the image's index (i / n) for the fakes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0] - 0.5, 0.5 - x[:, 0]], dim=1)
+
+
+def _fooling(parity: int, n: int):  # type: ignore[no-untyped-def]
+    """A fake attack that fools exactly the images whose index has this parity (and only those)."""
+
+    def fake(model, x, y, cfg, *, source_model=None, generator=None):  # type: ignore[no-untyped-def]
+        idx = torch.round(x[:, 1] * n).long()
+        out = x.clone()
+        out[idx % 2 == parity, 0] = 0.0
+        return out
+
+    return fake
+
+
+@pytest.mark.parametrize("batch_size", [3, 256])
+def test_worst_case_is_the_per_sample_intersection_not_the_lowest_column(monkeypatch, batch_size: int) -> None:
+    """Two attacks that fool disjoint halves: each column is 50%, but no image survives both, so worst is 0.
+    The minimum of the per-attack columns (a tempting shortcut) would say 50%."""
+    n = 10
+    x = torch.stack([torch.ones(n), torch.arange(n) / n], dim=1)
+    y = torch.zeros(n, dtype=torch.long)
+    even, odd = AttackConfig("pgd", 0.1, 1, grad="ste"), AttackConfig("pgd", 0.1, 1, grad="shadow")
+    even2 = AttackConfig("pgd", 0.1, 2, grad="ste")
+    fakes = {even.label: _fooling(0, n), odd.label: _fooling(1, n), even2.label: _fooling(0, n)}
+    monkeypatch.setattr(
+        attacks_module, "attack", lambda model, x, y, cfg, **kw: fakes[cfg.label](model, x, y, cfg, **kw)
+    )
+    model = _ReadsMarker()
+    r = robust_accuracy(model, x, y, [even, odd], batch_size=batch_size)
+    assert r.clean == 1.0
+    assert r.per_attack == {even.label: 0.5, odd.label: 0.5}
+    assert r.worst == 0.0
+    same = robust_accuracy(model, x, y, [even, even2], batch_size=batch_size)
+    assert same.worst == 0.5  # an attack that fools nothing new leaves the worst case where the first put it
+
+
+class _ModeProbe(nn.Module):
+    """Records ``self.training`` on every forward pass (and of a child, which ``model.eval()`` must reach too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(36, N_CLASSES))
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.training or self.body.training)
+        return self.body(x)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AttackConfig("pgd", 0.1, 3, grad="ste"),
+        AttackConfig("pgd", 0.1, 3, grad="shadow", restarts=2),
+        AttackConfig("pgd", 0.1, 3, grad="transfer"),
+        AttackConfig("fgsm", 0.1),
+        AttackConfig("square", 0.1, 10),
+    ],
+    ids=lambda c: c.label,
+)
+def test_attacks_run_the_model_in_eval_mode_and_give_train_mode_back(cnn, cfg: AttackConfig) -> None:
+    """Handed over in train mode (BatchNorm/Dropout would then use batch statistics and drift): every forward
+    pass the attack makes, on the attacked model and on the transfer source, sees eval mode."""
+    _, x, y = cnn
+    torch.manual_seed(0)
+    model, source = _ModeProbe().train(), _ModeProbe().train()
+    attack(model, x, y, cfg, source_model=source, generator=torch.Generator().manual_seed(0))
+    passes = model.seen + source.seen
+    assert passes and not any(passes), passes
+    assert model.training and model.body.training and source.training  # given back as handed over
+    model.seen.clear()
+    robust_accuracy(model, x, y, [cfg], source_model=source)
+    assert model.seen and not any(model.seen)
+    assert model.training
 
 
 def test_cascade_keeps_the_worst_case_and_makes_columns_cumulative(cnn) -> None:
@@ -322,3 +451,45 @@ def test_shadow_exposes_a_saturated_low_bit_quantizer(mlp) -> None:
     assert r.clean > 0.5
     assert r.per_attack["pgd10-ste"] > r.per_attack["pgd10-shadow"] + 0.15, dict(r.per_attack)
     assert r.worst == pytest.approx(r.per_attack["pgd10-shadow"], abs=0.02)
+
+
+# ------------------------------------------------------------------------------------------- masking check
+
+
+@pytest.mark.parametrize(
+    ("figs", "gap", "warn"),
+    [
+        # gradient attacks look strong (80%) but Square breaks 10 points more: masking warning
+        ({"worst": 0.70, "pgd20-ste": 0.85, "pgd20-shadow": 0.80, "square200-margin": 0.70}, 0.10, True),
+        # Square weaker than the gradient attacks: nothing to warn about (the direction matters)
+        ({"worst": 0.60, "pgd20-ste": 0.60, "fgsm-ste": 0.70, "square200-margin": 0.75}, -0.15, False),
+        # exactly the margin is not "more than" it; just over it is
+        ({"pgd20-ste": 0.80, "square200-margin": 0.80 - MASKING_MARGIN}, MASKING_MARGIN, False),
+        ({"pgd20-ste": 0.80, "square200-margin": 0.80 - MASKING_MARGIN - 0.002}, MASKING_MARGIN + 0.002, True),
+        # compared against the LOWEST gradient attack, not the highest or the mean
+        ({"pgd20-ste": 0.95, "pgd20-transfer": 0.62, "square200": 0.61}, 0.01, False),
+        # worst is not an attack column (it is always <= every column)
+        ({"worst": 0.10, "pgd20-ste": 0.80, "square200": 0.79}, 0.01, False),
+    ],
+)
+def test_masking_warning_on_fake_numbers(figs: dict, gap: float, warn: bool) -> None:
+    assert masking_gap(figs) == pytest.approx(gap)
+    assert masking_warning(figs) is warn
+
+
+def test_masking_check_needs_both_kinds() -> None:
+    assert masking_gap({"pgd20-ste": 0.5}) is None and not masking_warning({"pgd20-ste": 0.5})
+    assert masking_gap({"worst": 0.1, "square200": 0.5}) is None
+
+
+def test_square_exposes_a_zero_gradient_layer_without_any_gradient(mlp) -> None:
+    """The hard-rounding layer blocks every gradient route through the attacked model; Square, which only
+    queries the forward value, breaks it without help from the FP32 source model."""
+    model, x, y = mlp
+    masked = nn.Sequential(_HardRound(), copy.deepcopy(model))
+    atks = [AttackConfig("pgd", 0.3, 10, grad="ste"), AttackConfig("square", 0.3, 100, loss="margin")]
+    r = robust_accuracy(masked, x, y, atks)
+    assert r.clean > 0.9
+    assert r.per_attack["pgd10-ste"] >= r.clean - 0.02
+    assert r.per_attack["square100-margin"] < 0.5
+    assert masking_warning(r.per_attack)

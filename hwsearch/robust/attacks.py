@@ -1,10 +1,11 @@
-"""White-box attacks (FGSM, PGD) on fake-quantized models, and worst-case robust accuracy.
+"""Attacks (FGSM, PGD, gradient-free Square) on fake-quantized models, and worst-case robust accuracy.
 
 Quantizers blunt gradients: straight-through (STE) PGD alone flatters low-bit models (docs/ARCHITECTURE.md,
 "The attack set").
 Every attack therefore names how its gradient is taken: ``ste`` (through the quantizers' straight-through
 estimators), ``shadow`` (quantized forward value, float backward) or ``transfer`` (crafted on the FP32 source
-model). :func:`robust_accuracy` counts an image robust only if it is classified correctly clean and survives
+model); ``square`` takes none (random search on the forward value, :mod:`hwsearch.robust.square`), the guard
+against gradient masking that every gradient route can miss. :func:`robust_accuracy` counts an image robust only if it is classified correctly clean and survives
 every attack in the list: the per-sample worst case.
 
 Attacks run in eval mode, take inputs in [0, 1] (normalisation lives inside the model) and differentiate with
@@ -32,6 +33,8 @@ __all__ = [
     "ATTACK_NORMS",
     "ATTACK_LOSSES",
     "ATTACK_GRADS",
+    "GRADIENT_FREE_METHODS",
+    "SQUARE_QUERIES",
     "AttackConfig",
     "RobustResult",
     "attack",
@@ -39,12 +42,17 @@ __all__ = [
     "robust_accuracy",
     "search_attacks",
     "report_attacks",
+    "is_gradient_free",
 ]
 
-ATTACK_METHODS = ("fgsm", "pgd")
+ATTACK_METHODS = ("fgsm", "pgd", "square")
 ATTACK_NORMS = ("linf", "l2")
 ATTACK_LOSSES = ("ce", "margin")
-ATTACK_GRADS = ("ste", "shadow", "transfer")
+ATTACK_GRADS = ("ste", "shadow", "transfer", "none")
+GRADIENT_FREE_METHODS = ("square",)
+# Square's query budget in reports: measured on `compare` of FP32 + W8A8 + W4A4 (default smallcnn, 500 images,
+# eps 0.1), it keeps the whole compare within about twice the time without it (README, "Robust accuracy").
+SQUARE_QUERIES = 200
 
 _STEP_FACTOR = 2.5  # Madry et al.: step = 2.5 * eps / steps lets PGD reach the boundary from any start
 
@@ -56,6 +64,8 @@ class AttackConfig:
     ``eps`` must lie in [0, 1] for ``linf`` (the whole pixel range); for ``l2`` any finite ``eps >= 0``.
     ``step_size`` defaults to ``2.5 * eps / steps`` for both norms. FGSM is a single deterministic step of
     size ``eps`` from the clean input, so it ignores ``steps``, ``step_size``, ``random_start`` and ``restarts``.
+    ``square`` (L-inf only) is gradient-free: ``steps`` is its query budget per restart, ``grad`` is ``none``
+    (the default ``ste`` is read as ``none``), ``step_size`` and ``random_start`` do not apply.
     """
 
     method: str = "pgd"
@@ -73,6 +83,14 @@ class AttackConfig:
         check_choice(self.norm, "attack norm", ATTACK_NORMS)
         check_choice(self.loss, "attack loss", ATTACK_LOSSES)
         check_choice(self.grad, "attack grad", ATTACK_GRADS)
+        if self.method in GRADIENT_FREE_METHODS:
+            if self.grad not in ("ste", "none"):
+                raise ConfigError(f"attack grad = {self.grad!r} does not apply to {self.method} (gradient-free)")
+            object.__setattr__(self, "grad", "none")
+            if self.norm != "linf":
+                raise ConfigError(f"attack norm = {self.norm!r} is not available for {self.method}; use 'linf'")
+        elif self.grad == "none":
+            raise ConfigError(f"attack grad = 'none' needs a gradient-free method ({', '.join(GRADIENT_FREE_METHODS)})")
         check_number(self.eps, "attack eps")
         if self.eps < 0 or (self.norm == "linf" and self.eps > 1):
             bound = "[0, 1] (inputs are in [0, 1])" if self.norm == "linf" else ">= 0"
@@ -92,14 +110,15 @@ class AttackConfig:
 
     @property
     def label(self) -> str:
-        """Short column name, e.g. ``pgd10-ste``, ``pgd40-shadow-margin-r2``, ``fgsm-ste`` (eps not included)."""
-        head = "fgsm" if self.method == "fgsm" else f"pgd{self.steps}"
-        parts = [head, self.grad]
+        """Short column name, e.g. ``pgd10-ste``, ``pgd40-shadow-margin-r2``, ``fgsm-ste``, ``square200-margin``
+        (eps not included)."""
+        head = "fgsm" if self.method == "fgsm" else f"{self.method}{self.steps}"
+        parts = [head] if self.grad == "none" else [head, self.grad]
         if self.norm != "linf":
             parts.append(self.norm)
         if self.loss != "ce":
             parts.append(self.loss)
-        if self.method == "pgd" and self.restarts > 1:
+        if self.method != "fgsm" and self.restarts > 1:
             parts.append(f"r{self.restarts}")
         if self.method == "pgd" and not self.random_start:
             parts.append("nors")
@@ -316,6 +335,12 @@ def attack_with_outcome(
     best = xd.clone()
     done = torch.zeros(xd.shape[0], dtype=torch.bool, device=device)
     restarts = 1 if cfg.method == "fgsm" else cfg.restarts
+    if cfg.method in GRADIENT_FREE_METHODS:
+        from hwsearch.robust.square import square_attack
+
+        with _eval_mode(model):
+            best = square_attack(model, xd, yd, cfg, generator)
+        return best.to(device=x.device, dtype=x.dtype)
     with _eval_mode(model, source), gradient_mode(source, mode):
         for _ in range(restarts):
             todo = (~done).nonzero().squeeze(1)
@@ -415,15 +440,25 @@ def search_attacks(eps: float, steps: int = 10, method: str = "pgd") -> list[Att
     return [AttackConfig(method, eps, steps, grad="ste"), AttackConfig(method, eps, steps, grad="shadow")]
 
 
-def report_attacks(eps: float, steps: int = 40, restarts: int = 2) -> list[AttackConfig]:
-    """The full set for reports: STE-, shadow- and transfer-PGD (CE), shadow-PGD with the margin loss, FGSM.
+def report_attacks(eps: float, steps: int = 40, restarts: int = 2, queries: int = SQUARE_QUERIES) -> list[AttackConfig]:
+    """The full set for reports: STE-, shadow- and transfer-PGD (CE), shadow-PGD with the margin loss, FGSM, and
+    gradient-free Square (margin loss, ``queries`` per image; ``queries=0`` leaves it out).
 
     Needs ``source_model`` (the FP32 model) in :func:`robust_accuracy` for the transfer attack.
     """
+    check_int(queries, "square queries", 0)
+    square = [AttackConfig("square", eps, queries, loss="margin")] if queries else []
     return [
         AttackConfig("pgd", eps, steps, grad="ste", restarts=restarts),
         AttackConfig("pgd", eps, steps, grad="shadow", restarts=restarts),
         AttackConfig("pgd", eps, steps, grad="transfer", restarts=restarts),
         AttackConfig("pgd", eps, steps, grad="shadow", loss="margin", restarts=restarts),
         AttackConfig("fgsm", eps, 1, grad="ste"),
+        *square,
     ]
+
+
+def is_gradient_free(label: str) -> bool:
+    """Whether a result column (an :attr:`AttackConfig.label`) comes from a gradient-free attack."""
+    head = label.split("-", 1)[0].rstrip("0123456789")
+    return head in GRADIENT_FREE_METHODS
