@@ -24,6 +24,7 @@ from hwsearch.hardware import (
 )
 from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import uniform_policy
+from tests.ci import requires
 
 REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 HAQ = REF / "haq_qmobilenetv2_imagenet100_batch16_latency_table.npy"
@@ -133,7 +134,7 @@ def test_not_json_and_missing_file(tmp_path: Path) -> None:
         load_table(tmp_path / "absent.json")
 
 
-@pytest.mark.skipif(not HAQ.is_file(), reason=f"HAQ reference table not found at {HAQ}")
+@requires(HAQ.is_file(), f"HAQ reference table not found at {HAQ}")
 def test_haq_import_totals_on_mobilenet_v2(tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     with torch.device("meta"):  # shapes only: no weights initialised, no arithmetic
@@ -150,14 +151,14 @@ def test_haq_import_totals_on_mobilenet_v2(tmp_path: Path) -> None:
     assert cost.energy_mj is None
 
 
-@pytest.mark.skipif(not HAQ.is_file(), reason=f"HAQ reference table not found at {HAQ}")
+@requires(HAQ.is_file(), f"HAQ reference table not found at {HAQ}")
 def test_haq_import_refuses_wrong_layer_count() -> None:
     layers = discover_layers(_net(), (3, 8, 8))
     with pytest.raises(TableError, match="53 layers but the model has 3"):
         import_haq_npy(HAQ, layers)
 
 
-@pytest.mark.skipif(not APQ.is_file(), reason=f"APQ reference table not found at {APQ}")
+@requires(APQ.is_file(), f"APQ reference table not found at {APQ}")
 def test_apq_import_looks_up_known_key() -> None:
     raw = json.loads(APQ.read_text())
     key = "(96, 456, 14, 1, 1, 0, 1)-W4A4"
@@ -192,6 +193,28 @@ def test_cli_build_then_show_from_table(tmp_path: Path, capsys: pytest.CaptureFi
 # ------------------------------------------------------------------ shipped tables, table devices, bit grids
 
 SHIPPED_SMALL = ["bismo-edge__smallcnn", "bitfusion-edge__smallcnn"]
+
+
+def _all_shipped() -> list[str]:
+    from hwsearch.hardware.regenerate import shipped_table_name, shipped_tables
+
+    return [shipped_table_name(d, m.name).removesuffix(".json") for d, m in shipped_tables()]
+
+
+def test_the_table_checks_cover_every_shipped_file() -> None:
+    from hwsearch.hardware.regenerate import shipped_dir
+
+    on_disk = {p.stem for p in shipped_dir().glob("*__*.json")}
+    assert set(_all_shipped()) == on_disk and len(on_disk) == 25
+    assert set(SHIPPED_SMALL) <= on_disk
+
+
+@pytest.mark.slow  # all 25 take about 70 s on 2 cores (the ImageNet-shape models dominate)
+@pytest.mark.parametrize("stem", [s for s in _all_shipped() if s not in SHIPPED_SMALL])
+def test_every_other_shipped_table_rebuilds_byte_for_byte(stem: str) -> None:
+    from hwsearch.hardware.regenerate import regenerate, shipped_dir
+
+    assert regenerate(shipped_dir(), only=[stem], check=True) == [(shipped_dir() / f"{stem}.json", "unchanged")]
 
 
 @pytest.mark.parametrize("stem", SHIPPED_SMALL)

@@ -12,6 +12,7 @@ import pytest
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.parallel import ParallelConfig, make_vec_env
 from hwsearch.search import SearchCheckpoint, SearchConfig, run_search
+from tests.ci import import_or_skip
 from tests.test_search import TINY, make_env  # make_env is a top-level function: picklable as an env factory
 
 SEVEN = {**TINY, "episodes": 7}  # not a multiple of 2: the last round's extra episode is not recorded
@@ -87,7 +88,7 @@ def test_ddpg_with_two_envs_trains_once_per_transition_and_resumes(tmp_path: Pat
 
 @pytest.mark.slow
 def test_two_ray_workers_match_the_serial_runs() -> None:
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'hwsearch[ray]')")
+    ray = import_or_skip("ray", "ray is not installed (it is in the dev extra: pip install -e '.[dev]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ddpg = SearchConfig(seed=5, **SEVEN)

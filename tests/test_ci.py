@@ -1,0 +1,33 @@
+"""HWSEARCH_CI=1 turns skips for missing data into failures; without it they stay skips."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ci import CI_VAR, import_or_skip, in_ci, requires
+
+
+@requires(False, "reference data not found")
+def _needs_missing_data() -> None:
+    raise AssertionError("must not run")
+
+
+@requires(True, "present")
+def _needs_present_data() -> str:
+    return "ran"
+
+
+@pytest.mark.parametrize(("value", "ci"), [("1", True), ("yes", True), ("0", False), ("", False), (None, False)])
+def test_missing_data_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch, value, ci: bool) -> None:  # type: ignore[no-untyped-def]
+    if value is None:
+        monkeypatch.delenv(CI_VAR, raising=False)
+    else:
+        monkeypatch.setenv(CI_VAR, value)
+    assert in_ci() is ci
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="reference data not found"):
+        _needs_missing_data()
+    with pytest.raises(outcome, match="not installed"):
+        import_or_skip("no_such_module_hwsearch", "no_such_module is not installed")
+    assert _needs_present_data() == "ran"
+    assert import_or_skip("json", "json").__name__ == "json"
