@@ -345,15 +345,39 @@ def test_cascade_keeps_the_worst_case_and_makes_columns_cumulative(cnn) -> None:
     assert abs(fast.worst - full.worst) <= 1 / len(y)
 
 
+def test_cascade_attacks_only_what_still_stands(cnn, monkeypatch) -> None:
+    """The point of the cascade is cost: each attack sees only the images every earlier one left robust."""
+    model, x, y = cnn
+    atks = [AttackConfig("pgd", 0.15, 3, grad="ste"), AttackConfig("fgsm", 0.15), AttackConfig("pgd", 0.15, 2)]
+    seen: list[int] = []
+    real = attacks_module.attack
+
+    def spy(model, x, y, cfg, **kw):  # type: ignore[no-untyped-def]
+        seen.append(int(x.shape[0]))
+        return real(model, x, y, cfg, **kw)
+
+    monkeypatch.setattr(attacks_module, "attack", spy)
+    fast = robust_accuracy(model, x, y, atks, cascade=True)
+    n = len(y)
+    cols = [round(v * n) for v in fast.per_attack.values()]
+    assert seen == [round(fast.clean * n), *cols[:-1]] and cols[0] < seen[0]
+    seen.clear()
+    robust_accuracy(model, x, y, atks, cascade=False)
+    assert seen == [round(fast.clean * n)] * 3
+
+
 def test_restarts_keep_every_earlier_success(cnn) -> None:
     model, x, y = cnn
-    one = attack(model, x, y, AttackConfig(eps=0.1, steps=3), generator=torch.Generator().manual_seed(5))
-    three = attack(model, x, y, AttackConfig(eps=0.1, steps=3, restarts=3), generator=torch.Generator().manual_seed(5))
+    one = attack(model, x, y, AttackConfig(eps=0.2, steps=3), generator=torch.Generator().manual_seed(5))
+    three = attack(model, x, y, AttackConfig(eps=0.2, steps=3, restarts=3), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         fooled_one = model(one).argmax(1) != y
         fooled_three = model(three).argmax(1) != y
     assert (fooled_three | ~fooled_one).all()  # first restart is the same run; later ones only add
     assert fooled_three.sum() >= fooled_one.sum()
+    assert fooled_one.any() and not fooled_one.all()
+    # an image fooled by the first restart keeps that very example: later restarts never re-attack it
+    assert torch.equal(three[fooled_one], one[fooled_one])
 
 
 # ------------------------------------------------------------------------------------------- hygiene
