@@ -1,12 +1,28 @@
-"""Shared set-up of the benchmarks: a trained default checkpoint, made once and reused."""
+"""Shared set-up of the benchmarks: a trained default checkpoint, and results files that say how they were made.
+
+Every figure a benchmark reports goes into ``benchmarks/results/<name>.json`` together with the command, the
+commit, the machine and the date (:func:`provenance`); the markdown beside it is rendered from that JSON
+(:func:`write_results`), never typed in.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from hwsearch.io import atomic_write_json, atomic_write_text
 from hwsearch.pipelines import BaselineConfig, train_baseline
 
+__all__ = ["RESULTS", "default_checkpoint", "provenance", "provenance_md", "write_results"]
+
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
 
 
 def default_checkpoint(path: str | None, epochs: int = 8) -> Path:
@@ -17,3 +33,66 @@ def default_checkpoint(path: str | None, epochs: int = 8) -> Path:
     if not ckpt.exists():
         train_baseline(BaselineConfig(epochs=epochs), ckpt)
     return ckpt
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command, commit (``git rev-parse HEAD``; ``dirty`` when tracked files differ from it), machine and date."""
+    import torch
+
+    args = sys.argv[1:] if argv is None else argv
+    module = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "?"
+    return {
+        "command": " ".join(["python", "-m", f"benchmarks.{module}", *args]),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def provenance_md(meta: dict[str, Any]) -> str:
+    """The provenance block at the foot of every rendered results file."""
+    m = meta["machine"]
+    dirty = " (with uncommitted changes)" if meta.get("dirty") else ""
+    return (
+        f"\nProduced by `{meta['command']}` at commit {meta['commit']}{dirty}, {meta['date']}, on {m['cpu']} "
+        f"({m['cores']} cores, {m['torch_threads']} torch thread(s), load average at start "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average'] or [])}); torch {meta['torch']}.\n"
+    )
+
+
+def write_results(name: str, payload: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> tuple[Path, Path]:
+    """Write ``RESULTS/<name>.json`` (payload with ``meta``), then ``<name>.md`` rendered from the file just written."""
+    if "meta" not in payload:
+        raise ValueError("payload needs a 'meta' entry from provenance()")
+    js = atomic_write_json(RESULTS / f"{name}.json", payload)
+    import json
+
+    data = json.loads(js.read_text(encoding="utf-8"))
+    md = atomic_write_text(RESULTS / f"{name}.md", render(data) + provenance_md(data["meta"]))
+    print(md.read_text(encoding="utf-8"), end="")
+    return js, md

@@ -20,13 +20,15 @@ default (``report_attacks`` defaults to 40 and 2) to save time: measured 22 min 
 shared (load 4-7); ``--input-bits 0`` drops the two slowest rows, ``--test-limit`` scores fewer images. Then the
 error-amplification profile of the FP32 and W2A2 rows under each model's own shadow-PGD examples at eps 0.1.
 
-Run: ``python benchmarks/defensive_quantization.py [--out benchmarks/results/]``
+Run: ``python -m benchmarks.defensive_quantization [--out benchmarks/results/]``. Writes ``dq_results.json``
+(figures, command, commit, machine, date) and ``dq_table.md`` rendered from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import sys
 import time
@@ -35,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks._common import provenance, provenance_md
 from hwsearch.data import load_dataset, tensors
 from hwsearch.io import atomic_write_json, atomic_write_text
 from hwsearch.models import build_model
@@ -117,6 +120,7 @@ def _quantize(model: nn.Module, bits: int, calib_x: torch.Tensor, input_bits: in
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    meta = provenance(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -201,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         write_amplification(profiles, out / "dq_amplification.csv", out / "dq_amplification.png")
 
     wall = time.perf_counter() - t_start
-    table = _markdown(rows, args, beta)
     summary = {
+        "meta": meta,
         "args": vars(args),
         "beta": beta,
         "beta_sweep": sweep,
@@ -213,17 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": wall,
         "threads": torch.get_num_threads(),
     }
-    lines = [table, f"beta sweep (val, eps 0.1): {', '.join(_sweep_text(s) for s in sweep)}; chosen beta = {beta:g}"]
-    if profiles:
-        lines.append("\nerror amplification (eps 0.1, shadow-PGD), mean over layers [noise control], last layer:")
-        for k, v in profiles.items():
-            lines.append(
-                f"  {k:14s} {_mean(v.adversarial):6.2f}  [{_mean(v.noise):5.2f}]  last {v.adversarial[-1]:.2f}"
-                f"  per layer {' '.join(f'{a:.2f}' for a in v.adversarial)}"
-            )
-    lines.append(f"\nwall {wall:.0f}s on {torch.get_num_threads()} threads")
-    text = "\n".join(lines) + "\n"
-    atomic_write_json(out / "dq_results.json", summary)
+    path = atomic_write_json(out / "dq_results.json", summary)
+    data = json.loads(path.read_text(encoding="utf-8"))  # the markdown is rendered from the file, not the run
+    text = render(data) + provenance_md(data["meta"])
     atomic_write_text(out / "dq_table.md", text)
     print(text, end="")
     print(f"files in {out}/")
@@ -239,13 +235,15 @@ def _sweep_text(s: dict) -> str:
     return f"beta {s['beta']:g}: clean {100 * s['val_clean']:.1f} / robust {100 * s['val_robust_0.1']:.1f}"
 
 
-def _markdown(rows: list[dict], args: argparse.Namespace, beta: float) -> str:
-    eps_cols = [str(e) for e in args.eps]
+def render(d: dict) -> str:
+    """``dq_table.md`` from ``dq_results.json``."""
+    args, beta, rows = d["args"], d["beta"], d["rows"]
+    eps_cols = [str(e) for e in args["eps"]]
     head = ["model", "W/A bits", "Lipschitz", "clean"]
     for e in eps_cols:
         head += [f"worst @{e}", f"STE-PGD only @{e}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ste = f"pgd{args.steps}-ste" + (f"-r{args.restarts}" if args.restarts > 1 else "")
+    ste = f"pgd{args['steps']}-ste" + (f"-r{args['restarts']}" if args["restarts"] > 1 else "")
     for r in rows:
         cells = [r["model"], r["bits"], f"{beta:g}" if r["lipschitz"] == "yes" else "-", f"{100 * r['clean']:.1f}"]
         for e in eps_cols:
@@ -253,12 +251,22 @@ def _markdown(rows: list[dict], args: argparse.Namespace, beta: float) -> str:
             cells += [f"{100 * pe['worst']:.1f}", f"{100 * pe['per_attack'][ste]:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     n = rows[0]["n"] if rows else 0
-    note = (
-        f"\nAccuracies in % on {n} mnist5k test images. worst = per-sample worst case over "
-        f"{', '.join(a.label for a in report_attacks(args.eps[0], steps=args.steps, restarts=args.restarts))} "
-        "(transfer from the FP32 row); STE-PGD only = that attack alone. Std err ~1.5 points per entry.\n"
-    )
-    return "\n".join(lines) + "\n" + note
+    lines += [
+        "",
+        f"Accuracies in % on {n} mnist5k test images. worst = per-sample worst case over {', '.join(d['attacks'])} "
+        "(transfer from the FP32 row); STE-PGD only = that attack alone. Std err ~1.5 points per entry.",
+        "",
+        f"beta sweep (val, eps 0.1): {', '.join(_sweep_text(s) for s in d['beta_sweep'])}; chosen beta = {beta:g}",
+    ]
+    if d["amplification"]:
+        lines.append("\nerror amplification (eps 0.1, shadow-PGD), mean over layers [noise control], last layer:")
+        for k, v in d["amplification"].items():
+            lines.append(
+                f"  {k:14s} {_mean(v['adversarial']):6.2f}  [{_mean(v['noise']):5.2f}]  last {v['adversarial'][-1]:.2f}"
+                f"  per layer {' '.join(f'{a:.2f}' for a in v['adversarial'])}"
+            )
+    lines.append(f"\nwall {d['wall_s']:.0f}s on {d['threads']} threads")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
