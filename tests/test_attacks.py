@@ -133,7 +133,7 @@ def test_config_defaults_labels_and_step_size() -> None:
         "pgd20-transfer-r3",
         "pgd20-shadow-margin-r3",
         "fgsm-ste",
-        "square200-margin",
+        "square150-margin",
     ]
     no_square = ["pgd20-ste", "pgd20-shadow", "pgd20-transfer", "pgd20-shadow-margin", "fgsm-ste"]
     assert [a.label for a in report_attacks(0.2, steps=20, restarts=1, queries=0)] == no_square

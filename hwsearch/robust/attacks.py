@@ -50,9 +50,9 @@ ATTACK_NORMS = ("linf", "l2")
 ATTACK_LOSSES = ("ce", "margin")
 ATTACK_GRADS = ("ste", "shadow", "transfer", "none")
 GRADIENT_FREE_METHODS = ("square",)
-# Square's query budget in reports: measured on `compare` of FP32 + W8A8 + W4A4 (default smallcnn, 500 images,
-# eps 0.1), it keeps the whole compare within about twice the time without it (README, "Robust accuracy").
-SQUARE_QUERIES = 200
+# Square's query budget in reports. `compare` of FP32 + W8A8 + W4A4 (demo smallcnn, 500 images, eps 0.1) took
+# 2.15x as long with 200 queries as without Square (benchmarks.square_cost); 150 keeps it within about 2x.
+SQUARE_QUERIES = 150
 
 _STEP_FACTOR = 2.5  # Madry et al.: step = 2.5 * eps / steps lets PGD reach the boundary from any start
 
@@ -110,7 +110,7 @@ class AttackConfig:
 
     @property
     def label(self) -> str:
-        """Short column name, e.g. ``pgd10-ste``, ``pgd40-shadow-margin-r2``, ``fgsm-ste``, ``square200-margin``
+        """Short column name, e.g. ``pgd10-ste``, ``pgd40-shadow-margin-r2``, ``fgsm-ste``, ``square150-margin``
         (eps not included)."""
         head = "fgsm" if self.method == "fgsm" else f"{self.method}{self.steps}"
         parts = [head] if self.grad == "none" else [head, self.grad]
