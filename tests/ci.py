@@ -6,19 +6,15 @@ Outside CI (a laptop without ``../shared/reference``) the same tests skip as bef
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
-from collections.abc import Callable
 from types import ModuleType
-from typing import Any, TypeVar
 
 import pytest
 
-__all__ = ["CI_VAR", "in_ci", "requires", "import_or_skip"]
+__all__ = ["CI_VAR", "in_ci", "requires", "check_requirements", "import_or_skip"]
 
 CI_VAR = "HWSEARCH_CI"
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def in_ci() -> bool:
@@ -32,20 +28,20 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def requires(ok: bool, reason: str) -> Callable[[F], F]:
-    """Decorator: run the test when ``ok``; else skip it, or fail it under CI. Read at run time, not import."""
+def requires(ok: bool, reason: str) -> pytest.MarkDecorator:
+    """Marker: run the test when ``ok``; else skip it, or fail it under CI.
 
-    def deco(fn: F) -> F:
-        if ok:
-            return fn
+    ``tests/conftest.py`` acts on it before any fixture is set up, so a fixture that reads the missing data
+    never runs (it would error instead of skipping). Whether CI is on is read at run time.
+    """
+    return pytest.mark.hwsearch_requires(ok=bool(ok), reason=reason)
 
-        @functools.wraps(fn)
-        def missing(*args: Any, **kwargs: Any) -> None:
-            _missing(reason)
 
-        return missing  # type: ignore[return-value]
-
-    return deco
+def check_requirements(item: pytest.Item) -> None:
+    """Skip or fail ``item`` for the first unmet :func:`requires` marker (called from ``pytest_runtest_setup``)."""
+    for mark in item.iter_markers("hwsearch_requires"):
+        if not mark.kwargs["ok"]:
+            _missing(mark.kwargs["reason"])
 
 
 def import_or_skip(name: str, reason: str) -> ModuleType:

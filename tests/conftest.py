@@ -7,6 +7,15 @@ from pathlib import Path
 import pytest
 
 from hwsearch.pipelines import BaselineConfig, train_baseline
+from tests.ci import check_requirements
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hwsearch_requires(ok, reason): skip when not ok; fail under HWSEARCH_CI=1")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_requirements(item)  # before fixtures: one that reads missing data must not run
 
 
 @pytest.fixture(scope="session")
