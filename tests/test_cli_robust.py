@@ -79,8 +79,11 @@ def test_compare_reports_worst_case_and_per_attack_robustness(
     for r in rows.values():
         for eps in ("0.1", "0.3"):
             worst = r[f"robust@{eps}:worst"]
-            per_attack = [v for k, v in r.items() if k.startswith(f"robust@{eps}:") and not k.endswith("worst")]
-            assert len(per_attack) == 5 and worst <= min(per_attack) + 1e-9
+            figs = {k.split(":", 1)[1]: v for k, v in r.items() if k.startswith(f"robust@{eps}:")}
+            per_attack = [v for k, v in figs.items() if k not in ("worst", "masking_gap", "masking_warning")]
+            assert len(per_attack) == 6 and "square150-margin" in figs  # 5 gradient attacks + gradient-free Square
+            assert worst <= min(per_attack) + 1e-9
+            assert isinstance(figs["masking_warning"], bool)
         assert r["robust@0.3:worst"] <= r["robust@0.1:worst"] + 1e-9
     md = (tmp_path / "report.md").read_text()
     assert "Robust accuracy (%) per attack" in md and "![tradeoff.png](tradeoff.png)" in md
