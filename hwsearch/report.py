@@ -12,7 +12,7 @@ from typing import Any
 from hwsearch.io import atomic_write_json, atomic_write_text
 from hwsearch.records import CompareRow
 from hwsearch.robust.attacks import is_gradient_free
-from hwsearch.robust.square import MASKING_MARGIN, masking_gap, masking_warning
+from hwsearch.robust.masking import MASKING_MARGIN, masking_gap, masking_warning
 from hwsearch.search import EpisodeRecord, SearchResult
 
 __all__ = [

@@ -261,7 +261,7 @@ def _fooling(parity: int, n: int):  # type: ignore[no-untyped-def]
         idx = torch.round(x[:, 1] * n).long()
         out = x.clone()
         out[idx % 2 == parity, 0] = 0.0
-        return out
+        return out, model(out).argmax(1) != y
 
     return fake
 
@@ -277,7 +277,9 @@ def test_worst_case_is_the_per_sample_intersection_not_the_lowest_column(monkeyp
     even2 = AttackConfig("pgd", 0.1, 2, grad="ste")
     fakes = {even.label: _fooling(0, n), odd.label: _fooling(1, n), even2.label: _fooling(0, n)}
     monkeypatch.setattr(
-        attacks_module, "attack", lambda model, x, y, cfg, **kw: fakes[cfg.label](model, x, y, cfg, **kw)
+        attacks_module,
+        "attack_with_outcome",
+        lambda model, x, y, cfg, **kw: fakes[cfg.label](model, x, y, cfg, **kw),
     )
     model = _ReadsMarker()
     r = robust_accuracy(model, x, y, [even, odd], batch_size=batch_size)
@@ -350,13 +352,13 @@ def test_cascade_attacks_only_what_still_stands(cnn, monkeypatch) -> None:
     model, x, y = cnn
     atks = [AttackConfig("pgd", 0.15, 3, grad="ste"), AttackConfig("fgsm", 0.15), AttackConfig("pgd", 0.15, 2)]
     seen: list[int] = []
-    real = attacks_module.attack
+    real = attacks_module.attack_with_outcome
 
     def spy(model, x, y, cfg, **kw):  # type: ignore[no-untyped-def]
         seen.append(int(x.shape[0]))
         return real(model, x, y, cfg, **kw)
 
-    monkeypatch.setattr(attacks_module, "attack", spy)
+    monkeypatch.setattr(attacks_module, "attack_with_outcome", spy)
     fast = robust_accuracy(model, x, y, atks, cascade=True)
     n = len(y)
     cols = [round(v * n) for v in fast.per_attack.values()]

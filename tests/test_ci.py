@@ -31,4 +31,3 @@ def test_missing_data_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.Mon
         import_or_skip("no_such_module_hwsearch", "no_such_module is not installed")
     check_requirements(_Item(requires(True, "present")))  # nothing raised
     assert import_or_skip("json", "json").__name__ == "json"
-

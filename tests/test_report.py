@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hwsearch.policy import uniform_policy
+from hwsearch.records import CompareRow
 from hwsearch.report import compare_records, compare_table, write_compare
-from hwsearch.workflow import CompareRow
 
 NAMES = ["a", "b"]
 

@@ -22,7 +22,8 @@ from hwsearch.robust.lipschitz import (
     lipschitz_regularizer,
     orthogonality_penalty,
 )
-from hwsearch.robust.square import MASKING_MARGIN, masking_gap, masking_warning, square_attack
+from hwsearch.robust.masking import MASKING_MARGIN, masking_gap, masking_warning
+from hwsearch.robust.square import square_attack
 
 __all__ = [
     "ATTACK_GRADS",

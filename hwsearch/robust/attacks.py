@@ -339,8 +339,11 @@ def attack_with_outcome(
         from hwsearch.robust.square import square_attack
 
         with _eval_mode(model):
-            best = square_attack(model, xd, yd, cfg, generator)
-        return best.to(device=x.device, dtype=x.dtype)
+            best = square_attack(
+                model, xd, yd, eps=cfg.eps, queries=cfg.steps, restarts=cfg.restarts, loss=cfg.loss, generator=generator
+            )
+            fooled = _wrong(model, best, yd)
+        return best.to(device=x.device, dtype=x.dtype), fooled.to(x.device)
     with _eval_mode(model, source), gradient_mode(source, mode):
         for _ in range(restarts):
             todo = (~done).nonzero().squeeze(1)
