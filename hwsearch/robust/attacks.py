@@ -51,7 +51,7 @@ ATTACK_LOSSES = ("ce", "margin")
 ATTACK_GRADS = ("ste", "shadow", "transfer", "none")
 GRADIENT_FREE_METHODS = ("square",)
 # Square's query budget in reports. `compare` of FP32 + W8A8 + W4A4 (demo smallcnn, 500 images, eps 0.1) took
-# 2.15x as long with 200 queries as without Square (benchmarks.square_cost); 150 keeps it within about 2x.
+# 2.15x as long with 200 queries as without Square; 150 queries: 2.02x the CPU time (benchmarks.square_cost).
 SQUARE_QUERIES = 150
 
 _STEP_FACTOR = 2.5  # Madry et al.: step = 2.5 * eps / steps lets PGD reach the boundary from any start
