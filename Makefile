@@ -7,8 +7,12 @@ INSTALL_STAMP := .install.stamp
 
 .PHONY: install demo test test-fast lint tables tables-check clean
 
+# torchattacks (Square in reports) without its dependencies: it pins requests~=2.25.1, which it never imports.
+TORCHATTACKS := "torchattacks>=3.5,<4"
+
 $(INSTALL_STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps $(TORCHATTACKS)
 	@touch $(INSTALL_STAMP)
 
 # Reinstalls when the active Python imports hwsearch from another checkout (a moved or copied tree), which the
@@ -18,7 +22,7 @@ INSTALLED_HERE := import sys, importlib.util as u, pathlib as p; sys.path = [d f
 	raise SystemExit(s is None or p.Path(s.origin).resolve().parents[1] != p.Path.cwd().resolve())
 
 install: $(INSTALL_STAMP)
-	@$(PYTHON) -c '$(INSTALLED_HERE)' 2>/dev/null || $(PIP) install -q -e ".[dev]"
+	@$(PYTHON) -c '$(INSTALLED_HERE)' 2>/dev/null || { $(PIP) install -q -e ".[dev]" && $(PIP) install -q --no-deps $(TORCHATTACKS); }
 
 demo: install
 	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt

@@ -50,7 +50,9 @@ def square_attack(
     try:
         import torchattacks
     except ImportError:  # pragma: no cover - a declared dependency
-        raise HwsearchError("the square attack needs torchattacks: pip install torchattacks") from None
+        raise HwsearchError(
+            "the square attack needs torchattacks: pip install --no-deps 'torchattacks>=3.5,<4' (make install does)"
+        ) from None
     if loss not in ("margin", "ce") or queries < 1 or restarts < 1 or not 0 <= eps <= 1:
         raise ConfigError(
             f"square attack: loss {loss!r}, queries {queries}, restarts {restarts}, eps {eps} (need margin/ce, "
