@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from hwsearch.budget import Budget, check_table_size
 from hwsearch.checks import check_number
-from hwsearch.errors import BudgetError, ConfigError
+from hwsearch.errors import BudgetError, ConfigError, PolicyError
 from hwsearch.hardware.base import CostModel
 from hwsearch.hardware.cost import policy_cost
 from hwsearch.layers import LayerInfo
@@ -120,7 +120,8 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     Terminates after ``2 * n_layers`` steps; never truncates. The observation returned with the last step repeats
     the last layer's features (no layer follows; agents mask it with the done flag). ``info`` of the last step
     carries ``policy``
-    (enforced, a :class:`Policy`), ``requested_policy``, ``cost`` (latency_ms, energy_mj, size_bits),
+    (enforced, a :class:`Policy`), ``requested_policy``, ``cost`` (latency_ms, energy_mj, size_bits, and
+    ``relative`` / ``requested_relative``: the enforced and the requested policy's budget metric over fixed W8A8's),
     ``accuracy``, ``robust_accuracy`` and ``reward``.
 
     ## Arguments
@@ -253,6 +254,38 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         t = self._costs[metric]
         return float(t[np.arange(self.n_layers), choice[:, 0], choice[:, 1]].sum())
 
+    def cost_table(self, metric: str | None = None) -> np.ndarray:
+        """A copy of every layer's cost at every bit choice, ``(n_layers, len(w_bits), len(a_bits))``, in the
+        budget's metric by default (the table the budget walk and the ILP baseline use)."""
+        metric = metric or self.config.budget.metric
+        if metric not in self._costs:
+            raise BudgetError(f"device {getattr(self.cost_model, 'name', '?')!r} has no {metric} figures")
+        return self._costs[metric].copy()
+
+    def choice_of(self, policy: Policy) -> np.ndarray:
+        """The bit-choice indices of ``policy`` (the inverse of :meth:`policy_of`); a PolicyError for a layer or
+        width this env cannot choose."""
+        policy.check_against([ly.name for ly in self.layers])
+        wb, ab = self.config.w_bits, self.config.a_bits
+        choice = np.zeros((self.n_layers, 2), dtype=np.int64)
+        for i, ly in enumerate(self.layers):
+            bits = policy[ly.name]
+            if bits.w not in wb or bits.a not in ab:
+                raise PolicyError(
+                    f"layer {ly.name!r}: W{bits.w}A{bits.a} is not a choice of this search (weights {list(wb)}, "
+                    f"activations {list(ab)}); widen --min-bits/--max-bits or pick a target that prices it"
+                )
+            choice[i] = (wb.index(bits.w), ab.index(bits.a))
+        return choice
+
+    def actions_for(self, policy: Policy) -> np.ndarray:
+        """The ``n_steps`` actions (bin centres, step order) that request ``policy``: what a warm start replays."""
+        choice = self.choice_of(policy)
+        n = (len(self.config.w_bits), len(self.config.a_bits))
+        return np.asarray(
+            [-1.0 + (2 * choice[i, c] + 1) / n[c] for i in range(self.n_layers) for c in (0, 1)], dtype=np.float32
+        )
+
     def enforce_budget(self, choice: np.ndarray) -> np.ndarray:
         """HAQ's budget walk: from the last layer back, lower activation then weight bits until the cost fits."""
         choice = choice.copy()
@@ -286,6 +319,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         if rob is not None:
             reward += cfg.w_rob * (rob - cfg.rob_ref)
         reward -= cfg.w_cost * cost[cfg.budget.metric] / self.cost_ref
+        requested_cost = self.cost_of(self._choice, cfg.budget.metric)
         info = {
             "policy": policy,
             "requested_policy": requested,
@@ -294,6 +328,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                 "energy_mj": cost.get("energy"),
                 "size_bits": cost["size"],
                 "relative": cost[cfg.budget.metric] / self.cost_ref,
+                "requested_relative": requested_cost / self.cost_ref,
             },
             "accuracy": float(result.accuracy),
             "robust_accuracy": None if rob is None else float(rob),

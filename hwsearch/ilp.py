@@ -1,0 +1,135 @@
+"""The practitioners' baseline: per-layer sensitivity, then an integer program under the budget (HAWQ-V3,
+AutoQuantize, AIMET AMP). See docs/ARCHITECTURE.md, "The ILP baseline".
+
+Sensitivity is measured through the env's own evaluator, on the search-val split, in the env's own reward
+terms: the drop of quantizing one layer's weights to each width with every other choice at the highest width
+the search allows (8 bits by default), and likewise its input activations, assumed additive. The integer program
+then picks one (w, a) pair per layer maximising the summed score (plus the env's exact, additive cost term)
+under the budget, on the same cost table the budget walk uses, with ``scipy.optimize.milp`` (HiGHS).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwsearch.envs import MixedPrecisionEnv
+from hwsearch.errors import BudgetError
+from hwsearch.policy import Policy
+from hwsearch.records import EvalResult
+
+__all__ = ["Sensitivity", "IlpResult", "measure_sensitivity", "solve_ilp", "ilp_policy"]
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Reward-term change of each layer's weight choice (``weights[i, j]``) and activation choice
+    (``activations[i, k]``) against the all-highest policy; 0 at the highest choice, usually negative below."""
+
+    weights: np.ndarray
+    activations: np.ndarray
+    evaluations: int
+    wall_s: float
+
+    def scores(self) -> np.ndarray:
+        """The additive score of every (layer, w, a) cell, ``(n_layers, n_w, n_a)``."""
+        return self.weights[:, :, None] + self.activations[:, None, :]
+
+
+@dataclass(frozen=True)
+class IlpResult:
+    """The ILP's policy, the score it predicted (reward terms, assumed additive) and what it cost."""
+
+    policy: Policy
+    choice: np.ndarray
+    predicted_score: float
+    evaluations: int
+    sensitivity_s: float
+    solve_s: float
+
+
+def _terms(env: MixedPrecisionEnv, result: EvalResult) -> float:
+    """The accuracy and robustness part of the env's reward (the cost part is exact and added separately)."""
+    cfg = env.config
+    value = cfg.w_acc * (result.accuracy - cfg.acc_ref)
+    if result.robust_accuracy is not None:
+        value += cfg.w_rob * (result.robust_accuracy - cfg.rob_ref)
+    return float(value)
+
+
+def measure_sensitivity(env: MixedPrecisionEnv) -> Sensitivity:
+    """One evaluation per layer and lower width (weights, then activations) plus the all-highest reference:
+    ``n_layers * (n_w - 1 + n_a - 1) + 1`` calls of ``env.evaluator``."""
+    t0 = time.perf_counter()
+    n_w, n_a = len(env.config.w_bits), len(env.config.a_bits)
+    top = np.tile(np.array([n_w - 1, n_a - 1], dtype=np.int64), (env.n_layers, 1))
+    calls = [0]
+
+    def term(choice: np.ndarray) -> float:
+        calls[0] += 1
+        return _terms(env, env.evaluator.evaluate(env.policy_of(choice)))
+
+    base = term(top)
+    weights = np.zeros((env.n_layers, n_w))
+    acts = np.zeros((env.n_layers, n_a))
+    for i in range(env.n_layers):
+        for col, table, n in ((0, weights, n_w), (1, acts, n_a)):
+            for j in range(n - 1):
+                choice = top.copy()
+                choice[i, col] = j
+                table[i, j] = term(choice) - base
+    return Sensitivity(weights, acts, calls[0], time.perf_counter() - t0)
+
+
+def solve_ilp(scores: np.ndarray, costs: np.ndarray, limit: float) -> np.ndarray:
+    """Maximise ``sum scores[i, j, k]`` over one (j, k) per layer i with ``sum costs[i, j, k] <= limit``.
+
+    One binary per (layer, w, a) cell; returns the ``(n_layers, 2)`` choice indices. A limit below the cheapest
+    choice of every layer raises a one-line :class:`BudgetError`.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    scores = np.asarray(scores, dtype=np.float64)
+    costs = np.asarray(costs, dtype=np.float64)
+    if scores.shape != costs.shape or scores.ndim != 3:
+        raise ValueError(f"scores {scores.shape} and costs {costs.shape} must both be (n_layers, n_w, n_a)")
+    n, n_w, n_a = scores.shape
+    cells = n_w * n_a
+    floor = float(costs.reshape(n, cells).min(axis=1).sum())
+    if limit < floor * (1 - 1e-9):
+        raise BudgetError(
+            f"the ILP's budget {limit:.6g} is below the cost of the cheapest choice of every layer ({floor:.6g}); "
+            "raise the budget"
+        )
+    one_per_layer = np.kron(np.eye(n), np.ones(cells))
+    # a hair under the limit, so float rounding never leaves the answer above it (the budget walk would move it)
+    tight = max(limit - 1e-9 * max(abs(limit), 1e-300), floor)
+    constraints = [
+        LinearConstraint(one_per_layer, 1.0, 1.0),
+        LinearConstraint(costs.reshape(1, -1), -np.inf, tight),
+    ]
+    res = milp(
+        -scores.reshape(-1),
+        constraints=constraints,
+        integrality=np.ones(n * cells),
+        bounds=Bounds(0.0, 1.0),
+    )
+    if res.x is None:
+        raise BudgetError(f"the ILP found no policy under the budget {limit:.6g} ({res.message}); raise the budget")
+    picks = np.argmax(res.x.reshape(n, cells), axis=1)
+    return np.stack([picks // n_a, picks % n_a], axis=1).astype(np.int64)
+
+
+def ilp_policy(env: MixedPrecisionEnv) -> IlpResult:
+    """Measure sensitivity through ``env.evaluator`` and solve under ``env``'s budget with its cost table."""
+    sens = measure_sensitivity(env)
+    t0 = time.perf_counter()
+    scores = sens.scores()
+    if env.config.w_cost:  # the env's cost term is additive over layers: exact, not estimated
+        scores = scores - env.config.w_cost * env.cost_table() / env.cost_ref
+    choice = solve_ilp(scores, env.cost_table(), env.budget_limit)
+    predicted = float(scores[np.arange(env.n_layers), choice[:, 0], choice[:, 1]].sum())
+    policy = env.policy_of(choice).with_meta(kind="ilp")
+    return IlpResult(policy, choice, predicted, sens.evaluations, sens.wall_s, time.perf_counter() - t0)
