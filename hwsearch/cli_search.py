@@ -16,7 +16,19 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     add_target(p)
     p.add_argument("--episodes", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20, help="random warm-up episodes before DDPG learns")
-    p.add_argument("--agent", default="ddpg", help="ddpg or random (same episodes, same budget enforcement)")
+    p.add_argument(
+        "--agent",
+        default="ddpg",
+        help="ddpg, random (same episodes, same budget enforcement) or ilp (sensitivity + integer program)",
+    )
+    p.add_argument(
+        "--init-policy",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="play this policy file first (repeatable; JSON/YAML/CSV/HAQ): a warm start inside the warm-up",
+    )
+    p.add_argument("--init-from-ilp", action="store_true", help="play the ILP baseline's answer first (warm start)")
     p.add_argument("--hidden", type=int, nargs="+", default=[300, 300], help="actor/critic hidden widths")
     p.add_argument("--min-bits", type=int, default=2)
     p.add_argument("--max-bits", type=int, default=8)
@@ -105,6 +117,8 @@ def job_config(args: argparse.Namespace) -> Any:
         checkpoint_every=args.checkpoint_every,
         tensorboard=args.tensorboard,
         threads=args.threads,
+        init_policies=tuple(args.init_policy),
+        init_from_ilp=args.init_from_ilp,
     )
 
 

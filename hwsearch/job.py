@@ -28,6 +28,7 @@ from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
 from hwsearch.io import atomic_write_text
 from hwsearch.parallel import ParallelConfig, merge_worker_stats, parallel_env, require_ray
+from hwsearch.policy import Policy
 from hwsearch.policy_formats import save_policy
 from hwsearch.records import EvalResult
 from hwsearch.report import EpisodeLog, read_episode_log, search_summary
@@ -60,6 +61,8 @@ class SearchJobConfig:
 
     ``target`` names the cost model (an analytical device or a cost table file); ``compute_device`` is where torch
     runs the evaluations. ``search.seed`` seeds the agent and the evaluator's robust subset alike.
+    ``init_policies`` (policy files, any format :mod:`hwsearch.policy_formats` reads) and ``init_from_ilp`` (the
+    ILP baseline's answer, after them) warm-start the search: they are the first episodes.
     """
 
     checkpoint: str
@@ -83,9 +86,12 @@ class SearchJobConfig:
     checkpoint_every: int = 10
     tensorboard: bool = False
     threads: int | None = None
+    init_policies: tuple[str, ...] = ()
+    init_from_ilp: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        object.__setattr__(self, "init_policies", tuple(str(p) for p in self.init_policies))
         if self.threads is not None:
             check_int(self.threads, "threads", 1)
         parse_budget(self.budget)
@@ -255,7 +261,8 @@ def _search_into(
     if not resuming:  # a fresh run keeps nothing of a run it replaces (--overwrite)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
     # after the history is cached (workers start with it), before the log (a worker that cannot start leaves no run)
-    search_env = parallel_env(env, config.parallel)
+    init, ilp_notes = _init_policies(config, ws, env, history)
+    search_env = env if search.agent == "ilp" else parallel_env(env, config.parallel)
     try:
         log = EpisodeLog(out / "episodes.csv", ws.layer_names, keep=len(history) if resuming else None)
         ckpt = SearchCheckpoint(out / "checkpoint", every=config.checkpoint_every)
@@ -276,7 +283,10 @@ def _search_into(
             should_stop=stop,
             tensorboard=out / "tensorboard" if config.tensorboard else None,
             resume=resuming,
+            init_policies=init,
         )
+        if ilp_notes:
+            result.notes.setdefault("ilp", ilp_notes)
         if search_env is not env:
             merge_worker_stats(search_env, evaluator)  # their cache (a sweep's next budget) and timings
     finally:
@@ -328,8 +338,47 @@ def _search_into(
             else "the faster of " + " and ".join(map(str, thread_candidates())) + " for this model (hwsearch.cores)"
         )
         summary += f"Torch threads: {threads}, {how}.\n"
+    summary += "\nLearning curve: learning_curve.png (reward, running best, moving mean, cost, exploration).\n"
     atomic_write_text(out / "summary.md", summary)
+    from hwsearch.plots import plot_learning_curve
+
+    plot_learning_curve(
+        result.episodes,
+        out / "learning_curve.png",
+        warmup_episodes=search.warmup_episodes if search.agent == "ddpg" else 0,
+        init_episodes=result.init_episodes,
+        budget=env.budget_limit / env.cost_ref,
+        title=f"{search.agent} search, {budget} on {config.target}, seed {search.seed}",
+    )
     return result
+
+
+def _init_policies(
+    config: SearchJobConfig, ws: Workspace, env: Any, history: Sequence[EpisodeRecord]
+) -> tuple[list[Policy], dict[str, Any]]:
+    """The warm start's policies: the files in order, then the ILP's answer (solved once: a resumed run that
+    already played it takes it from its log; its answer fits the budget, so the log holds it unchanged)."""
+    from hwsearch.policy_formats import load_policy
+
+    policies = [load_policy(p, layer_names=ws.layer_names) for p in config.init_policies]
+    for p in policies:
+        env.choice_of(p)  # a width the search cannot choose fails now, in one line, before any episode
+    notes: dict[str, Any] = {}
+    if config.init_from_ilp:
+        if len(history) > len(policies):
+            policies.append(history[len(policies)].policy)
+        else:
+            from hwsearch.ilp import ilp_policy
+
+            ilp = ilp_policy(env)
+            policies.append(ilp.policy)
+            notes = {
+                "sensitivity_evaluations": ilp.evaluations,
+                "sensitivity_s": ilp.sensitivity_s,
+                "solve_s": ilp.solve_s,
+                "predicted_score": ilp.predicted_score,
+            }
+    return policies, notes
 
 
 def load_job_config(folder: str | Path) -> SearchJobConfig:

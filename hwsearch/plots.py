@@ -11,6 +11,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from hwsearch.errors import ConfigError
 from hwsearch.io import atomic_write_with
 from hwsearch.policy import FLOAT_BITS, Policy
 
-__all__ = ["plot_policy_bits", "plot_tradeoff"]
+__all__ = ["plot_policy_bits", "plot_tradeoff", "LearningCurve", "learning_curve_series", "plot_learning_curve"]
 
 _FLOAT_BAR = 9  # float layers are drawn just above the 8-bit line, hatched, instead of a bar 4x taller
 _DPI = 120
@@ -170,3 +171,109 @@ def plot_tradeoff(
     ax.legend(fontsize=7, loc="best", framealpha=0.9)
     ax.set_title(title or "Accuracy vs latency" + (" (robust where measured)" if len(series) > 1 else ""))
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class LearningCurve:
+    """The PNG written and the labels of the series drawn in it (read back from the figure's legends)."""
+
+    path: Path
+    series: tuple[str, ...]
+
+
+def learning_curve_series(episodes: Sequence[Any], window: int = 20) -> dict[str, list[float | None]]:
+    """Per episode: reward, running best, moving mean over the last ``window`` episodes, requested and enforced
+    cost (fraction of fixed 8-bit's budget metric) and DDPG's exploration sigma (None: uniform warm-up, random
+    search, a given policy or the ILP). ``episodes`` are :class:`hwsearch.search.EpisodeRecord`."""
+    rewards = [float(r.reward) for r in episodes]
+    best: list[float | None] = []
+    mean: list[float | None] = []
+    top = -math.inf
+    for i, v in enumerate(rewards):
+        top = max(top, v)
+        best.append(top)
+        chunk = rewards[max(0, i + 1 - window) : i + 1]
+        mean.append(sum(chunk) / len(chunk))
+    return {
+        "reward": list(rewards),
+        "running best": best,
+        f"moving mean ({window})": mean,
+        "requested cost": [getattr(r, "requested_relative_cost", None) for r in episodes],
+        "enforced cost": [float(r.relative_cost) for r in episodes],
+        "exploration sigma": [getattr(r, "noise_sigma", None) for r in episodes],
+    }
+
+
+def plot_learning_curve(
+    episodes: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    warmup_episodes: int = 0,
+    init_episodes: int = 0,
+    budget: float | None = None,
+    window: int = 20,
+    title: str | None = None,
+) -> LearningCurve:
+    """Did the agent learn? Reward per episode with its running best and moving mean (warm-up shaded), the
+    requested vs the enforced cost (the budget walk's work), and the exploration sigma, on one episode axis.
+
+    ``budget``: the limit as a fraction of fixed 8-bit, drawn as a line on the cost panel.
+    """
+    episodes = list(episodes)
+    if not episodes:
+        raise ConfigError("plot_learning_curve needs at least one episode")
+    series = learning_curve_series(episodes, window)
+    xs = [int(r.episode) for r in episodes]
+    fig = Figure(figsize=(8.0, 7.5))
+    ax_r, ax_c, ax_s = (fig.add_subplot(3, 1, i) for i in (1, 2, 3))
+    styles = {
+        "reward": {"ax": ax_r, "kind": "scatter", "color": "#1f77b4"},
+        "running best": {"ax": ax_r, "kind": "step", "color": "#2ca02c"},
+        f"moving mean ({window})": {"ax": ax_r, "kind": "line", "color": "#d62728"},
+        "requested cost": {"ax": ax_c, "kind": "scatter", "color": "#ff7f0e"},
+        "enforced cost": {"ax": ax_c, "kind": "scatter", "color": "#1f77b4"},
+        "exploration sigma": {"ax": ax_s, "kind": "line", "color": "#9467bd"},
+    }
+    for label, values in series.items():
+        style = styles[label]
+        pts = [(x, float(v)) for x, v in zip(xs, values, strict=True) if v is not None]
+        if not pts:
+            continue
+        ax, color = style["ax"], style["color"]
+        px, py = [p[0] for p in pts], [p[1] for p in pts]
+        if style["kind"] == "scatter":
+            ax.scatter(px, py, s=9, color=color, label=label, alpha=0.7, zorder=3)
+        elif style["kind"] == "step":
+            ax.step(px, py, where="post", color=color, label=label, linewidth=1.5)
+        else:
+            ax.plot(px, py, color=color, label=label, linewidth=1.5)
+    for ax in (ax_r, ax_c, ax_s):
+        if warmup_episodes > 0:
+            ax.axvspan(-0.5, warmup_episodes - 0.5, color="#cccccc", alpha=0.35, lw=0)
+        if init_episodes > 0:
+            ax.axvspan(-0.5, init_episodes - 0.5, color="#ffd54f", alpha=0.45, lw=0)
+        ax.grid(alpha=0.3)
+    if budget is not None:
+        ax_c.axhline(budget, color="black", linestyle="--", linewidth=1.0, label="budget")
+    if not series["exploration sigma"] or all(v is None for v in series["exploration sigma"]):
+        ax_s.text(
+            0.5,
+            0.5,
+            "no Gaussian exploration (warm-up, random, given or ILP episodes)",
+            ha="center",
+            va="center",
+            transform=ax_s.transAxes,
+            fontsize=8,
+        )
+    ax_r.set_ylabel("reward")
+    ax_c.set_ylabel("cost (x fixed 8-bit)")
+    ax_s.set_ylabel("exploration sigma")
+    ax_s.set_xlabel("episode (grey: warm-up" + (", yellow: given policies)" if init_episodes else ")"))
+    labels: list[str] = []
+    for ax in (ax_r, ax_c, ax_s):
+        _, names = ax.get_legend_handles_labels()
+        if names:
+            ax.legend(fontsize=7, loc="best", framealpha=0.9)
+        labels += names
+    ax_r.set_title(title or "Learning curve")
+    return LearningCurve(_save(fig, path), tuple(labels))

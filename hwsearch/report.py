@@ -24,6 +24,8 @@ __all__ = [
     "compare_records",
     "write_compare",
     "search_summary",
+    "episode_phase",
+    "learning_figures",
 ]
 
 EPISODE_FIELDS = (
@@ -35,6 +37,8 @@ EPISODE_FIELDS = (
     "energy_mj",
     "size_bits",
     "relative_cost",
+    "requested_relative_cost",
+    "noise_sigma",
 )
 
 
@@ -53,6 +57,8 @@ def episode_row(rec: EpisodeRecord) -> dict[str, Any]:
         "energy_mj": "" if rec.energy_mj is None else f"{rec.energy_mj:.6g}",
         "size_bits": int(rec.size_bits),
         "relative_cost": f"{rec.relative_cost:.4f}",
+        "requested_relative_cost": "" if rec.requested_relative_cost is None else f"{rec.requested_relative_cost:.4f}",
+        "noise_sigma": "" if rec.noise_sigma is None else f"{rec.noise_sigma:.6g}",
     }
     for name, bits in rec.policy.layers.items():
         row[name] = f"{bits.w}/{bits.a}"
@@ -97,6 +103,8 @@ def read_episode_log(path: Path, layer_names: Sequence[str]) -> list[EpisodeReco
                     layers[n] = LayerBits(int(w), int(a))
                 rob = row["robust_accuracy"]
                 energy = row["energy_mj"]
+                requested = row.get("requested_relative_cost") or ""  # absent from logs of older runs
+                sigma = row.get("noise_sigma") or ""
                 records.append(
                     EpisodeRecord(
                         episode=len(records),
@@ -108,6 +116,8 @@ def read_episode_log(path: Path, layer_names: Sequence[str]) -> list[EpisodeReco
                         energy_mj=float(energy) if energy else None,
                         size_bits=float(row["size_bits"]),
                         relative_cost=float(row["relative_cost"]),
+                        requested_relative_cost=float(requested) if requested else None,
+                        noise_sigma=float(sigma) if sigma else None,
                     )
                 )
             except (KeyError, ValueError, AttributeError, TypeError):
@@ -217,6 +227,63 @@ def write_compare(out_dir: Path, rows: Sequence[CompareRow], device: str, header
     return paths
 
 
+def episode_phase(index: int, agent: str, warmup_episodes: int, init_episodes: int = 0) -> str:
+    """What produced episode ``index``: ``given`` (a warm-start policy), ``warm-up`` (DDPG's uniform draws),
+    ``learned`` (DDPG's actor plus exploration), ``random`` or ``ilp``."""
+    if index < init_episodes:
+        return "given"
+    if agent in ("random", "ilp"):
+        return agent
+    return "warm-up" if index < warmup_episodes else "learned"
+
+
+def learning_figures(result: SearchResult) -> dict[str, Any]:
+    """Did the agent learn? The best episode and its phase, the warm-up's mean reward (its first
+    ``warmup_episodes`` episodes, given policies included; None without warm-up), the mean of the last 20% of
+    episodes (at least one) and the mean after warm-up."""
+    eps = result.episodes
+    best = result.best
+    cfg = result.config
+    warm = [r.reward for r in eps[: cfg.warmup_episodes]] if cfg.agent != "ilp" else []
+    tail = [r.reward for r in eps[len(eps) - max(1, -(-len(eps) // 5)) :]]
+    after = [r.reward for r in eps[cfg.warmup_episodes :]]
+    return {
+        "best_episode": best.episode,
+        "best_reward": best.reward,
+        "best_phase": episode_phase(best.episode, cfg.agent, cfg.warmup_episodes, result.init_episodes),
+        "warmup_episodes": min(cfg.warmup_episodes, len(eps)),
+        "warmup_mean": sum(warm) / len(warm) if warm else None,
+        "last20_first_episode": len(eps) - len(tail),
+        "last20_mean": sum(tail) / len(tail),
+        "after_warmup_mean": sum(after) / len(after) if after else None,
+    }
+
+
+def _learning_lines(result: SearchResult) -> list[str]:
+    f = learning_figures(result)
+    n = len(result.episodes)
+    where = {
+        "given": "a given (warm-start) policy",
+        "warm-up": f"the random warm-up (episodes 0-{f['warmup_episodes'] - 1})",
+        "learned": "the learned phase (after warm-up)",
+        "random": "random search",
+        "ilp": "the ILP's answer",
+    }[f["best_phase"]]
+    lines = [f"- learning: best episode {f['best_episode']} comes from {where}"]
+    if f["warmup_mean"] is not None:
+        lines.append(f"- warm-up mean reward: {f['warmup_mean']:.4f} (episodes 0-{f['warmup_episodes'] - 1})")
+    lines.append(f"- last 20% mean reward: {f['last20_mean']:.4f} (episodes {f['last20_first_episode']}-{n - 1})")
+    if result.init_episodes:
+        lines.append(f"- warm start: the first {result.init_episodes} episode(s) requested the given policies")
+    ilp = result.notes.get("ilp")
+    if ilp:
+        lines.append(
+            f"- ILP: {ilp['sensitivity_evaluations']} sensitivity evaluations in {ilp['sensitivity_s']:.2f} s, "
+            f"solved in {ilp['solve_s']:.3f} s, predicted score {ilp['predicted_score']:.4f}"
+        )
+    return lines
+
+
 def search_summary(
     result: SearchResult,
     *,
@@ -237,6 +304,8 @@ def search_summary(
         + ("" if best.robust_accuracy is None else f", robust accuracy {100 * best.robust_accuracy:.2f}%")
         + f", latency {best.latency_ms:.5g} ms ({best.relative_cost:.3f} of fixed 8-bit)",
         f"- fixed 8-bit reference (search-val): {json.dumps(reference)}",
+        *_learning_lines(result),
+        f"- wall time of the search: {result.wall_s:.2f} s",
         "",
         "## Where time went",
         "",

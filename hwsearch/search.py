@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ __all__ = [
     "run_search",
 ]
 
-AGENTS = ("ddpg", "random")
+AGENTS = ("ddpg", "random", "ilp")
 REWARD_MODES = ("episode", "sparse")
 
 
@@ -95,6 +95,8 @@ class EpisodeRecord:
     size_bits: float
     relative_cost: float
     per_attack: dict[str, float] = field(default_factory=dict)
+    requested_relative_cost: float | None = None  # before the budget walk (docs/ARCHITECTURE.md, "The budget walk")
+    noise_sigma: float | None = None  # DDPG's exploration sigma for this episode; None: uniform or no exploration
 
     @classmethod
     def from_info(cls, episode: int, info: dict[str, Any]) -> EpisodeRecord:
@@ -110,14 +112,20 @@ class EpisodeRecord:
             size_bits=float(c["size_bits"]),
             relative_cost=float(c["relative"]),
             per_attack=dict(info.get("per_attack", {})),
+            requested_relative_cost=None if c.get("requested_relative") is None else float(c["requested_relative"]),
         )
 
 
 @dataclass
 class SearchResult:
+    """The recorded episodes; ``init_episodes``: how many of the first were given policies (a warm start or the
+    ILP's answer); ``notes``: what an agent adds (the ILP's evaluations and times)."""
+
     config: SearchConfig
     episodes: list[EpisodeRecord]
     wall_s: float = 0.0
+    init_episodes: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> EpisodeRecord:
@@ -198,6 +206,8 @@ class HaqDDPG(DDPG):
         self.baseline_alpha = float(baseline_alpha)
         self.reward_baseline: float | None = None
         self.after_store: Callable[[bool], None] | None = None
+        self.init_actions: np.ndarray | None = None  # (episodes, steps): played first, during warm-up
+        self.last_sigma: float | None = None  # the exploration sigma of the last sampled action (None: warm-up)
         super().__init__(*args, **kwargs)
 
     def _relabel_episode(self, replay_buffer: Any, dones: np.ndarray) -> None:
@@ -211,7 +221,7 @@ class HaqDDPG(DDPG):
             self.reward_baseline = base + (1.0 - self.baseline_alpha) * (reward - base)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "after_store"]
+        return [*super()._excluded_save_params(), "after_store", "init_actions"]
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
         """SB3 wraps the noise in one copy per env when ``n_envs > 1``; the truncated noise already perturbs a
@@ -251,12 +261,29 @@ class HaqDDPG(DDPG):
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.num_timesteps < learning_starts:  # uniform warm-up, without noise piling onto the bounds
-            return super()._sample_action(learning_starts, None, n_envs)
+            self.last_sigma = None
+            action, buffer_action = super()._sample_action(learning_starts, None, n_envs)
+            return self._warm_start(action, buffer_action, n_envs)
         if isinstance(action_noise, TruncatedNormalNoise):
+            self.last_sigma = action_noise.sigma
             _, buffer_action = super()._sample_action(learning_starts, None, n_envs)
             buffer_action = action_noise.perturb(buffer_action)
             return self.policy.unscale_action(buffer_action), buffer_action
+        self.last_sigma = None
         return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _warm_start(self, action: np.ndarray, buffer_action: np.ndarray, n_envs: int) -> tuple[np.ndarray, np.ndarray]:
+        """During warm-up, the first ``len(init_actions)`` episodes play the given actions instead of uniform draws
+        (env ``i`` of round ``r`` plays episode ``r * n_envs + i``); SB3 stores them as any other action."""
+        if self.init_actions is None:
+            return action, buffer_action
+        round_, t = divmod(self.num_timesteps // n_envs, self.episode_steps)
+        action, buffer_action = np.array(action, copy=True), np.array(buffer_action, copy=True)
+        for i in range(n_envs):
+            episode = round_ * n_envs + i
+            if episode < len(self.init_actions):
+                action[i] = buffer_action[i] = self.init_actions[episode, t]
+        return action, buffer_action
 
 
 class _Recorder(BaseCallback):
@@ -389,8 +416,15 @@ def run_search(
     should_stop: Callable[[], bool] = lambda: False,
     tensorboard: str | Path | None = None,
     resume: bool = False,
+    init_policies: Sequence[Policy] = (),
 ) -> SearchResult:
     """Run until ``config.episodes`` episodes are recorded; ``on_episode`` sees each new one.
+
+    ``init_policies`` (a warm start) are requested in the first episodes, inside the warm-up (so there must be
+    no more of them than ``config.warmup_episodes``), as the actions that request them
+    (:meth:`MixedPrecisionEnv.actions_for`); DDPG's replay buffer stores those actions like any other. The
+    ``ilp`` agent measures per-layer sensitivity through the env's evaluator, solves the integer program
+    (:mod:`hwsearch.ilp`) and records its answer as the one episode it plays, after any ``init_policies``.
 
     ``tensorboard``: a folder for SB3's logger in TensorBoard format: SB3's own training scalars, plus per
     episode ``episode/reward``, ``episode/accuracy``, ``episode/robust_accuracy``, ``episode/relative_cost``
@@ -411,7 +445,14 @@ def run_search(
     ``n_envs`` and seed gives the same episodes. Resume with the ``n_envs`` the run started with.
     """
     set_seed(config.seed + len(history))
-    result = SearchResult(config=config, episodes=list(history))
+    n_scripted = len(init_policies)
+    if config.agent != "ilp" and n_scripted > config.warmup_episodes:
+        raise ConfigError(
+            f"{n_scripted} initial policies need at least {n_scripted} warm-up episodes (they are played as the "
+            f"first ones); got warmup_episodes = {config.warmup_episodes}: raise --warmup"
+        )
+    result = SearchResult(config=config, episodes=list(history), init_episodes=n_scripted)
+    init_actions = _init_actions(env, init_policies)
     start = time.perf_counter()
     agent: HaqDDPG | None = None
     n_envs = env.num_envs if isinstance(env, VecEnv) else 1
@@ -451,6 +492,8 @@ def run_search(
         if len(result.episodes) >= config.episodes:  # the overshoot of a last round of several envs
             return
         rec = EpisodeRecord.from_info(len(result.episodes), info)
+        if agent is not None and agent.last_sigma is not None:
+            rec = replace(rec, noise_sigma=float(agent.last_sigma))
         result.episodes.append(rec)
         if logger is not None:
             logger.record("episode/reward", rec.reward)
@@ -477,7 +520,9 @@ def run_search(
 
     remaining = config.episodes - len(result.episodes)
     try:
-        if remaining > 0 and config.agent == "random":
+        if config.agent == "ilp":
+            _ilp_search(env, init_policies, init_actions, len(history), record, episode_stored, result)
+        elif remaining > 0 and config.agent == "random":
             _random_search(
                 env,
                 config,
@@ -489,6 +534,7 @@ def run_search(
                 episode_stored,
                 stop_requested,
                 recorded=lambda: len(result.episodes),
+                init_actions=init_actions,
             )
         elif remaining > 0:
             agent = checkpoint.load_agent(env, config) if checkpoint is not None and resume else None
@@ -499,6 +545,7 @@ def run_search(
             if isinstance(agent.action_noise, TruncatedNormalNoise):
                 agent.action_noise.episodes = len(result.episodes)
             agent.after_store = episode_stored
+            agent.init_actions = init_actions
             if logger is not None:
                 agent.set_logger(logger)
             agent.learn(
@@ -507,6 +554,7 @@ def run_search(
                 reset_num_timesteps=not resumed,
             )
             agent.after_store = None
+            agent.init_actions = None
     finally:
         if logger is not None:
             logger.close()
@@ -538,6 +586,7 @@ def _random_search(
     stop_requested: Callable[[], bool],
     *,
     recorded: Callable[[], int],
+    init_actions: np.ndarray | None = None,
 ) -> None:
     """Uniform actions. A round of ``n_envs`` episodes draws ``(n_envs, steps)`` actions in one call: the same
     numbers, in the same episode order, as ``n_envs`` episodes drawn one after another with one env."""
@@ -548,6 +597,9 @@ def _random_search(
         env.reset(seed=config.seed + done_before)
     while not stop_requested() and recorded() < config.episodes:
         actions = rng.uniform(-1.0, 1.0, size=(n_envs, steps, 1)).astype(np.float32)
+        for i in range(n_envs):  # a warm start replaces the first draws (the stream after it is unchanged)
+            if init_actions is not None and recorded() + i < len(init_actions):
+                actions[i, :, 0] = init_actions[recorded() + i]
         if isinstance(env, VecEnv):
             for t in range(steps):
                 _, _, dones, infos = env.step(actions[:, t])
@@ -561,3 +613,54 @@ def _random_search(
         for info in infos:
             record(info)
         episode_stored(True)
+
+
+def _init_actions(env: MixedPrecisionEnv | VecEnv, policies: Sequence[Policy]) -> np.ndarray | None:
+    """``(len(policies), steps)`` actions requesting each policy; a PolicyError for one the env cannot choose."""
+    if not policies:
+        return None
+    if isinstance(env, VecEnv):
+        rows = [env.env_method("actions_for", p, indices=[0])[0] for p in policies]
+    else:
+        rows = [env.actions_for(p) for p in policies]
+    return np.stack(rows).astype(np.float32)
+
+
+def _play(env: MixedPrecisionEnv, actions: np.ndarray) -> dict[str, Any]:
+    env.reset()
+    info: dict[str, Any] = {}
+    for a in actions:
+        _, _, terminated, _, info = env.step(np.asarray([a], dtype=np.float32))
+    assert terminated
+    return info
+
+
+def _ilp_search(
+    env: MixedPrecisionEnv | VecEnv,
+    init_policies: Sequence[Policy],
+    init_actions: np.ndarray | None,
+    done_before: int,
+    record: Callable[[dict[str, Any]], None],
+    episode_stored: Callable[[bool], None],
+    result: SearchResult,
+) -> None:
+    """The ``ilp`` agent: any given policies, then the integer program's answer, each played as an episode."""
+    from hwsearch.ilp import ilp_policy
+
+    if isinstance(env, VecEnv):
+        raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
+    for e, actions in enumerate(init_actions if init_actions is not None else []):
+        if e >= done_before:
+            record(_play(env, actions))
+            episode_stored(True)
+    if done_before > len(init_policies):
+        return
+    ilp = ilp_policy(env)
+    result.notes["ilp"] = {
+        "sensitivity_evaluations": ilp.evaluations,
+        "sensitivity_s": ilp.sensitivity_s,
+        "solve_s": ilp.solve_s,
+        "predicted_score": ilp.predicted_score,
+    }
+    record(_play(env, env.actions_for(ilp.policy)))
+    episode_stored(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,25 @@ def test_the_ilp_agent_records_its_answer_as_one_episode() -> None:
     assert result.episodes[0].policy == ilp_policy(_env(seed=1)).policy
     assert result.notes["ilp"]["sensitivity_evaluations"] == 17
     assert result.episodes[0].reward == pytest.approx(_best_reward(_env(seed=1)), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_cli_runs_the_ilp_and_warm_starts_from_it(checkpoint: Path, tmp_path: Path) -> None:
+    from hwsearch.cli import main
+    from hwsearch.report import read_episode_log
+    from hwsearch.workflow import prepare
+
+    argv = ["search", "--checkpoint", str(checkpoint), "--target", "bitfusion-edge", "--budget", "latency=0.95x"]
+    argv += ["--min-bits", "6", "--hidden", "16", "16", "--quiet"]
+    assert main([*argv, "--agent", "ilp", "--out", str(tmp_path / "ilp")]) == 0
+    names = prepare(checkpoint).layer_names
+    (ilp,) = read_episode_log(tmp_path / "ilp" / "episodes.csv", names)
+    summary = (tmp_path / "ilp" / "summary.md").read_text()
+    assert "comes from the ILP's answer" in summary and "sensitivity evaluations" in summary
+    assert (tmp_path / "ilp" / "learning_curve.png").stat().st_size > 0
+    warm = [*argv, "--episodes", "4", "--warmup", "2", "--init-policy", str(tmp_path / "ilp" / "policy.json")]
+    assert main([*warm, "--init-from-ilp", "--out", str(tmp_path / "warm")]) == 0
+    first = read_episode_log(tmp_path / "warm" / "episodes.csv", names)
+    assert [r.policy for r in first[:2]] == [ilp.policy, ilp.policy] and len(first) == 4
+    assert first[0].reward == pytest.approx(ilp.reward, abs=1e-6)
+    assert "first 2 episode(s) requested the given policies" in (tmp_path / "warm" / "summary.md").read_text()
