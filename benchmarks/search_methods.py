@@ -1,0 +1,425 @@
+"""Does the agent learn, and does it beat the baselines? uniform vs random vs ILP vs DDPG vs DDPG warm-started
+from the ILP, at depth (issue 12).
+
+Per model (trained here on the embedded mnist5k with the project's own ``train``): the budget is the loosest
+latency (0.01 grid, fraction of fixed W8A8) at which the best uniform policy loses >= 2 points of **search-val**
+accuracy against FP32 (test data is never used to choose); then every method runs as a search job (the CLI's
+code path: each run folder holds its ``episodes.csv``, ``summary.md`` and ``learning_curve.png``) with the same
+episodes and seeds. Test figures are reported for each run's best policy (chosen on search-val). Writes
+``OUT/search_methods.json`` (one record per run, with the command, commit, CPU and date), ``OUT/search_methods.md``
+and ``OUT/search_methods.png`` (median best-so-far reward vs episode per method).
+
+    python -m benchmarks.search_methods                      # full: 3 models, 3 seeds, 200 episodes
+    python -m benchmarks.search_methods --out /tmp/sm --work /tmp/sm/runs --episodes 6 --warmup 3 --seeds 0 \
+        --models smallcnn --train-epochs 1 --min-bits 4                 # a smoke run: proves it works, no figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._common import RESULTS
+from hwsearch.budget import Budget
+from hwsearch.evaluate import clean_accuracy
+from hwsearch.hardware import bit_grid, get_cost_model, policy_cost
+from hwsearch.io import atomic_write_json, atomic_write_text
+from hwsearch.job import SearchJobConfig, run_search_job
+from hwsearch.pipelines import BaselineConfig, train_baseline
+from hwsearch.policy import Policy, uniform_policy
+from hwsearch.policy_formats import save_policy
+from hwsearch.quant import apply_policy
+from hwsearch.report import learning_figures
+from hwsearch.robust import robust_accuracy, search_attacks
+from hwsearch.search import SearchConfig, SearchResult
+from hwsearch.workflow import Workspace, prepare
+
+METHODS = ("uniform", "random", "ilp", "ddpg", "ddpg+ilp")
+#: model -> (target, objectives); BitFusion does not speed depthwise layers up, so mobilenet_v2 runs on BISMO
+MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "smallcnn": ("bitfusion-edge", ("robust",)),
+    "resnet20": ("bitfusion-edge", ("clean",)),
+    "mobilenet_v2": ("bismo-edge", ("clean",)),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    model: str
+    objective: str
+    target: str
+    budget: float
+    checkpoint: Path
+
+
+def _meta() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.search_methods", *sys.argv[1:]]),
+        "commit": commit,
+        "cpu": cpu,
+        "cores": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _checkpoint(model: str, work: Path, epochs: int) -> Path:
+    path = work / "checkpoints" / f"{model}-e{epochs}.pt"
+    if not path.exists():
+        train_baseline(BaselineConfig(model=model, epochs=epochs), path)
+    return path
+
+
+def pick_budget(ws: Workspace, target: str, min_bits: int) -> tuple[float, dict[str, Any]]:
+    """The loosest latency budget (0.01 grid) where the best uniform policy meeting it loses >= 2 points of
+    search-val accuracy against FP32; search-val only. Without one, the loosest grid budget above the cheapest
+    uniform policy (said so in the returned notes)."""
+    cost_model = get_cost_model(target)
+    x, y = ws.split("val")
+    fp32 = clean_accuracy(ws.model, x, y)
+    w_bits, a_bits = bit_grid(cost_model, ws.layers, candidates=range(min_bits, 9))
+    ref = policy_cost(cost_model, ws.layers, ws.uniform(8)).latency_ms
+    uniform = []
+    for w, a in itertools.product(w_bits, a_bits):
+        pol = uniform_policy(ws.layer_names, w, a)
+        rel = policy_cost(cost_model, ws.layers, pol).latency_ms / ref
+        uniform.append((rel, clean_accuracy(apply_policy(ws.model, pol, ws.calibration), x, y), f"W{w}A{a}"))
+    floor = min(u[0] for u in uniform)
+    grid = [b / 100 for b in range(int(floor * 100) + 1, 101)]
+
+    def best_uniform(b: float) -> float:
+        return max(u[1] for u in uniform if u[0] <= b + 1e-12)
+
+    ok = [b for b in grid if fp32 - best_uniform(b) >= 0.02]
+    rule = "loosest with the best uniform >= 2 points below FP32 (search-val)"
+    if not ok:
+        ok, rule = grid[:1], "fallback: no budget makes the best uniform lose 2 points; the tightest grid budget"
+    budget = ok[-1]
+    notes = {"fp32_val_accuracy": fp32, "rule": rule, "best_uniform_val_accuracy": best_uniform(budget)}
+    notes["uniform"] = [{"policy": n, "relative_latency": r, "val_accuracy": a} for r, a, n in uniform]
+    return budget, notes
+
+
+def _uniform_files(ws: Workspace, target: str, budget: float, min_bits: int, folder: Path) -> list[str]:
+    """Every uniform policy meeting the budget, as files the ``uniform`` method plays as its episodes."""
+    cost_model = get_cost_model(target)
+    w_bits, a_bits = bit_grid(cost_model, ws.layers, candidates=range(min_bits, 9))
+    ref = policy_cost(cost_model, ws.layers, ws.uniform(8)).latency_ms
+    files = []
+    for w, a in itertools.product(w_bits, a_bits):
+        pol = uniform_policy(ws.layer_names, w, a)
+        if policy_cost(cost_model, ws.layers, pol).latency_ms <= budget * ref * (1 - 1e-9):
+            files.append(str(save_policy(pol, folder / f"uniform-W{w}A{a}.json")))
+    return files
+
+
+class TestScorer:
+    """Test accuracy (and, for the robust objective, STE + shadow PGD-20 worst case on 500 test images) of a
+    run's best policy, memoised by policy."""
+
+    def __init__(self, ws: Workspace, eps: float) -> None:
+        self.ws = ws
+        self.x, self.y = ws.split("test")
+        self.eps = eps
+        self.cache: dict[tuple[Any, bool], tuple[float, float | None]] = {}
+
+    def __call__(self, policy: Policy, robust: bool) -> tuple[float, float | None]:
+        key = (policy.key(), robust)
+        if key not in self.cache:
+            model = apply_policy(self.ws.model, policy, self.ws.calibration)
+            acc = clean_accuracy(model, self.x, self.y)
+            rob = None
+            if robust:
+                attacks = search_attacks(self.eps, steps=20)
+                rob = float(robust_accuracy(model, self.x[:500], self.y[:500], attacks, seed=0, cascade=True).worst)
+            self.cache[key] = (acc, rob)
+        return self.cache[key]
+
+
+def run_method(
+    p: Problem, method: str, seed: int, args: argparse.Namespace, folder: Path, uniform_files: Sequence[str]
+) -> SearchResult:
+    robust = p.objective == "robust"
+    n = len(uniform_files)
+    agent = {"uniform": "random", "ddpg+ilp": "ddpg"}.get(method, method)
+    episodes = n if method == "uniform" else args.episodes
+    warmup = n if method == "uniform" else min(args.warmup, args.episodes)
+    search = SearchConfig(episodes=episodes, warmup_episodes=warmup, agent=agent, seed=seed)
+    job = SearchJobConfig(
+        checkpoint=str(p.checkpoint),
+        target=p.target,
+        budget=str(Budget("latency", p.budget)),
+        search=search,
+        min_bits=args.min_bits,
+        robust_weight=args.robust_weight if robust else 0.0,
+        attack="pgd" if robust else None,
+        eps=args.eps,
+        init_policies=tuple(uniform_files) if method == "uniform" else (),
+        init_from_ilp=method == "ddpg+ilp",
+        checkpoint_every=max(10, args.episodes),
+    )
+    done = run_search_job(job, folder, overwrite=True)
+    assert done is not None
+    return done.result
+
+
+def record(p: Problem, method: str, seed: int, res: SearchResult, wall_s: float, test: TestScorer) -> dict[str, Any]:
+    f = learning_figures(res)
+    best = res.best
+    acc, rob = test(best.policy, p.objective == "robust")
+    ilp = res.notes.get("ilp", {})
+    return {
+        "model": p.model,
+        "objective": p.objective,
+        "budget": p.budget,
+        "method": method,
+        "seed": seed,
+        "episodes": len(res.episodes),
+        "evaluations": len(res.episodes) + int(ilp.get("sensitivity_evaluations", 0)),
+        "best_reward": best.reward,
+        "best_episode": best.episode,
+        "best_phase": f["best_phase"],
+        "warmup_mean": f["warmup_mean"],
+        "last20_mean": f["last20_mean"],
+        "val_accuracy": best.accuracy,
+        "val_robust": best.robust_accuracy,
+        "test_accuracy": acc,
+        "test_robust": rob,
+        "relative_latency": best.relative_cost,
+        "wall_s": wall_s,
+        "target": p.target,
+        "best_so_far": [max(r.reward for r in res.episodes[: i + 1]) for i in range(len(res.episodes))],
+    }
+
+
+def _spread(values: Sequence[float]) -> float:
+    return max(values) - min(values) if values else 0.0
+
+
+def checks(records: Sequence[dict[str, Any]], warmup: int) -> list[dict[str, Any]]:
+    """The issue's criteria, computed from the records (never judged by hand)."""
+    out = []
+    for (model, objective), group in itertools.groupby(
+        sorted(records, key=lambda r: (r["model"], r["objective"])), key=lambda r: (r["model"], r["objective"])
+    ):
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for r in group:
+            runs.setdefault(r["method"], []).append(r)
+
+        def add(what: str, ok: bool | None, detail: str, model: str = model, objective: str = objective) -> None:
+            out.append({"model": model, "objective": objective, "check": what, "ok": bool(ok), "detail": detail})
+
+        ddpg = runs.get("ddpg", [])
+        if ddpg:
+            after = [r["best_episode"] >= warmup for r in ddpg]
+            add(
+                "DDPG's best episode after warm-up, every seed",
+                all(after),
+                f"best episodes {[r['best_episode'] for r in ddpg]}",
+            )
+            grew = [r["warmup_mean"] is not None and r["last20_mean"] > r["warmup_mean"] for r in ddpg]
+            add(
+                "DDPG's last-20% mean > its warm-up mean, every seed",
+                all(grew),
+                ", ".join(f"{r['last20_mean']:.3f} vs {r['warmup_mean']}" for r in ddpg),
+            )
+        rand = runs.get("random", [])
+        if ddpg and rand:
+            d = [r["best_reward"] for r in ddpg]
+            q = [r["best_reward"] for r in rand]
+            margin = max(_spread(d), _spread(q))
+            add(
+                "DDPG's median best beats random's by more than the larger seed spread",
+                statistics.median(d) - statistics.median(q) > margin,
+                f"{statistics.median(d):.4f} vs {statistics.median(q):.4f}, spread {margin:.4f}",
+            )
+            curve = [statistics.median(c) for c in zip(*(r["best_so_far"] for r in ddpg), strict=False)]
+            target = statistics.median(q)
+            reach = next((i + 1 for i, v in enumerate(curve) if v >= target), None)
+            n = min(len(r["best_so_far"]) for r in ddpg)
+            add(
+                "DDPG reaches random's final median best within a third of the episodes",
+                reach is not None and reach <= n / 3,
+                f"reached at episode {reach} of {n}",
+            )
+        ilp = runs.get("ilp", [])
+        for method in ("ddpg", "ddpg+ilp"):
+            if runs.get(method) and ilp:
+                a = statistics.median(r["best_reward"] for r in runs[method])
+                b = statistics.median(r["best_reward"] for r in ilp)
+                need = "at least as good as" if objective == "clean" else "better than"
+                ok = a >= b if objective == "clean" else a > b
+                add(f"{method} {need} the ILP (median best reward)", ok, f"{a:.4f} vs {b:.4f}")
+    return out
+
+
+def markdown(records: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Search methods: uniform, random, ILP, DDPG, DDPG warm-started from the ILP",
+        "",
+        f"`{meta['command']}` at {meta['commit']} on {meta['cpu']}, {meta['date']}. Medians over seeds (min-max);"
+        " rewards on search-val, test figures for each run's best policy.",
+        "",
+        "| model | objective | budget | method | seeds | episodes | evaluations | best reward | best episode |"
+        " warm-up mean | last-20% mean | val acc % | test acc % | test robust % | latency x W8A8 | wall s |",
+        "|" + "---|" * 16,
+    ]
+
+    def med(vals: Sequence[Any], spec: str, scale: float = 1.0) -> str:
+        v = [scale * x for x in vals if x is not None]
+        if not v:
+            return "-"
+        m = format(statistics.median(v), spec)
+        return m if len(v) == 1 else f"{m} ({format(min(v), spec)}-{format(max(v), spec)})"
+
+    key = lambda r: (r["model"], r["objective"], METHODS.index(r["method"]))  # noqa: E731
+    for (model, objective, _), group in itertools.groupby(sorted(records, key=key), key=key):
+        g = list(group)
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    model,
+                    objective,
+                    f"{g[0]['budget']:.2f}x",
+                    g[0]["method"],
+                    str(len(g)),
+                    med([r["episodes"] for r in g], ".0f"),
+                    med([r["evaluations"] for r in g], ".0f"),
+                    med([r["best_reward"] for r in g], ".4f"),
+                    med([r["best_episode"] for r in g], ".0f"),
+                    med([r["warmup_mean"] for r in g], ".4f"),
+                    med([r["last20_mean"] for r in g], ".4f"),
+                    med([r["val_accuracy"] for r in g], ".2f", 100),
+                    med([r["test_accuracy"] for r in g], ".2f", 100),
+                    med([r["test_robust"] for r in g], ".2f", 100),
+                    med([r["relative_latency"] for r in g], ".3f"),
+                    med([r["wall_s"] for r in g], ".1f"),
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## The issue's criteria",
+        "",
+        "| model | objective | check | ok | figures |",
+        "|---|---|---|---|---|",
+    ]
+    for c in found:
+        lines.append(
+            f"| {c['model']} | {c['objective']} | {c['check']} | {'yes' if c['ok'] else 'NO'} | {c['detail']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Median best-so-far reward vs episode per method, one panel per (model, objective)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from hwsearch.io import atomic_write_with
+
+    panels = sorted({(r["model"], r["objective"]) for r in records})
+    fig = Figure(figsize=(6.5, 3.6 * len(panels)))
+    colors = dict(zip(METHODS, ["#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"], strict=True))
+    for i, (model, objective) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        for method in METHODS:
+            runs = [r for r in records if (r["model"], r["objective"], r["method"]) == (model, objective, method)]
+            if not runs:
+                continue
+            if method in ("uniform", "ilp"):  # not episodic searches: their best as a line
+                best = statistics.median(r["best_reward"] for r in runs)
+                ax.axhline(best, color=colors[method], linestyle="--", label=f"{method} (best)")
+                continue
+            curve = [statistics.median(c) for c in zip(*(r["best_so_far"] for r in runs), strict=False)]
+            ax.plot(range(len(curve)), curve, color=colors[method], label=f"{method} (median of {len(runs)})")
+        budget = next(r["budget"] for r in records if (r["model"], r["objective"]) == (model, objective))
+        ax.set_title(f"{model}, {objective} objective, latency budget {budget:.2f}x W8A8")
+        ax.set_xlabel("episode")
+        ax.set_ylabel("best-so-far reward (search-val)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--episodes", type=int, default=200, help="episodes of every episodic method")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--robust-everywhere", action="store_true", help="also the robust objective at depth")
+    ap.add_argument("--robust-weight", type=float, default=5.0)
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--min-bits", type=int, default=2)
+    ap.add_argument("--train-epochs", type=int, default=8)
+    ap.add_argument("--out", default=str(RESULTS), help="where search_methods.json/.md/.png go")
+    ap.add_argument("--work", default="runs/search_methods", help="checkpoints and run folders (git ignores runs/)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    work = Path(args.work)
+    meta = _meta()
+    records: list[dict[str, Any]] = []
+    budgets: dict[str, Any] = {}
+
+    def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
+        found = checks(records, args.warmup)
+        doc = {"schema": 1, **meta, "settings": vars(args), "budgets": budgets, "records": records, "checks": found}
+        atomic_write_json(out / "search_methods.json", doc)
+        atomic_write_text(out / "search_methods.md", markdown(records, found, meta))
+        if records:
+            plot(records, out / "search_methods.png")
+
+    for model in args.models:
+        target, objectives = MODELS[model]
+        if args.robust_everywhere:
+            objectives = ("clean", "robust")
+        ckpt = _checkpoint(model, work, args.train_epochs)
+        ws = prepare(ckpt)
+        budget, notes = pick_budget(ws, target, args.min_bits)
+        budgets[model] = {"target": target, "budget": budget, **notes}
+        test = TestScorer(ws, args.eps)
+        files = _uniform_files(ws, target, budget, args.min_bits, work / model / "uniform")
+        for objective, method, seed in itertools.product(objectives, args.methods, args.seeds):
+            p = Problem(model, objective, target, budget, ckpt)
+            t0 = time.perf_counter()
+            res = run_method(p, method, seed, args, work / model / objective / method / f"seed{seed}", files)
+            records.append(record(p, method, seed, res, time.perf_counter() - t0, test))
+            write()
+    write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The search-methods benchmark judges the issue's criteria from its records, not by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.search_methods import checks, markdown
+
+
+def _rec(
+    method: str, seed: int, best: float, episode: int, warm: float | None, last: float, curve: list[float]
+) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "objective": "robust",
+        "budget": 0.5,
+        "method": method,
+        "seed": seed,
+        "episodes": len(curve),
+        "evaluations": len(curve),
+        "best_reward": best,
+        "best_episode": episode,
+        "warmup_mean": warm,
+        "last20_mean": last,
+        "val_accuracy": 0.9,
+        "test_accuracy": 0.9,
+        "test_robust": 0.5,
+        "relative_latency": 0.5,
+        "wall_s": 1.0,
+        "best_so_far": curve,
+    }
+
+
+def test_checks_follow_the_records() -> None:
+    fast = [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    slow = [0.0] * 8 + [1.0]
+    records = [
+        _rec("ddpg", 0, 2.0, 5, 0.1, 0.5, fast),
+        _rec("ddpg", 1, 2.1, 6, 0.1, 0.6, fast),
+        _rec("random", 0, 1.0, 8, 0.1, 0.1, slow),
+        _rec("random", 1, 1.05, 8, 0.1, 0.1, slow),
+        _rec("ilp", 0, 1.5, 0, None, 1.5, [1.5]),
+        _rec("ilp", 1, 1.5, 0, None, 1.5, [1.5]),
+    ]
+    found = {c["check"]: c["ok"] for c in checks(records, warmup=3)}
+    assert found["DDPG's best episode after warm-up, every seed"]
+    assert found["DDPG's last-20% mean > its warm-up mean, every seed"]
+    assert found["DDPG's median best beats random's by more than the larger seed spread"]
+    assert found["DDPG reaches random's final median best within a third of the episodes"]
+    assert found["ddpg better than the ILP (median best reward)"]
+    records[0]["best_episode"] = 1  # one seed's best inside the warm-up fails the criterion
+    records[4]["best_reward"] = records[5]["best_reward"] = 3.0
+    found = {c["check"]: c["ok"] for c in checks(records, warmup=3)}
+    assert not found["DDPG's best episode after warm-up, every seed"]
+    assert not found["ddpg better than the ILP (median best reward)"]
+    meta = {"command": "x", "commit": "c", "cpu": "cpu", "date": "d"}
+    text = markdown(records, checks(records, warmup=3), meta)
+    assert "| m | robust | 0.50x | ddpg | 2 |" in text and "| NO |" in text
