@@ -11,16 +11,26 @@ under the budget, on the same cost table the budget walk uses, with ``scipy.opti
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from hwsearch.envs import MixedPrecisionEnv
-from hwsearch.errors import BudgetError
+from hwsearch.errors import BudgetError, ConfigError
 from hwsearch.policy import Policy
 from hwsearch.records import EvalResult
 
-__all__ = ["Sensitivity", "IlpResult", "measure_sensitivity", "solve_ilp", "ilp_policy"]
+__all__ = [
+    "Sensitivity",
+    "IlpResult",
+    "measure_sensitivity",
+    "solve_ilp",
+    "ilp_policy",
+    "play_actions",
+    "run_ilp_agent",
+]
 
 
 @dataclass(frozen=True)
@@ -133,3 +143,42 @@ def ilp_policy(env: MixedPrecisionEnv) -> IlpResult:
     predicted = float(scores[np.arange(env.n_layers), choice[:, 0], choice[:, 1]].sum())
     policy = env.policy_of(choice).with_meta(kind="ilp")
     return IlpResult(policy, choice, predicted, sens.evaluations, sens.wall_s, time.perf_counter() - t0)
+
+
+def play_actions(env: MixedPrecisionEnv, actions: np.ndarray) -> dict[str, Any]:
+    """One episode of the given actions (step order); the last step's ``info``."""
+    env.reset()
+    info: dict[str, Any] = {}
+    for a in actions:
+        _, _, terminated, _, info = env.step(np.asarray([a], dtype=np.float32))
+    assert terminated
+    return info
+
+
+def run_ilp_agent(
+    env: Any,
+    init_policies: Sequence[Policy],
+    init_actions: np.ndarray | None,
+    done_before: int,
+    record: Callable[[dict[str, Any]], None],
+    episode_stored: Callable[[bool], None],
+    notes: dict[str, Any],
+) -> None:
+    """The ``ilp`` agent: any given policies, then the integer program's answer, each played as an episode."""
+    if not isinstance(env, MixedPrecisionEnv):
+        raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
+    for e, actions in enumerate(init_actions if init_actions is not None else []):
+        if e >= done_before:
+            record(play_actions(env, actions))
+            episode_stored(True)
+    if done_before > len(init_policies):
+        return
+    ilp = ilp_policy(env)
+    notes["ilp"] = {
+        "sensitivity_evaluations": ilp.evaluations,
+        "sensitivity_s": ilp.sensitivity_s,
+        "solve_s": ilp.solve_s,
+        "predicted_score": ilp.predicted_score,
+    }
+    record(play_actions(env, env.actions_for(ilp.policy)))
+    episode_stored(True)

@@ -20,8 +20,10 @@ from stable_baselines3.common.vec_env import VecEnv
 from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import ConfigError
+from hwsearch.ilp import run_ilp_agent
 from hwsearch.io import atomic_write_json, atomic_write_text, atomic_write_with
 from hwsearch.policy import Policy
+from hwsearch.random_search import random_search
 from hwsearch.runtime import set_seed
 
 __all__ = [
@@ -521,11 +523,12 @@ def run_search(
     remaining = config.episodes - len(result.episodes)
     try:
         if config.agent == "ilp":
-            _ilp_search(env, init_policies, init_actions, len(history), record, episode_stored, result)
+            run_ilp_agent(env, init_policies, init_actions, len(history), record, episode_stored, result.notes)
         elif remaining > 0 and config.agent == "random":
-            _random_search(
+            random_search(
                 env,
-                config,
+                config.seed,
+                config.episodes,
                 rng,
                 steps,
                 n_envs,
@@ -574,47 +577,6 @@ def _tensorboard_logger(folder: str | Path) -> Any:
     return configure(str(folder), ["tensorboard"])
 
 
-def _random_search(
-    env: MixedPrecisionEnv | VecEnv,
-    config: SearchConfig,
-    rng: np.random.Generator,
-    steps: int,
-    n_envs: int,
-    done_before: int,
-    record: Callable[[dict[str, Any]], None],
-    episode_stored: Callable[[bool], None],
-    stop_requested: Callable[[], bool],
-    *,
-    recorded: Callable[[], int],
-    init_actions: np.ndarray | None = None,
-) -> None:
-    """Uniform actions. A round of ``n_envs`` episodes draws ``(n_envs, steps)`` actions in one call: the same
-    numbers, in the same episode order, as ``n_envs`` episodes drawn one after another with one env."""
-    if isinstance(env, VecEnv):
-        env.seed(config.seed + done_before)
-        env.reset()
-    else:
-        env.reset(seed=config.seed + done_before)
-    while not stop_requested() and recorded() < config.episodes:
-        actions = rng.uniform(-1.0, 1.0, size=(n_envs, steps, 1)).astype(np.float32)
-        for i in range(n_envs):  # a warm start replaces the first draws (the stream after it is unchanged)
-            if init_actions is not None and recorded() + i < len(init_actions):
-                actions[i, :, 0] = init_actions[recorded() + i]
-        if isinstance(env, VecEnv):
-            for t in range(steps):
-                _, _, dones, infos = env.step(actions[:, t])
-            assert bool(np.all(dones)), "the envs of a VecEnv must share one episode length"
-        else:
-            env.reset()
-            for t in range(steps):
-                _, _, terminated, _, info = env.step(actions[0, t])
-            assert terminated
-            infos = [info]
-        for info in infos:
-            record(info)
-        episode_stored(True)
-
-
 def _init_actions(env: MixedPrecisionEnv | VecEnv, policies: Sequence[Policy]) -> np.ndarray | None:
     """``(len(policies), steps)`` actions requesting each policy; a PolicyError for one the env cannot choose."""
     if not policies:
@@ -624,43 +586,3 @@ def _init_actions(env: MixedPrecisionEnv | VecEnv, policies: Sequence[Policy]) -
     else:
         rows = [env.actions_for(p) for p in policies]
     return np.stack(rows).astype(np.float32)
-
-
-def _play(env: MixedPrecisionEnv, actions: np.ndarray) -> dict[str, Any]:
-    env.reset()
-    info: dict[str, Any] = {}
-    for a in actions:
-        _, _, terminated, _, info = env.step(np.asarray([a], dtype=np.float32))
-    assert terminated
-    return info
-
-
-def _ilp_search(
-    env: MixedPrecisionEnv | VecEnv,
-    init_policies: Sequence[Policy],
-    init_actions: np.ndarray | None,
-    done_before: int,
-    record: Callable[[dict[str, Any]], None],
-    episode_stored: Callable[[bool], None],
-    result: SearchResult,
-) -> None:
-    """The ``ilp`` agent: any given policies, then the integer program's answer, each played as an episode."""
-    from hwsearch.ilp import ilp_policy
-
-    if isinstance(env, VecEnv):
-        raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
-    for e, actions in enumerate(init_actions if init_actions is not None else []):
-        if e >= done_before:
-            record(_play(env, actions))
-            episode_stored(True)
-    if done_before > len(init_policies):
-        return
-    ilp = ilp_policy(env)
-    result.notes["ilp"] = {
-        "sensitivity_evaluations": ilp.evaluations,
-        "sensitivity_s": ilp.sensitivity_s,
-        "solve_s": ilp.solve_s,
-        "predicted_score": ilp.predicted_score,
-    }
-    record(_play(env, env.actions_for(ilp.policy)))
-    episode_stored(True)
