@@ -100,6 +100,15 @@ class SearchJobConfig:
         for what in ("acc_weight", "robust_weight", "cost_weight"):
             check_number(getattr(self, what), what)
         check_int(self.checkpoint_every, "checkpoint_every", 1)
+        given = len(self.init_policies) + int(self.init_from_ilp)
+        warmup = min(self.search.warmup_episodes, self.search.episodes)
+        if self.search.agent != "ilp" and given > warmup:
+            raise ConfigError(
+                f"{given} initial policies are played as the first warm-up episodes, but the warm-up has {warmup}; "
+                f"raise --warmup (and --episodes) to at least {given}"
+            )
+        if self.search.agent == "ilp" and self.parallel.n_envs > 1:
+            raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
 
     @property
     def attacks(self) -> tuple[AttackConfig, ...]:

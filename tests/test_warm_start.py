@@ -87,3 +87,22 @@ def test_a_width_the_search_cannot_choose_is_refused() -> None:
     env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), FakeCostModel(), EnvConfig(w_bits=(4, 8), a_bits=(4, 8)))
     with pytest.raises(PolicyError, match="W2A4 is not a choice"):
         env.actions_for(Policy({ly.name: LayerBits(2, 4) for ly in env.layers}))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--init-from-ilp", "--warmup", "0"], "raise --warmup"),
+        (["--init-policy", "missing.json"], "does not exist"),
+        (["--agent", "ilp", "--n-envs", "2"], "use --n-envs 1"),
+    ],
+)
+def test_bad_warm_start_options_are_one_line(
+    extra: list[str], message: str, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hwsearch.cli import main
+
+    argv = ["search", "--checkpoint", str(checkpoint), "--episodes", "3", "--out", str(tmp_path / "run"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
