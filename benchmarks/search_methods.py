@@ -217,6 +217,10 @@ def record(p: Problem, method: str, seed: int, res: SearchResult, wall_s: float,
     }
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _spread(values: Sequence[float]) -> float:
     return max(values) - min(values) if values else 0.0
 
@@ -246,7 +250,7 @@ def checks(records: Sequence[dict[str, Any]], warmup: int) -> list[dict[str, Any
             add(
                 "DDPG's last-20% mean > its warm-up mean, every seed",
                 all(grew),
-                ", ".join(f"{r['last20_mean']:.3f} vs {r['warmup_mean']}" for r in ddpg),
+                ", ".join(f"{r['last20_mean']:.4f} vs {_num(r['warmup_mean'])}" for r in ddpg),
             )
         rand = runs.get("random", [])
         if ddpg and rand:
