@@ -17,12 +17,9 @@ and ``OUT/search_methods.png`` (median best-so-far reward vs episode per method)
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
-import platform
+import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import RESULTS
+from benchmarks._common import RESULTS, provenance, provenance_md
 from hwsearch.budget import Budget
 from hwsearch.evaluate import clean_accuracy
 from hwsearch.hardware import bit_grid, get_cost_model, policy_cost
@@ -62,30 +59,6 @@ class Problem:
     target: str
     budget: float
     checkpoint: Path
-
-
-def _meta() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.search_methods", *sys.argv[1:]]),
-        "commit": commit,
-        "cpu": cpu,
-        "cores": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
 
 
 def _checkpoint(model: str, work: Path, epochs: int) -> Path:
@@ -282,12 +255,11 @@ def checks(records: Sequence[dict[str, Any]], warmup: int) -> list[dict[str, Any
     return out
 
 
-def markdown(records: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(records: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]]) -> str:
     lines = [
         "# Search methods: uniform, random, ILP, DDPG, DDPG warm-started from the ILP",
         "",
-        f"`{meta['command']}` at {meta['commit']} on {meta['cpu']}, {meta['date']}. Medians over seeds (min-max);"
-        " rewards on search-val, test figures for each run's best policy.",
+        "Medians over seeds (min-max); rewards on search-val, test figures for each run's best policy.",
         "",
         "| model | objective | budget | method | seeds | episodes | evaluations | best reward | best episode |"
         " warm-up mean | last-20% mean | val acc % | test acc % | test robust % | latency x W8A8 | wall s |",
@@ -393,15 +365,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     work = Path(args.work)
-    meta = _meta()
+    meta = provenance(list(argv) if argv is not None else None)
     records: list[dict[str, Any]] = []
     budgets: dict[str, Any] = {}
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
         found = checks(records, args.warmup)
-        doc = {"schema": 1, **meta, "settings": vars(args), "budgets": budgets, "records": records, "checks": found}
-        atomic_write_json(out / "search_methods.json", doc)
-        atomic_write_text(out / "search_methods.md", markdown(records, found, meta))
+        doc = {"schema": 1, "meta": meta, "settings": vars(args), "budgets": budgets, "records": records}
+        doc["checks"] = found
+        js = atomic_write_json(out / "search_methods.json", doc)
+        data = json.loads(js.read_text(encoding="utf-8"))  # the markdown is rendered from the file just written
+        md = markdown(data["records"], data["checks"]) + provenance_md(data["meta"])
+        atomic_write_text(out / "search_methods.md", md)
         if records:
             plot(records, out / "search_methods.png")
 

@@ -53,6 +53,5 @@ def test_checks_follow_the_records() -> None:
     found = {c["check"]: c["ok"] for c in checks(records, warmup=3)}
     assert not found["DDPG's best episode after warm-up, every seed"]
     assert not found["ddpg better than the ILP (median best reward)"]
-    meta = {"command": "x", "commit": "c", "cpu": "cpu", "date": "d"}
-    text = markdown(records, checks(records, warmup=3), meta)
+    text = markdown(records, checks(records, warmup=3))
     assert "| m | robust | 0.50x | ddpg | 2 |" in text and "| NO |" in text
