@@ -74,9 +74,20 @@ class EpisodeLog:
         self.fields = [*EPISODE_FIELDS, *layer_names]
         if keep is None or not self.path.exists():
             atomic_write_text(self.path, ",".join(self.fields) + "\n")
-        else:
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if lines and lines[0].rstrip("\r\n") == ",".join(self.fields):
             atomic_write_text(self.path, "".join(lines[: 1 + keep]))
+            return
+        # a log from an older hwsearch lacks columns added since: rewrite its kept rows under today's header (the
+        # new cells empty) so that the rows appended next line up with it
+        with self.path.open(encoding="utf-8", newline="") as fh:
+            rows = [row for _, row in zip(range(keep), csv.DictReader(fh))]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.fields, restval="", extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
 
     def append(self, rec: EpisodeRecord) -> None:
         buf = io.StringIO()

@@ -176,3 +176,56 @@ def test_sigint_and_sigterm_stop_cleanly_with_a_checkpoint(
     state = SearchCheckpoint(out / "checkpoint").state()
     assert state is not None and state["episodes_done"] == len(rows)
     assert not (out / "policy.json").exists()
+
+
+def test_resuming_a_log_from_before_new_columns_keeps_rows_aligned(tmp_path: Path) -> None:
+    """An episodes.csv written before ``requested_relative_cost``/``noise_sigma`` existed is rewritten under the
+    current header on resume, so the rows appended after it line up and every episode reads back."""
+    import csv
+
+    from hwsearch.policy import Policy
+    from hwsearch.report import EPISODE_FIELDS, EpisodeLog, read_episode_log
+    from hwsearch.search import EpisodeRecord
+
+    names = ["a", "b"]
+    old_fields = [f for f in EPISODE_FIELDS if f not in ("requested_relative_cost", "noise_sigma")]
+    path = tmp_path / "episodes.csv"
+    rows = [
+        {
+            **dict.fromkeys(old_fields, ""),
+            "episode": i,
+            "reward": 0.5 + i,
+            "accuracy": 0.9,
+            "latency_ms": 1.0,
+            "size_bits": 8.0,
+            "relative_cost": 0.5,
+            "a": "4/4",
+            "b": "8/2",
+        }
+        for i in range(3)
+    ]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, [*old_fields, *names])
+        writer.writeheader()
+        writer.writerows(rows)
+    log = EpisodeLog(path, names, keep=2)
+    rec = EpisodeRecord(
+        episode=2,
+        policy=Policy({"a": (2, 2), "b": (3, 3)}),
+        reward=9.0,
+        accuracy=0.8,
+        robust_accuracy=None,
+        latency_ms=1.0,
+        energy_mj=None,
+        size_bits=4.0,
+        relative_cost=0.4,
+        requested_relative_cost=0.6,
+        noise_sigma=0.3,
+    )
+    log.append(rec)
+    with path.open(newline="") as fh:
+        lines = list(csv.reader(fh))
+    assert lines[0] == [*EPISODE_FIELDS, *names] and all(len(r) == len(lines[0]) for r in lines)
+    back = read_episode_log(path, names)
+    assert [r.reward for r in back] == [0.5, 1.5, 9.0]
+    assert back[2].policy == rec.policy and back[2].noise_sigma == 0.3 and back[0].noise_sigma is None
