@@ -226,7 +226,7 @@ def plot_learning_curve(
     xs = [int(r.episode) for r in episodes]
     fig = Figure(figsize=(8.0, 7.5))
     ax_r, ax_c, ax_s = (fig.add_subplot(3, 1, i) for i in (1, 2, 3))
-    styles = {
+    styles: dict[str, dict[str, Any]] = {
         "reward": {"ax": ax_r, "kind": "scatter", "color": "#1f77b4"},
         "running best": {"ax": ax_r, "kind": "step", "color": "#2ca02c"},
         f"moving mean ({window})": {"ax": ax_r, "kind": "line", "color": "#d62728"},

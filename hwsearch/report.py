@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,7 +83,7 @@ class EpisodeLog:
         # a log from an older hwsearch lacks columns added since: rewrite its kept rows under today's header (the
         # new cells empty) so that the rows appended next line up with it
         with self.path.open(encoding="utf-8", newline="") as fh:
-            rows = [row for _, row in zip(range(keep), csv.DictReader(fh))]
+            rows = list(itertools.islice(csv.DictReader(fh), keep))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, self.fields, restval="", extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
