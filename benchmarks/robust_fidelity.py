@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
+from benchmarks._common import _cpu_model, _git
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.policy import Policy
 from hwsearch.quant import apply_policy
@@ -118,22 +119,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     records = [_score(m, args) for m in args.models]
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    cpu = (
-        next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if "model name" in ln
-            ),
-            "",
-        )
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
+    commit, cpu = _git("rev-parse", "HEAD"), _cpu_model()
     result = {
         "command": "python -m benchmarks.robust_fidelity " + " ".join(sys.argv[1:]),
-        "commit": commit.strip(),
+        "commit": commit,
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "date": started,

@@ -24,7 +24,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,25 +31,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks._common import _cpu_model, _git
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TIMER = ROOT / "benchmarks" / "_eval_timer.py"
 BASE = "08a29b5"  # main before the evaluation speed work
 MODELS = {"smallcnn": 8, "resnet20": 2}  # epochs of `hwsearch train` for each benchmark checkpoint
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _checkpoint(model: str, epochs: int) -> Path:
