@@ -17,8 +17,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from hwsearch.budget import Budget, parse_budget
 from hwsearch.checks import check_int, check_number
 from hwsearch.config_json import load_config, save_config
@@ -232,6 +230,18 @@ def _evaluator(config: SearchJobConfig, ws: Workspace) -> Evaluator:
     return Evaluator(ws.model, ws.calibration, x, y, config.evaluator_config(), train_data=train)
 
 
+def _choose_threads(config: SearchJobConfig, ws: Workspace, evaluator: Evaluator) -> str | None:
+    """Set torch's threads for the job (once: a sweep's searches share them) and say how they were chosen; None
+    for a parallel run, whose workers take their threads from the parallel config."""
+    if config.parallel.n_envs != 1:
+        return None
+    if config.threads is not None:
+        return f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n"
+    n = use_threads(None, model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y))
+    among = " and ".join(map(str, thread_candidates()))
+    return f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n"
+
+
 def _search_into(
     out: Path,
     config: SearchJobConfig,
@@ -242,6 +252,7 @@ def _search_into(
     resuming: bool,
     stop: Callable[[], bool],
     progress: Progress,
+    threads_note: str | None = None,
 ) -> SearchResult | None:
     """One search written to ``out`` (log, checkpoints, policy, summary); returns the result, or None if stopped."""
     t0 = time.perf_counter()
@@ -260,10 +271,6 @@ def _search_into(
         evaluator=evaluator,
         bits=range(config.min_bits, config.max_bits + 1),
     )
-    threads = torch.get_num_threads()
-    if config.parallel.n_envs == 1:  # workers of a parallel run take their threads from the parallel config
-        w8 = evaluator.quantize(ws.uniform(8))
-        threads = use_threads(config.threads, model_probe(w8, evaluator.x, evaluator.y))
     history = read_episode_log(out / "episodes.csv", ws.layer_names) if resuming else []
     # finished episodes need no second evaluation
     evaluator.prime_cache((rec.policy.key(), EvalResult(rec.accuracy, rec.robust_accuracy)) for rec in history)
@@ -340,13 +347,7 @@ def _search_into(
         result, device=config.target, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
     )
     summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
-    if config.parallel.n_envs == 1:
-        how = (
-            "as asked (--threads)"
-            if config.threads is not None
-            else "the faster of " + " and ".join(map(str, thread_candidates())) + " for this model (hwsearch.cores)"
-        )
-        summary += f"Torch threads: {threads}, {how}.\n"
+    summary += threads_note or ""
     summary += "\nLearning curve: learning_curve.png (reward, running best, moving mean, cost, exploration).\n"
     atomic_write_text(out / "summary.md", summary)
     from hwsearch.plots import plot_learning_curve
@@ -449,15 +450,17 @@ def _run(
         if not resuming:
             save_config(out / JOB_CONFIG, config)
         ws = _workspace(config)
+        evaluator = _evaluator(config, ws)
         result = _search_into(
             out,
             config,
             ws,
-            _evaluator(config, ws),
+            evaluator,
             budget,
             resuming=resuming,
             stop=should_stop,
             progress=progress or _Silent(),
+            threads_note=_choose_threads(config, ws, evaluator),
         )
     except HwsearchError:
         if not resuming and not (out / "episodes.csv").exists():  # failed before any episode: leave nothing
@@ -507,6 +510,7 @@ def run_sweep(
     folder = prepare_output(out, overwrite, "pareto.csv")
     ws = _workspace(config)
     evaluator = _evaluator(config, ws)
+    threads_note = _choose_threads(config, ws, evaluator)
     episodes: list[tuple[str, EpisodeRecord]] = []
     for budget in budgets:
         sub = folder / str(budget).replace("=", "-")
@@ -520,6 +524,7 @@ def run_sweep(
             resuming=False,
             stop=should_stop,
             progress=progress or _Silent(),
+            threads_note=threads_note,
         )
         if result is None:
             return SweepResult({}, stopped_during=budget)

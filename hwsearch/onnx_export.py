@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hwsearch.errors import ConfigError, PolicyError
-from hwsearch.hardware.cpu import check_int8_form
+from hwsearch.hardware.cpu import U8_ZERO_POINT, check_int8_form
 from hwsearch.io import atomic_write_with
 from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 from hwsearch.policy_formats import plain_policy_dict
@@ -49,7 +49,6 @@ from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 __all__ = ["ONNX_OPSET", "export_onnx"]
 
 ONNX_OPSET = 13
-_U8_ZERO = 128  # zero point that carries a symmetric int8 grid in uint8 (see hwsearch.hardware.cpu)
 
 
 class _Dequantize(torch.autograd.Function):
@@ -107,8 +106,8 @@ class _OnnxQuantLayer(nn.Module):
             q, scale = integer_weight(layer.weight, wrapper.w_bits)
             zero_point = torch.zeros(q.shape[0], dtype=torch.int8)
             if form == "portable" and wrapper.w_bits == 8:  # |q| up to 127 saturates u8s8 kernels without VNNI
-                q = (q.to(torch.int16) + _U8_ZERO).to(torch.uint8)
-                zero_point = torch.full((q.shape[0],), _U8_ZERO, dtype=torch.uint8)
+                q = (q.to(torch.int16) + U8_ZERO_POINT).to(torch.uint8)
+                zero_point = torch.full((q.shape[0],), U8_ZERO_POINT, dtype=torch.uint8)
             self.register_buffer("weight_int", q)
             self.register_buffer("weight_scale", scale)
             self.register_buffer("weight_zero_point", zero_point)
@@ -121,7 +120,7 @@ class _OnnxQuantLayer(nn.Module):
             self.act = "binary" if grid["binary"] else ("qdq" if saturates else "clip-qdq")
             dtype, zero = grid["dtype"], grid["zero_point"]
             if form == "portable" and dtype == torch.int8:  # same grid, shifted into uint8
-                dtype, zero = torch.uint8, zero + _U8_ZERO
+                dtype, zero = torch.uint8, zero + U8_ZERO_POINT
             self.register_buffer("act_scale", grid["scale"].clone())
             self.register_buffer("act_zero_point", torch.tensor(zero, dtype=dtype))
             self.register_buffer("act_lo", grid["clip_lo"].clone())

@@ -25,9 +25,10 @@ from collections.abc import Iterable
 
 from hwsearch.errors import ConfigError
 
-__all__ = ["INT8_FORMS", "VNNI_FLAGS", "cpu_flags", "has_vnni", "int8_form", "check_int8_form"]
+__all__ = ["INT8_FORMS", "U8_ZERO_POINT", "VNNI_FLAGS", "cpu_flags", "has_vnni", "int8_form", "check_int8_form"]
 
 INT8_FORMS: tuple[str, ...] = ("portable", "s8")
+U8_ZERO_POINT = 128  # the zero point that carries a symmetric int8 grid in uint8 (the portable form)
 # Names (numpy's cpuid names and Linux's /proc/cpuinfo flags) of x86 int8 dot products that accumulate in int32:
 # AVX512-VNNI, and Sapphire Rapids' AVX-512 set (VNNI, AMX-INT8).
 VNNI_FLAGS = frozenset({"avx512vnni", "avx512_vnni", "avx512_spr", "amx_int8"})

@@ -40,7 +40,7 @@ from torch import nn
 
 from hwsearch.checks import check_int
 from hwsearch.errors import ConfigError, TableError
-from hwsearch.hardware.cpu import check_int8_form
+from hwsearch.hardware.cpu import U8_ZERO_POINT, check_int8_form
 from hwsearch.hardware.table import CostTable
 from hwsearch.layers import LayerInfo
 
@@ -57,7 +57,6 @@ __all__ = [
 RUNTIMES: tuple[str, ...] = ("torch", "onnxruntime")
 _INT8_TOL = 0.1  # relative RMS error an int8 kernel may have against the float layer (see _close)
 _REDUCED_U8_MAX = 127
-_U8_ZERO = 128  # zero point carrying a symmetric int8 grid in uint8 (hwsearch.hardware.cpu)
 NBITS_WEIGHT_BITS: tuple[int, ...] = (2, 4, 8)
 _NBITS_BLOCK = 32
 _OPSET = 17
@@ -268,7 +267,7 @@ def _ort_runners(
 
     # int8: uint8 activations in and out; int8 weights, or uint8 with zero point 128 where u8s8 saturates
     wdtype = np.int8 if form == "s8" else np.uint8
-    wzero = 0 if form == "s8" else _U8_ZERO
+    wzero = 0 if form == "s8" else U8_ZERO_POINT
 
     def wint(q: np.ndarray) -> np.ndarray:
         return (q.astype(np.int16) + wzero).astype(wdtype)
