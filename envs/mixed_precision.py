@@ -17,7 +17,7 @@ from hwsearch.errors import BudgetError, ConfigError, PolicyError
 from hwsearch.hardware.base import CostModel
 from hwsearch.hardware.cost import policy_cost
 from hwsearch.layers import LayerInfo
-from hwsearch.policy import LayerBits, Policy, uniform_policy
+from hwsearch.policy import VALID_BITS, LayerBits, Policy, uniform_policy
 from hwsearch.records import EvalResult
 
 __all__ = [
@@ -72,8 +72,8 @@ class EnvConfig:
     def __post_init__(self) -> None:
         for what in ("w_bits", "a_bits"):
             bits = tuple(sorted(set(getattr(self, what))))
-            if not bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8 for b in bits):
-                raise ConfigError(f"{what} = {getattr(self, what)!r}: choose bit widths among 1..8")
+            if not bits or any(isinstance(b, bool) or not isinstance(b, int) or b not in VALID_BITS for b in bits):
+                raise ConfigError(f"{what} = {getattr(self, what)!r}: choose bit widths among 1..8 and 32 (float)")
             object.__setattr__(self, what, bits)
         for what in ("w_acc", "w_rob", "w_cost", "acc_ref", "rob_ref"):
             check_number(getattr(self, what), what, 0 if what.startswith("w_") else None)
@@ -159,12 +159,11 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         metric = self.config.budget.metric
         self.cost_ref = self._reference_cost(metric)
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
-        min_cost = float(self._costs[metric][:, 0, 0].sum())
+        min_cost = float(self._costs[metric].reshape(self.n_layers, -1).min(axis=1).sum())
         if self.budget_limit < min_cost * (1 - 1e-9):
             raise BudgetError(
-                f"budget {self.config.budget} = {self.budget_limit:.6g} is below the cost of the lowest bit widths "
-                f"({min_cost:.6g} at W{self.config.w_bits[0]}A{self.config.a_bits[0]}); "
-                f"raise it to at least {min_cost / self.cost_ref:.3f}x"
+                f"budget {self.config.budget} = {self.budget_limit:.6g} is below the cost of the cheapest policy "
+                f"({min_cost:.6g}); raise it to at least {min_cost / self.cost_ref:.3f}x"
             )
         self._step = 0
         self._choice = np.zeros((self.n_layers, 2), dtype=np.int64)
@@ -287,20 +286,37 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         )
 
     def enforce_budget(self, choice: np.ndarray) -> np.ndarray:
-        """HAQ's budget walk: from the last layer back, lower activation then weight bits until the cost fits."""
+        """HAQ's budget walk: from the last layer back, lower activation then weight bits until the cost fits.
+
+        A step that would raise the cost is skipped (on a CPU, quantizing only the input of a float layer adds a
+        quantize op and saves nothing); a layer whose both steps would is moved to its cheapest choice when a
+        whole pass lowers nothing, so every budget above the cheapest policy is met.
+        """
         choice = choice.copy()
         metric = self.config.budget.metric
+        table = self._costs[metric]
         while self.cost_of(choice, metric) > self.budget_limit:
             lowered = False
             for i in reversed(range(self.n_layers)):
                 for col in (1, 0):
                     if choice[i, col] > 0:
-                        choice[i, col] -= 1
+                        lower = choice[i].copy()
+                        lower[col] -= 1
+                        if table[i, lower[0], lower[1]] > table[i, choice[i, 0], choice[i, 1]]:
+                            continue
+                        choice[i] = lower
                         lowered = True
                         if self.cost_of(choice, metric) <= self.budget_limit:
                             return choice
-            if not lowered:  # unreachable: construction refuses budgets below the all-minimum cost
-                raise BudgetError(f"budget {self.config.budget} cannot be met")
+            if not lowered:
+                for i in reversed(range(self.n_layers)):
+                    cheapest = np.unravel_index(int(np.argmin(table[i])), table[i].shape)
+                    if table[i][cheapest] < table[i, choice[i, 0], choice[i, 1]]:
+                        choice[i] = cheapest
+                        if self.cost_of(choice, metric) <= self.budget_limit:
+                            return choice
+                if self.cost_of(choice, metric) > self.budget_limit:  # construction refuses budgets below this
+                    raise BudgetError(f"budget {self.config.budget} cannot be met")
         return choice
 
     def policy_of(self, choice: np.ndarray) -> Policy:

@@ -29,7 +29,10 @@ __all__ = [
 
 DEFAULT_CHECKPOINT = "runs/fp32.pt"
 FACTORY_HELP = "rebuild a checkpoint of a custom model with this factory (imports it: only code you trust)"
-TARGET_HELP = "target hardware whose cost model prices policies: a device (see `hwsearch latency devices`) or a table"
+TARGET_HELP = (
+    "target hardware whose cost model prices policies: a device (see `hwsearch latency devices`), ort-cpu[:N|all] "
+    "(this CPU under ONNX Runtime, measured on first use) or a table"
+)
 
 
 class DeprecatedAlias(argparse.Action):

@@ -24,6 +24,20 @@ def add_export_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", default=None, help="FP32 checkpoint (needed for checkpoint and onnx)")
     p.add_argument("--data-root", default=None, help="folder of a local dataset (for calibration)")
     p.add_argument("--model-factory", default=None, metavar="MODULE:FACTORY", help=FACTORY_HELP)
+    p.add_argument(
+        "--int8-form",
+        default="portable",
+        choices=("portable", "s8", "auto"),
+        help="onnx: 8-bit integer storage: portable (default, exact on every CPU), s8 (int8: x86 with VNNI, "
+        "aarch64), auto (the exact and fastest form for this CPU)",
+    )
+    p.add_argument(
+        "--onnx-style",
+        default="qdq",
+        choices=("qdq", "kernels"),
+        help="onnx: qdq (default, the fake-quant model exactly) or kernels (integer layers requantize their "
+        "output so ONNX Runtime runs each as an integer kernel: what --target ort-cpu prices)",
+    )
     add_compute_device(p)
     p.set_defaults(func=cmd_export)
 
@@ -56,11 +70,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         model_factory=args.model_factory,
         compute_device=args.compute_device,
+        int8_form=args.int8_form,
+        onnx_style=args.onnx_style,
     )
     if done.fmt == "checkpoint":
         print(f"wrote quantized checkpoint to {done.path}")
     elif done.fmt == "onnx":
-        print(f"wrote ONNX model (QDQ, opset 13) to {done.path}")
+        print(f"wrote ONNX model ({args.onnx_style} style, int8 form {args.int8_form}) to {done.path}")
     else:
         note = " (meta not kept)" if done.fmt == "csv" else " (names and meta not kept)" if done.fmt == "haq" else ""
         print(f"wrote {done.fmt} policy to {done.path}{note}")

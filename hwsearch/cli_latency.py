@@ -1,4 +1,5 @@
-"""``hwsearch latency``: list devices, build and show cost tables, and measure layers on this machine."""
+"""``hwsearch latency``: list devices, build and show cost tables, measure layers on this machine, and verify an
+exported model's latency against its prediction."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ __all__ = [
     "cmd_latency_build",
     "cmd_latency_show",
     "cmd_latency_measure",
+    "cmd_latency_verify",
 ]
 
 _DEFAULT_SHAPES = {"smallcnn": "1,28,28"}
@@ -86,6 +88,18 @@ def add_latency_parser(subparsers: Any) -> None:
     p.add_argument("--name", default=None, help="device name in the table (default cpu-<machine>-<runtime>)")
     p.add_argument("--out", default=None, help="write a measured table here")
     p.set_defaults(func=cmd_latency_measure)
+
+    p = sub.add_parser(
+        "verify", help="time an exported ONNX model on this CPU: predicted vs measured latency, agreement"
+    )
+    p.add_argument("--onnx", required=True, help="model written by hwsearch export --format onnx")
+    p.add_argument("--checkpoint", required=True, help="the FP32 checkpoint it was exported from")
+    add_target(p, "ort-cpu", "ort-cpu (1 thread, default), ort-cpu:N or ort-cpu:all")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="images for the agreement (test)")
+    p.add_argument("--images", type=int, default=None, help="at most this many images (default: the split)")
+    p.add_argument("--data-root", default=None, help="folder of a local dataset")
+    p.add_argument("--json", default=None, help="also write the figures here")
+    p.set_defaults(func=cmd_latency_verify)
 
 
 def cmd_latency_devices(args: argparse.Namespace) -> int:
@@ -173,4 +187,29 @@ def cmd_latency_measure(args: argparse.Namespace) -> int:
         )
         save_table(table, args.out)
         print(f"wrote measured table ({table.device}) to {args.out}")
+    return 0
+
+
+def cmd_latency_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from hwsearch.io import atomic_write_text
+    from hwsearch.verify import verify_onnx
+    from hwsearch.workflow import prepare
+
+    if args.images is not None and args.images < 1:
+        raise ConfigError(f"--images {args.images} must be at least 1")
+    if not Path(args.onnx).is_file():
+        raise ConfigError(f"--onnx {args.onnx}: no such file; write one with hwsearch export --format onnx")
+    ws = prepare(args.checkpoint, data_root=args.data_root)
+    v = verify_onnx(ws, args.onnx, args.target, split=args.split, images=args.images)
+    print(f"{args.onnx} on {v.target} ({v.threads} thread(s), batch 1):")
+    print(f"  predicted {v.predicted_ms:.4f} ms, measured {v.measured_ms:.4f} ms ({100 * v.error:+.1f}%)")
+    print(f"  float model {v.fp32_ms:.4f} ms: {v.speedup:.2f}x faster than float")
+    print(
+        f"  top-1 agreement with the fake-quant model {100 * v.agreement:.2f}% on {v.images} {args.split} images "
+        f"(accuracy {100 * v.accuracy_onnx:.2f}% ONNX, {100 * v.accuracy_fake_quant:.2f}% fake-quant)"
+    )
+    if args.json:
+        atomic_write_text(args.json, json.dumps(v.to_dict(), indent=2) + "\n")
     return 0

@@ -1,6 +1,6 @@
 """ONNX export of a quantized model (:func:`export_onnx`).
 
-Opset 13 QDQ form, chosen so ONNX Runtime reproduces the fake quantization on every CPU:
+Opset 13 QDQ form (opset 21 when weights of at most 4 bits are stored packed, :mod:`hwsearch.onnx_pack`), chosen so ONNX Runtime reproduces the fake quantization on every CPU:
 
 - quantized weights are stored as integer initializers holding the integers of the layer's own b-bit grid
   (``|q| <= 2^(b-1)-1``; 1 bit: +-1) with a per-output-channel ``DequantizeLinear`` (axis 0). ``q * scale`` in
@@ -16,6 +16,18 @@ Opset 13 QDQ form, chosen so ONNX Runtime reproduces the fake quantization on ev
   exact on x86 with VNNI and on aarch64. Both forms hold the same values; weights of at most 7 bits are int8 in
   both (they cannot saturate);
 - layers at 32 bits stay float; the policy, calibration and int8 form are in the model's ``metadata_props``.
+
+``style`` chooses what a layer with integer weights *and* activations becomes:
+
+- ``qdq`` (default): exactly the fake-quant model. ONNX Runtime fuses such a layer into an integer kernel
+  (QLinearConv / QGemm) only when its output is quantized again (a quantized layer after a ReLU/pool); a layer
+  feeding a residual add, a float layer or the logits runs as a float convolution on weights it dequantizes on
+  every run: slower than float, and its speed depends on its neighbours.
+- ``kernels``: every such layer also requantizes its output to 8 bits over the range calibrated on the
+  quantized model's outputs (``output_ranges``), so ONNX Runtime runs every one of them as an integer kernel,
+  whatever its neighbours are. Each layer then costs what it costs alone, which is what the ``ort-cpu`` target
+  measures (:mod:`hwsearch.hardware.ort_cpu`). It differs from the fake-quant model by that one 8-bit rounding
+  of each such output; ``hwsearch latency verify`` reports the top-1 agreement.
 
 Runtimes that fuse QDQ into integer kernels (QLinearConv) may round differently from the float reference in rare
 ties; the test bounds top-1 disagreement at 1%.
@@ -46,9 +58,52 @@ from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, qua
 from hwsearch.quant.calibration import Calibration
 from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 
-__all__ = ["ONNX_OPSET", "export_onnx"]
+__all__ = ["EXPORT_STYLES", "ONNX_OPSET", "calibrate_output_ranges", "export_onnx", "int_kernel_layer"]
 
 ONNX_OPSET = 13
+EXPORT_STYLES: tuple[str, ...] = ("qdq", "kernels")
+OUTPUT_RANGE_IMAGES = 512  # images whose quantized-model outputs set the ``kernels`` style's output ranges
+
+
+def int_kernel_layer(w_bits: int, a_bits: int) -> bool:
+    """Whether a layer at these widths has integer weights and linearly quantized inputs (1-bit signed inputs are
+    a sign function, not a grid): the layers an integer kernel can run."""
+    return w_bits != FLOAT_BITS and a_bits not in (FLOAT_BITS, 1)
+
+
+def calibrate_output_ranges(qmodel: nn.Module, images: Tensor, batch_size: int = 256) -> dict[str, tuple[float, float]]:
+    """Min and max of each integer-kernel layer's output over ``images`` (the ``kernels`` style's output grids)."""
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
+        lows[name] = min(lows.get(name, 0.0), float(out.min()))
+        highs[name] = max(highs.get(name, 0.0), float(out.max()))
+
+    handles = [
+        w.register_forward_hook(functools.partial(hook, name=n))
+        for n, w in quant_wrappers(qmodel)
+        if int_kernel_layer(w.w_bits, w.a_bits)
+    ]
+    device = next(qmodel.parameters()).device
+    was_training = qmodel.training
+    qmodel.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                qmodel(images[i : i + batch_size].to(device))
+    finally:
+        qmodel.train(was_training)
+        for h in handles:
+            h.remove()
+    return {n: (lows[n], highs[n]) for n in lows}
+
+
+def _u8_grid(lo: float, hi: float) -> tuple[float, int]:
+    """Scale and zero point of an asymmetric uint8 grid over [lo, hi] (which holds 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255 or 1.0
+    return scale, int(min(max(round(-lo / scale), 0), 255))
 
 
 class _Dequantize(torch.autograd.Function):
@@ -90,9 +145,11 @@ class _OnnxQuantLayer(nn.Module):
     weight_int: Tensor
     weight_scale: Tensor
     weight_zero_point: Tensor
+    out_scale: Tensor
+    out_zero_point: Tensor
     conv_args: tuple[Any, ...]
 
-    def __init__(self, wrapper: QuantWrapper, form: str) -> None:
+    def __init__(self, wrapper: QuantWrapper, form: str, out_range: tuple[float, float] | None = None) -> None:
         super().__init__()
         layer = wrapper.layer
         self.is_conv = isinstance(layer, nn.Conv2d)
@@ -125,6 +182,11 @@ class _OnnxQuantLayer(nn.Module):
             self.register_buffer("act_zero_point", torch.tensor(zero, dtype=dtype))
             self.register_buffer("act_lo", grid["clip_lo"].clone())
             self.register_buffer("act_hi", grid["clip_hi"].clone())
+        self.out_q = out_range is not None
+        if out_range is not None:
+            out_s, out_z = _u8_grid(*out_range)
+            self.register_buffer("out_scale", torch.tensor(out_s, dtype=torch.float32))
+            self.register_buffer("out_zero_point", torch.tensor(out_z, dtype=torch.uint8))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act == "binary":
@@ -138,9 +200,10 @@ class _OnnxQuantLayer(nn.Module):
             if self.w_quant
             else self.weight
         )
-        if self.is_conv:
-            return F.conv2d(x, w, self.bias, *self.conv_args)
-        return F.linear(x, w, self.bias)
+        y = F.conv2d(x, w, self.bias, *self.conv_args) if self.is_conv else F.linear(x, w, self.bias)
+        if self.out_q:
+            y = _QuantDequant.apply(y, self.out_scale, self.out_zero_point)
+        return y
 
 
 def _bins(size: int, out: int) -> list[tuple[int, int]]:
@@ -219,11 +282,20 @@ def export_onnx(
     *,
     opset: int = ONNX_OPSET,
     int8_form: str = "portable",
+    style: str = "qdq",
+    output_ranges: dict[str, tuple[float, float]] | None = None,
+    pack_int4: bool = True,
 ) -> Path:
     """Write a QDQ ONNX model of the fake-quant network (see the module docstring for the representation).
 
     ``int8_form``: ``portable`` (exact on every CPU), ``s8`` (int8 throughout: exact and fastest on x86 with
     VNNI and on aarch64, wrong on x86 without VNNI) or ``auto`` (the form for this machine's CPU).
+
+    ``style``: ``qdq`` (the fake-quant model exactly) or ``kernels`` (integer-kernel layers requantize their
+    output, see the module docstring); ``kernels`` needs ``output_ranges`` (``{layer: (lo, hi)}``, see
+    :func:`calibrate_output_ranges`) unless ``qmodel_or_ws`` is a Workspace, whose training images provide them.
+
+    ``pack_int4``: store weights whose integers fit 4 bits packed (opset 21, :mod:`hwsearch.onnx_pack`).
 
     ``qmodel_or_ws``: a Workspace or float model (``policy`` and ``calibration`` are applied), or a model
     ``apply_policy`` already quantized (``policy`` may be None; if given it must match). ``input_shape`` is
@@ -236,6 +308,8 @@ def export_onnx(
     if opset < 13:
         raise ConfigError(f"opset {opset} lacks per-channel DequantizeLinear; use 13 or later")
     form = check_int8_form(int8_form)
+    if style not in EXPORT_STYLES:
+        raise ConfigError(f"ONNX export style {style!r} is not one of {', '.join(EXPORT_STYLES)}")
     model, ws_cal, _, ws_shape = unpack_model(qmodel_or_ws)
     calibration = calibration if calibration is not None else ws_cal
     shape = tuple(int(d) for d in (input_shape if input_shape is not None else (ws_shape or ())))
@@ -251,11 +325,24 @@ def export_onnx(
         if policy is None:
             raise PolicyError("a float model needs a policy to export a quantized ONNX model")
         qmodel = apply_policy(model, policy, calibration)
+    ranges: dict[str, tuple[float, float]] = {}
+    if style == "kernels":
+        if output_ranges is None:
+            if not hasattr(qmodel_or_ws, "split"):
+                raise ConfigError("the 'kernels' ONNX style needs output_ranges, or a Workspace to calibrate them on")
+            images, _ = qmodel_or_ws.split("train", OUTPUT_RANGE_IMAGES)
+            output_ranges = calibrate_output_ranges(qmodel, images)
+        ranges = dict(output_ranges)
     export_model = copy.deepcopy(qmodel).cpu().eval()
     for name, wrapper in list(quant_wrappers(export_model)):
         parent_name, _, child = name.rpartition(".")
         parent = export_model.get_submodule(parent_name) if parent_name else export_model
-        setattr(parent, child, _OnnxQuantLayer(wrapper, form))
+        out_range = None
+        if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
+            if name not in ranges:
+                raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
+            out_range = ranges[name]
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_range))
     _replace_adaptive_pools(export_model, shape)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -276,6 +363,7 @@ def export_onnx(
         "hwsearch.calibration": json.dumps(None if calibration is None else calibration.to_dict()),
         "hwsearch.quantization": "weights: integer storage of the b-bit grid + per-channel DequantizeLinear; "
         "activations: Clip (below 8 bits) + QuantizeLinear/DequantizeLinear; 32-bit layers float",
+        "hwsearch.style": style,
         "hwsearch.int8_form": form
         + (
             " (8-bit weights and signed activations as uint8 with zero point 128: exact on every CPU)"
@@ -286,6 +374,13 @@ def export_onnx(
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    if pack_int4:
+        from hwsearch.onnx_pack import pack_low_bit_weights
+
+        proto, packed = pack_low_bit_weights(proto)
+        if packed:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = "hwsearch.packed_weights", json.dumps(packed)
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 

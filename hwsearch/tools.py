@@ -68,9 +68,12 @@ def export_policy_file(
     data_root: str | None = None,
     model_factory: str | None = None,
     compute_device: str = "cpu",
+    int8_form: str = "portable",
+    onnx_style: str = "qdq",
 ) -> Exported:
     """Write the policy as ``fmt``: a policy format (json/yaml/csv/haq), a quantized ``checkpoint`` or ``onnx``
-    (the last two need the FP32 ``checkpoint``; calibration runs on ``compute_device``)."""
+    (the last two need the FP32 ``checkpoint``; calibration runs on ``compute_device``). ``int8_form`` and
+    ``onnx_style`` are :func:`hwsearch.onnx_export.export_onnx`'s (``kernels`` is what ``ort-cpu`` prices)."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format {fmt!r} is unknown; use one of {', '.join(EXPORT_FORMATS)}")
     needs_model = fmt in ("checkpoint", "onnx")
@@ -88,7 +91,8 @@ def export_policy_file(
     ws = prepare(checkpoint, data_root=data_root, device=compute_device, model_name=model_factory)
     if fmt == "checkpoint":
         return Exported(save_quantized(out, ws, policy, ws.calibration, {"policy_file": str(policy_path)}), fmt)
-    return Exported(export_onnx(ws, policy, ws.calibration, out, ws.splits.input_shape), fmt)
+    path = export_onnx(ws, policy, ws.calibration, out, ws.splits.input_shape, int8_form=int8_form, style=onnx_style)
+    return Exported(path, fmt)
 
 
 def show_policy(

@@ -30,6 +30,7 @@ __all__ = [
     "Workspace",
     "prepare",
     "build_env",
+    "prepare_cost_model",
     "score_policy",
     "compare_policies",
     "finetune_policy",
@@ -92,6 +93,15 @@ def prepare(
     return Workspace(model, meta["model_name"], splits, layers, calibration, dev, dict(meta))
 
 
+def prepare_cost_model(cost_model: CostModel, ws: Workspace) -> CostModel:
+    """Let a measured target see the model it will price (``ort-cpu`` times the whole exported model once to
+    charge the graph's other nodes to the layers); other cost models need nothing."""
+    calibrate = getattr(cost_model, "calibrate", None)
+    if callable(calibrate):
+        calibrate(ws)
+    return cost_model
+
+
 def build_env(
     ws: Workspace,
     cost_model: CostModel,
@@ -110,6 +120,7 @@ def build_env(
     if evaluator is None:
         x, y = ws.split("val")
         evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
+    prepare_cost_model(cost_model, ws)
     kwargs = dict(env_kwargs or {})
     if kwargs.get("w_rob", 0.0) > 0 and not evaluator.attacks:
         raise ConfigError("a robustness weight needs an attack: give the evaluator attacks (--attack pgd --eps E)")
@@ -166,7 +177,7 @@ def compare_policies(
     ``(policy, workspace)`` pair for another checkpoint of the same architecture: an FP32 model trained with
     the Lipschitz term, or the weights a defended policy was fine-tuned into.
     """
-    cost_model = get_cost_model(target)
+    cost_model = prepare_cost_model(get_cost_model(target), ws)
     x, y = ws.split(split)
     ref_cost = policy_cost(cost_model, ws.layers, ws.uniform(8))
     rows = []

@@ -174,15 +174,22 @@ def _ort_session(path: Path, optimize: bool):  # type: ignore[no-untyped-def]
 
 
 def _weight_initializers(proto) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """Integer weight initializers (the first input of a DequantizeLinear, 2-D or more) by name, as arrays."""
-    from onnx import numpy_helper
+    """Integer weight initializers (the first input of a DequantizeLinear, 2-D or more; a packed 4-bit one through
+    its unpacking Cast, in the type the Cast gives) by name, as arrays."""
+    from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in proto.graph.initializer}
-    return {
-        n.input[0]: numpy_helper.to_array(inits[n.input[0]])
-        for n in proto.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2
-    }
+    casts = {n.output[0]: n for n in proto.graph.node if n.op_type == "Cast" and n.input[0] in inits}
+    out = {}
+    for n in proto.graph.node:
+        src, cast = n.input[0] if n.input else "", None
+        if n.op_type == "DequantizeLinear" and src in casts:
+            cast = casts[src]
+            src = cast.input[0]
+        if n.op_type == "DequantizeLinear" and src in inits and len(inits[src].dims) >= 2:
+            q = numpy_helper.to_array(inits[src])
+            out[src] = q if cast is None else q.astype(helper.tensor_dtype_to_np_dtype(cast.attribute[0].i))
+    return out
 
 
 @pytest.mark.parametrize("form", ["portable", "s8"])

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 DEFAULT_DEVICE = "bitfusion-edge"
+_ORT_CPU = re.compile(r"^ort-cpu(:.*)?$")  # the measured target; its module imports torch and onnx, so lazily
 DEVICE_SCHEMA_VERSION = 1
 
 
@@ -92,7 +94,7 @@ def _devices_dir() -> Any:
 
 
 def list_devices() -> list[str]:
-    """Names of the devices with a parameter file, sorted."""
+    """Names of the analytical devices (those with a parameter file), sorted; ``ort-cpu`` is measured, not listed."""
     folder = _devices_dir()
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
@@ -148,7 +150,9 @@ def is_table_path(name: str | os.PathLike[str]) -> bool:
 
 
 def get_cost_model(name: str | os.PathLike[str]) -> CostModel:
-    """The cost model of a named analytical device (``latency_tables/devices/``) or of a table file.
+    """The cost model of a named analytical device (``latency_tables/devices/``), of this CPU under ONNX Runtime
+    (``ort-cpu``, ``ort-cpu:N``, ``ort-cpu:all``: measured on first use, :mod:`hwsearch.hardware.ort_cpu`), or
+    of a table file.
 
     A value ending in ``.json`` or containing a path separator is read as a cost table (analytical, measured or
     imported; see :func:`hwsearch.hardware.load_table`) and priced by a :class:`TableCostModel`, whose
@@ -156,6 +160,10 @@ def get_cost_model(name: str | os.PathLike[str]) -> CostModel:
     """
     if is_table_path(name):
         return TableCostModel(load_table(name), path=os.fspath(name))
+    if _ORT_CPU.match(str(name)):
+        from hwsearch.hardware.ort_cpu import OrtCpuCostModel, parse_ort_cpu
+
+        return OrtCpuCostModel(parse_ort_cpu(str(name)), name=str(name))
     return device_from_spec(device_spec(str(name)))
 
 
@@ -177,6 +185,13 @@ def bit_grid(
     with most pairs (ties: more weight widths, then wider ones). For an analytical device it is the device's
     widths among ``candidates``; for a measured table typically ``((8,), (8,))``. Raises when no pair fits.
     """
+    own = getattr(cost_model, "search_bits", None)
+    if callable(own):  # a target that says which widths are worth searching (ort-cpu: 4, 8 or float)
+        w_own, a_own = own()
+        keep = set(candidates) | {FLOAT_BITS}
+        ws_, as_ = tuple(b for b in w_own if b in keep), tuple(b for b in a_own if b in keep)
+        if ws_ and as_:
+            return ws_, as_
     allowed = set(candidates)
     pairs = {(w, a) for w, a in supported_pairs(cost_model, layers) if w in allowed and a in allowed}
     ws = sorted({w for w, _ in pairs})

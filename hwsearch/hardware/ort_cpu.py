@@ -1,0 +1,404 @@
+"""``ort-cpu``: ONNX Runtime on the CPU this process runs on, as a search target, measured on first use.
+
+A layer's cost at a bit pair is the median time of that layer alone, exported exactly as ``hwsearch export
+--format onnx --onnx-style kernels`` writes it (:func:`hwsearch.onnx_export.export_onnx`), run by ONNX Runtime's
+CPU execution provider at batch 1. So every pair the search can choose is priced by the kernel that really
+runs it: float (``W32A32``); integer weights and inputs (``W8A8``, ``W4A8``, ...: QLinearConv / QGemm, its input
+quantize and output dequantize included); integer weights on float inputs (``W4A32``: a float kernel on
+weights dequantized at run time, smaller file, no speed-up); float weights on quantized inputs (``W32A8``).
+
+The per-run cost of calling ONNX Runtime at all (an identity graph) is subtracted from every cell, so a policy's
+predicted latency is the sum of its layers' cells plus one :attr:`OrtCpuCostModel.call_overhead_ms`.
+
+A layer alone is not the whole story: the model's other nodes (normalization, pooling, batch norm, activations,
+residual adds) cost time too, and an integer layer changes theirs (its activation no longer fuses into the
+convolution, batch norm runs on its dequantized output, layouts change around its NHWC kernel). ``calibrate``
+measures the whole exported model twice, all float and all ``W8A8``, and spreads the two differences over the
+layers, so the cells stay additive (the budget walk and the ILP need that):
+
+- ``rest_ms`` = float model - its cells, the same for every policy, shared equally by the layers;
+- ``per_output_ms`` = (W8A8 model - its cells - ``rest_ms``) per output element of the integer layers, charged
+  to each integer-kernel layer in proportion to its output size.
+
+So the all-float and all-W8A8 predictions are fits; every other policy's is a prediction, and
+``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands.
+
+Cells are cached per machine in ``$HWSEARCH_CACHE`` (default ``~/.cache/hwsearch``) under ``ort-cpu/``, one file
+per CPU model, ONNX Runtime version, thread count and int8 form (:mod:`hwsearch.hardware.cpu`), with warm-up,
+repeats, median and spread (interquartile range) of every cell. Another machine, runtime or thread count gets
+its own file; a cell is measured once per machine.
+
+Device names: ``ort-cpu`` (1 thread), ``ort-cpu:N`` (N intra-op threads), ``ort-cpu:all`` (the cores this
+process may run on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwsearch.errors import ConfigError, TableError
+from hwsearch.hardware.base import LayerCost, bit_key
+from hwsearch.hardware.cpu import check_int8_form
+from hwsearch.io import atomic_write_text
+from hwsearch.layers import LayerInfo
+from hwsearch.onnx_export import int_kernel_layer
+from hwsearch.policy import FLOAT_BITS, VALID_BITS, LayerBits, Policy
+
+__all__ = [
+    "ORT_CPU",
+    "CACHE_SCHEMA_VERSION",
+    "SEARCH_W_BITS",
+    "SEARCH_A_BITS",
+    "OrtCpuCostModel",
+    "cache_dir",
+    "cpu_model",
+    "is_ort_cpu",
+    "parse_ort_cpu",
+    "time_session",
+]
+
+ORT_CPU = "ort-cpu"
+CACHE_SCHEMA_VERSION = 1
+#: the widths a search on this target chooses among: 4 and 8 bits run integer kernels (4 bits for a smaller
+#: file), 32 keeps a layer float; inputs are 8-bit (integer kernel) or float. Lower input widths would run the
+#: same 8-bit kernel, only less accurately.
+SEARCH_W_BITS: tuple[int, ...] = (4, 8, FLOAT_BITS)
+SEARCH_A_BITS: tuple[int, ...] = (8, FLOAT_BITS)
+_NAME = re.compile(r"^ort-cpu(?::(\d+|all))?$")
+
+
+def is_ort_cpu(name: str) -> bool:
+    """Whether a ``--target`` value names this target (``ort-cpu``, ``ort-cpu:N``, ``ort-cpu:all``)."""
+    return bool(_NAME.match(str(name)))
+
+
+def parse_ort_cpu(name: str) -> int:
+    """The thread count a target name asks for; a one-line ConfigError for a malformed one."""
+    m = _NAME.match(str(name))
+    if m is None:
+        raise ConfigError(f"target {name!r} is not ort-cpu, ort-cpu:N or ort-cpu:all")
+    if m.group(1) is None:
+        return 1
+    if m.group(1) == "all":
+        from hwsearch.cores import available_cores
+
+        return available_cores()
+    threads = int(m.group(1))
+    if threads < 1:
+        raise ConfigError(f"target {name!r}: the thread count must be at least 1, e.g. ort-cpu:2")
+    return threads
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") or line.startswith("Model"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cache_dir() -> Path:
+    """Where measured cells live: ``$HWSEARCH_CACHE/ort-cpu`` (default ``~/.cache/hwsearch/ort-cpu``)."""
+    root = os.environ.get("HWSEARCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hwsearch")
+    return Path(root) / "ort-cpu"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "unknown"
+
+
+def _session(model_bytes: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def time_session(session: Any, feed: Mapping[str, np.ndarray], repeats: int, warmup: int) -> tuple[float, float]:
+    """Median and interquartile range (ms) of ``session.run`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
+
+
+def _one_layer(layer: LayerInfo, seed: int) -> tuple[nn.Module, str, tuple[int, int, int]]:
+    """A model holding only a layer of ``layer``'s shape (random weights: time does not depend on values)."""
+    torch.manual_seed(seed)
+    if layer.kind == "conv":
+        mod: nn.Module = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel,
+            stride=layer.stride,
+            padding=layer.padding,
+            groups=layer.groups,
+        )
+        return nn.Sequential(mod), "0", (layer.in_channels, *layer.in_hw)
+    return nn.Sequential(nn.Flatten(), nn.Linear(layer.in_channels, layer.out_channels)), "1", (layer.in_channels, 1, 1)
+
+
+class OrtCpuCostModel:
+    """Latency (ms per image, batch 1) of each layer at each bit pair on this CPU under ONNX Runtime.
+
+    ``layer_cost`` measures a cell the first time it is asked for and caches it (see the module docstring);
+    ``measure`` fills many at once. No energy figures: budget latency or size.
+    """
+
+    def __init__(
+        self,
+        threads: int = 1,
+        *,
+        repeats: int = 50,
+        warmup: int = 10,
+        int8_form: str = "auto",
+        cache: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        for what, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"ort-cpu {what} = {value!r} must be an integer >= {low}")
+        try:
+            import onnxruntime
+        except ImportError:  # pragma: no cover - optional dependency
+            raise ConfigError("the ort-cpu target needs onnxruntime and onnx; pip install 'hwsearch[onnx]'") from None
+        self.threads = threads
+        self.repeats = repeats
+        self.warmup = warmup
+        self.int8_form = check_int8_form(int8_form)
+        self.name = name or (ORT_CPU if threads == 1 else f"{ORT_CPU}:{threads}")
+        self.runtime = f"onnxruntime {onnxruntime.__version__}"
+        self.cpu = cpu_model()
+        folder = Path(cache) if cache is not None else cache_dir()
+        key = f"{_slug(self.cpu)}__{_slug(platform.machine())}__ort-{onnxruntime.__version__}__t{threads}__{self.int8_form}"
+        self.path = folder / f"{key}.json"
+        self._cells: dict[str, dict[str, dict[str, float]]] = {}
+        self._overhead: float | None = None
+        self._models: dict[str, dict[str, float]] = {}
+        self._extra: dict[str, float] = {}  # layer name -> its share of rest_ms (set by calibrate)
+        self._per_output = 0.0
+        self.calibration: dict[str, float] | None = None
+        self._load()
+
+    # -- the cache ------------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "cpu": self.cpu,
+            "machine": platform.machine(),
+            "runtime": self.runtime,
+            "threads": self.threads,
+            "int8_form": self.int8_form,
+        }
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TableError(f"ort-cpu cache {self.path} is unreadable ({exc}); delete it to measure again") from None
+        if not isinstance(data, dict) or data.get("schema") != CACHE_SCHEMA_VERSION:
+            return  # another version's cache: measured again and overwritten
+        if data.get("identity") != self._identity():
+            return
+        self._cells = {s: dict(row) for s, row in data.get("cells", {}).items()}
+        self._overhead = data.get("call_overhead_ms")
+        self._models = {k: dict(v) for k, v in data.get("models", {}).items()}
+
+    def _save(self) -> None:
+        data = {
+            "schema": CACHE_SCHEMA_VERSION,
+            "identity": self._identity(),
+            "timing": {"repeats": self.repeats, "warmup": self.warmup, "batch": 1, "statistic": "median, IQR"},
+            "call_overhead_ms": self._overhead,
+            "cells": self._cells,
+            "models": self._models,
+        }
+        atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+    # -- measuring ------------------------------------------------------------------------------------
+    @property
+    def call_overhead_ms(self) -> float:
+        """Median time of running an identity graph: paid once per inference, subtracted from each cell."""
+        if self._overhead is None:
+            from onnx import TensorProto, helper
+
+            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
+            graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+            model.ir_version = 8
+            sess = _session(model.SerializeToString(), self.threads)
+            median, _ = time_session(sess, {"x": np.zeros((1, 16), np.float32)}, self.repeats, self.warmup)
+            self._overhead = median
+            self._save()
+        return self._overhead
+
+    def _measure_cell(self, layer: LayerInfo, w_bits: int, a_bits: int) -> dict[str, float]:
+        from hwsearch.onnx_export import export_onnx
+        from hwsearch.quant import Calibration, apply_policy
+        from hwsearch.quant.calibration import ActRange
+
+        model, name, shape = _one_layer(layer, seed=0)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand((4, *shape), generator=gen)
+        lo = -1.0 if layer.is_input_layer else 0.0  # the model's first layer sees normalized (signed) input
+        if lo < 0:
+            x = x * 2 - 1
+        calibration = Calibration({name: ActRange(lo, 1.0)}, "minmax")
+        policy = Policy({name: LayerBits(w_bits, a_bits)}, {})
+        qmodel = apply_policy(model, policy, calibration).eval()
+        with torch.no_grad():
+            out = qmodel(x)
+        ranges = {name: (float(out.min()), float(out.max()))}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(
+                model,
+                policy,
+                calibration,
+                Path(tmp) / "layer.onnx",
+                shape,
+                int8_form=self.int8_form,
+                style="kernels",
+                output_ranges=ranges,
+            )
+            sess = _session(path.read_bytes(), self.threads)
+        median, iqr = time_session(sess, {"input": x[:1].numpy()}, self.repeats, self.warmup)
+        return {"median_ms": median, "iqr_ms": iqr}
+
+    def measure(self, layers: Iterable[LayerInfo], pairs: Iterable[tuple[int, int]]) -> int:
+        """Measure every (layer, pair) cell not cached yet; returns how many were measured."""
+        pairs = list(pairs)
+        todo = []
+        for layer in layers:
+            row = self._cells.get(layer.signature(1), {})
+            todo += [(layer, w, a) for w, a in pairs if bit_key(w, a) not in row and (layer, w, a) not in todo]
+        _ = self.call_overhead_ms
+        seen: set[tuple[str, str]] = set()
+        for layer, w, a in todo:
+            sig, key = layer.signature(1), bit_key(w, a)
+            if (sig, key) in seen:
+                continue
+            seen.add((sig, key))
+            self._cells.setdefault(sig, {})[key] = self._measure_cell(layer, w, a)
+        if seen:
+            self._save()
+        return len(seen)
+
+    def _raw(self, layers: list[LayerInfo], policy: Policy) -> float:
+        """The policy's sum of bare cells plus one call overhead (no calibration terms)."""
+        total = self.call_overhead_ms
+        for layer in layers:
+            bits = policy[layer.name]
+            cell = self._cells.get(layer.signature(1), {}).get(bit_key(bits.w, bits.a))
+            if cell is None:
+                self.measure([layer], [(bits.w, bits.a)])
+                cell = self._cells[layer.signature(1)][bit_key(bits.w, bits.a)]
+            total += max(cell["median_ms"] - self.call_overhead_ms, 1e-6)
+        return total
+
+    def time_model(self, path: str | os.PathLike[str], input_shape: tuple[int, ...], rounds: int = 3) -> float:
+        """Median latency (ms, batch 1) of an ONNX file under this target's threads: the best of ``rounds``
+        medians, so a burst of load on a shared machine does not count."""
+        sess = _session(Path(path).read_bytes(), self.threads)
+        x = np.random.default_rng(0).random((1, *input_shape), dtype=np.float32)
+        feed = {sess.get_inputs()[0].name: x}
+        return min(time_session(sess, feed, max(self.repeats, 100), self.warmup)[0] for _ in range(rounds))
+
+    def calibrate(self, ws: Any) -> dict[str, float]:
+        """Measure ``ws``'s whole model all float and all W8A8 (once per machine; cached) and charge the rest of
+        the graph to the layers as the module docstring says. Returns the calibration record."""
+        from hwsearch.onnx_export import export_onnx
+
+        layers = list(ws.layers)
+        shape = tuple(int(d) for d in ws.splits.input_shape)
+        key = hashlib.sha1(
+            json.dumps(
+                [ws.model_name, list(shape), [ly.name for ly in layers], [ly.signature(1) for ly in layers]]
+            ).encode()
+        ).hexdigest()[:16]
+        names = [ly.name for ly in layers]
+        float_policy = Policy({n: LayerBits(FLOAT_BITS, FLOAT_BITS) for n in names}, {})
+        int_policy = Policy({n: LayerBits(8, 8) for n in names}, {})
+        record = self._models.get(key)
+        if record is None:
+            measured = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for tag, policy in (("float", float_policy), ("int8", int_policy)):
+                    path = export_onnx(
+                        ws, policy, None, Path(tmp) / f"{tag}.onnx", shape, int8_form=self.int8_form, style="kernels"
+                    )
+                    measured[tag] = self.time_model(path, shape)
+            outputs = sum(ly.out_channels * ly.out_hw[0] * ly.out_hw[1] for ly in layers)
+            rest = measured["float"] - self._raw(layers, float_policy)
+            per_output = (measured["int8"] - self._raw(layers, int_policy) - rest) / max(outputs, 1)
+            record = {
+                "model": ws.model_name,
+                "float_ms": measured["float"],
+                "int8_ms": measured["int8"],
+                "rest_ms": rest,
+                "per_output_ms": per_output,
+            }
+            self._models[key] = record
+            self._save()
+        self._extra = {n: record["rest_ms"] / len(layers) for n in names}
+        self._per_output = record["per_output_ms"]
+        self.calibration = dict(record)
+        return dict(record)
+
+    def predict_ms(self, layers: Iterable[LayerInfo], policy: Policy) -> float:
+        """Predicted latency of a whole exported model: its layers' costs plus one call overhead."""
+        layers = list(layers)
+        return self.call_overhead_ms + sum(
+            self.layer_cost(ly, policy[ly.name].w, policy[ly.name].a).latency_ms for ly in layers
+        )
+
+    # -- the CostModel protocol -----------------------------------------------------------------------
+    def supported_bits(self) -> tuple[int, ...]:
+        return VALID_BITS
+
+    def search_bits(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The (weight, input) widths a search on this target chooses among (see ``SEARCH_W_BITS``)."""
+        return SEARCH_W_BITS, SEARCH_A_BITS
+
+    def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> LayerCost:
+        if w_bits not in VALID_BITS or a_bits not in VALID_BITS:
+            raise TableError(f"layer {layer.name!r}: W{w_bits}A{a_bits} is not a bit pair (1..8 or 32)")
+        cell = self._cells.get(layer.signature(1), {}).get(bit_key(w_bits, a_bits))
+        if cell is None:
+            self.measure([layer], [(w_bits, a_bits)])
+            cell = self._cells[layer.signature(1)][bit_key(w_bits, a_bits)]
+        ms = cell["median_ms"] - self.call_overhead_ms + self._extra.get(layer.name, 0.0)
+        if int_kernel_layer(w_bits, a_bits):
+            ms += self._per_output * layer.out_channels * layer.out_hw[0] * layer.out_hw[1]
+        return LayerCost(latency_ms=max(ms, 1e-6))
+
+    def cell(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Mapping[str, float]:
+        """The raw measurement of a cell (median and IQR in ms, the call overhead not subtracted)."""
+        self.layer_cost(layer, w_bits, a_bits)
+        return dict(self._cells[layer.signature(1)][bit_key(w_bits, a_bits)])
