@@ -25,7 +25,8 @@ So the all-float and all-W8A8 predictions are fits; every other policy's is a pr
 
 Cells are cached per machine in ``$HWSEARCH_CACHE`` (default ``~/.cache/hwsearch``) under ``ort-cpu/``, one file
 per CPU model, ONNX Runtime version, thread count and int8 form (:mod:`hwsearch.hardware.cpu`), with warm-up,
-repeats, median and spread (interquartile range) of every cell. Another machine, runtime or thread count gets
+repeats, median and spread (interquartile range) of every cell. A timing is the median over three fresh
+sessions of each one's median (:func:`time_onnx`): one session's median moves by ~10% from the next one's. Another machine, runtime or thread count gets
 its own file; a cell is measured once per machine.
 
 Device names: ``ort-cpu`` (1 thread), ``ort-cpu:N`` (N intra-op threads), ``ort-cpu:all`` (the cores this
@@ -68,6 +69,7 @@ __all__ = [
     "cpu_model",
     "is_ort_cpu",
     "parse_ort_cpu",
+    "time_onnx",
     "time_session",
 ]
 
@@ -134,6 +136,9 @@ def _session(model_bytes: bytes, threads: int) -> Any:
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+SESSIONS = 3  # sessions per timing: one session's median moves by ~10% from the next one's on the same model
+
+
 def time_session(session: Any, feed: Mapping[str, np.ndarray], repeats: int, warmup: int) -> tuple[float, float]:
     """Median and interquartile range (ms) of ``session.run`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
@@ -145,6 +150,48 @@ def time_session(session: Any, feed: Mapping[str, np.ndarray], repeats: int, war
         times.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return statistics.median(times), q[2] - q[0]
+
+
+_WARM_S = 0.5  # busy time before a process's first timing: the first model timed in a cold process ran ~20% slower
+_warmed: set[int] = set()
+
+
+def _warm_up(threads: int) -> None:
+    """Run a small convolution for ``_WARM_S`` seconds, once per process and thread count."""
+    if threads in _warmed:
+        return
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((16, 16, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "warm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    sess = _session(model.SerializeToString(), threads)
+    feed = {"x": np.ones((1, 16, 16, 16), np.float32)}
+    end = time.perf_counter() + _WARM_S
+    while time.perf_counter() < end:
+        sess.run(None, feed)
+    _warmed.add(threads)
+
+
+def time_onnx(
+    model_bytes: bytes, feed: Mapping[str, np.ndarray], threads: int, repeats: int, warmup: int, sessions: int = SESSIONS
+) -> tuple[float, float]:
+    """The fastest of ``sessions`` fresh sessions' medians (ms), and their median IQR: a session's memory layout
+    moves its timing by ~10%, so one session is one sample; the fastest is the one least disturbed by load."""
+    _warm_up(threads)
+    medians, iqrs = [], []
+    for _ in range(sessions):
+        median, iqr = time_session(_session(model_bytes, threads), feed, repeats, warmup)
+        medians.append(median)
+        iqrs.append(iqr)
+    return min(medians), statistics.median(iqrs)
 
 
 def _one_layer(layer: LayerInfo, seed: int) -> tuple[nn.Module, str, tuple[int, int, int]]:
@@ -253,8 +300,8 @@ class OrtCpuCostModel:
             graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
             model.ir_version = 8
-            sess = _session(model.SerializeToString(), self.threads)
-            median, _ = time_session(sess, {"x": np.zeros((1, 16), np.float32)}, self.repeats, self.warmup)
+            feed = {"x": np.zeros((1, 16), np.float32)}
+            median, _ = time_onnx(model.SerializeToString(), feed, self.threads, self.repeats, self.warmup)
             self._overhead = median
             self._save()
         return self._overhead
@@ -287,8 +334,8 @@ class OrtCpuCostModel:
                 style="kernels",
                 output_ranges=ranges,
             )
-            sess = _session(path.read_bytes(), self.threads)
-        median, iqr = time_session(sess, {"input": x[:1].numpy()}, self.repeats, self.warmup)
+            data = path.read_bytes()
+        median, iqr = time_onnx(data, {"input": x[:1].numpy()}, self.threads, self.repeats, self.warmup)
         return {"median_ms": median, "iqr_ms": iqr}
 
     def measure(self, layers: Iterable[LayerInfo], pairs: Iterable[tuple[int, int]]) -> int:
@@ -322,13 +369,13 @@ class OrtCpuCostModel:
             total += max(cell["median_ms"] - self.call_overhead_ms, 1e-6)
         return total
 
-    def time_model(self, path: str | os.PathLike[str], input_shape: tuple[int, ...], rounds: int = 3) -> float:
-        """Median latency (ms, batch 1) of an ONNX file under this target's threads: the best of ``rounds``
-        medians, so a burst of load on a shared machine does not count."""
-        sess = _session(Path(path).read_bytes(), self.threads)
+    def time_model(self, path: str | os.PathLike[str], input_shape: tuple[int, ...], sessions: int = 5) -> float:
+        """Latency (ms, batch 1) of an ONNX file under this target's threads: the median over ``sessions`` fresh
+        sessions of each one's median over at least 100 runs, timed as the cells are."""
+        data = Path(path).read_bytes()
+        name = _session(data, self.threads).get_inputs()[0].name
         x = np.random.default_rng(0).random((1, *input_shape), dtype=np.float32)
-        feed = {sess.get_inputs()[0].name: x}
-        return min(time_session(sess, feed, max(self.repeats, 100), self.warmup)[0] for _ in range(rounds))
+        return time_onnx(data, {name: x}, self.threads, max(self.repeats, 100), self.warmup, sessions)[0]
 
     def calibrate(self, ws: Any) -> dict[str, float]:
         """Measure ``ws``'s whole model all float and all W8A8 (once per machine; cached) and charge the rest of

@@ -1,0 +1,210 @@
+"""Search for this CPU, export, and measure what was predicted: the ``ort-cpu`` target end to end.
+
+For smallcnn, resnet20 and mobilenet_v2 (trained on the embedded mnist5k), on a fresh ``ort-cpu`` cache (so the
+cells are measured in this run, as a first use would):
+
+1. a DDPG search on ``ort-cpu`` (1 thread, clean objective) at the budget halfway between the all-W8A8 and the
+   all-float policies' predicted latency;
+2. for all-float, all-W8A8, the searched policy and two seeded random mixes of float / W8A8 / W4A8 / W4A32, at
+   1 thread and at every core: the policy exported (``--onnx-style kernels``, the int8 form exact on this CPU),
+   its latency predicted by ``ort-cpu`` and measured by ONNX Runtime at batch 1 (best of three medians), the float
+   model's, and the top-1 agreement with the fake-quant model on the test split.
+
+All-float and all-W8A8 are the two policies ``ort-cpu`` calibrates the rest of the graph on
+(:mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits (``calibration: true``); the searched policy
+and the random mixes are predictions.
+
+    python -m benchmarks.real_cpu [--models smallcnn resnet20 mobilenet_v2] [--episodes 60]
+
+Writes benchmarks/results/real_cpu.json (``rows``: model, policy, threads, predicted_ms, measured_ms, fp32_ms,
+agreement, ...) and real_cpu.md. Run it on a quiet machine: the figures are wall-clock times of ~0.1-1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS, provenance, write_results
+from hwsearch.cores import available_cores
+from hwsearch.hardware.cost import policy_cost
+from hwsearch.hardware.ort_cpu import OrtCpuCostModel
+from hwsearch.job import SearchJobConfig, run_search_job
+from hwsearch.onnx_export import export_onnx
+from hwsearch.pipelines import BaselineConfig, train_baseline
+from hwsearch.policy import FLOAT_BITS, Policy, uniform_policy
+from hwsearch.search import SearchConfig
+from hwsearch.verify import verify_onnx
+from hwsearch.workflow import Workspace, prepare
+
+MODELS = {
+    "smallcnn": ("speed_smallcnn.pt", 8),
+    "resnet20": ("speed_resnet20.pt", 2),
+    "mobilenet_v2": ("real_mobilenet_v2.pt", 3),
+}
+MIX_CHOICES = ((FLOAT_BITS, FLOAT_BITS), (8, 8), (4, 8), (4, FLOAT_BITS))
+
+
+def _checkpoint(model: str) -> Path:
+    name, epochs = MODELS[model]
+    path = RESULTS / name  # shared with benchmarks.search_speed / robust_fidelity (gitignored)
+    if not path.exists():
+        train_baseline(BaselineConfig(model=model, epochs=epochs), path)
+    return path
+
+
+def _bits(policy: Policy) -> dict[str, int]:
+    """How many layers run each way."""
+    out: dict[str, int] = {}
+    for b in policy.layers.values():
+        key = "float" if b.w == FLOAT_BITS and b.a == FLOAT_BITS else f"W{b.w}A{b.a}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _search(ws: Workspace, ckpt: Path, cm: OrtCpuCostModel, episodes: int, work: Path) -> tuple[Policy, dict]:
+    ref = policy_cost(cm, ws.layers, ws.uniform(8)).latency_ms
+    fp = policy_cost(cm, ws.layers, uniform_policy(ws.layer_names, FLOAT_BITS)).latency_ms
+    budget = round((1 + fp / ref) / 2, 3)
+    job = SearchJobConfig(
+        checkpoint=str(ckpt),
+        target="ort-cpu",
+        budget=f"latency={budget}x",
+        search=SearchConfig(episodes=episodes, warmup_episodes=max(episodes // 4, 1), seed=0),
+        threads=1,
+    )
+    t0 = time.perf_counter()
+    done = run_search_job(job, work / f"search-{ws.model_name}", overwrite=True)
+    best = done.result.best
+    info = {
+        "model": ws.model_name,
+        "budget": job.budget,
+        "episodes": episodes,
+        "best_episode": best.episode,
+        "best_val_accuracy": best.accuracy,
+        "relative_latency": best.relative_cost,
+        "wall_s": time.perf_counter() - t0,
+        "bits": _bits(best.policy),
+    }
+    return best.policy, info
+
+
+def _policies(ws: Workspace, searched: Policy, seed: int) -> list[tuple[str, Policy, bool]]:
+    names = ws.layer_names
+    rng = random.Random(seed)
+    mixes = [(f"random-mix-{i}", Policy({n: rng.choice(MIX_CHOICES) for n in names}, {}), False) for i in range(2)]
+    return [
+        ("all-float", uniform_policy(names, FLOAT_BITS), True),
+        ("all-int8", ws.uniform(8), True),
+        ("searched", searched, False),
+        *mixes,
+    ]
+
+
+def run(models: list[str], episodes: int, thread_counts: list[int]) -> dict[str, Any]:
+    rows, searches = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["HWSEARCH_CACHE"] = str(work / "cache")  # a first use: every cell is measured in this run
+        for model in models:
+            ckpt = _checkpoint(model)
+            ws = prepare(ckpt)
+            measured: dict[int, float] = {}
+            for threads in thread_counts:
+                t0 = time.perf_counter()
+                cm = OrtCpuCostModel(threads)
+                cm.calibrate(ws)
+                measured[threads] = time.perf_counter() - t0
+            cm1 = OrtCpuCostModel(1)
+            cm1.calibrate(ws)
+            searched, info = _search(ws, ckpt, cm1, episodes, work)
+            info["first_use_measure_s"] = measured
+            searches.append(info)
+            print(f"{model}: searched {info['bits']} at {info['budget']} in {info['wall_s']:.0f} s")
+            for name, policy, calibration in _policies(ws, searched, seed=len(rows)):
+                for threads in thread_counts:
+                    cm = OrtCpuCostModel(threads)
+                    path = export_onnx(
+                        ws,
+                        policy,
+                        None,
+                        work / f"{model}-{name}.onnx",
+                        ws.splits.input_shape,
+                        int8_form=cm.int8_form,
+                        style="kernels",
+                    )
+                    v = verify_onnx(ws, path, f"ort-cpu:{threads}")
+                    row = {
+                        "model": model,
+                        "policy": name,
+                        "threads": threads,
+                        "calibration": calibration,
+                        "bits": _bits(policy),
+                        **v.to_dict(),
+                        "file_bytes": path.stat().st_size,
+                    }
+                    rows.append(row)
+                    print(
+                        f"  {name:13s} {threads}t predicted {v.predicted_ms:.4f} measured {v.measured_ms:.4f} "
+                        f"({100 * v.error:+.1f}%) fp32 {v.fp32_ms:.4f} agreement {100 * v.agreement:.2f}%"
+                    )
+    return {"rows": rows, "searches": searches}
+
+
+def render(data: dict[str, Any]) -> str:
+    lines = [
+        "# ort-cpu: predicted vs measured latency of exported models",
+        "",
+        "Batch 1; measured = ONNX Runtime (CPU provider), best of three medians; `fit` marks the two policies the",
+        "target calibrates on (all-float, all-W8A8), so only the other rows test the prediction.",
+        "",
+        "| model | policy | threads | layers | predicted ms | measured ms | error | fp32 ms | speed-up vs fp32 "
+        "| agreement | ONNX acc | file KiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        bits = ", ".join(f"{k} x{v}" for k, v in sorted(r["bits"].items()))
+        tag = " (fit)" if r["calibration"] else ""
+        lines.append(
+            f"| {r['model']} | {r['policy']}{tag} | {r['threads']} | {bits} | {r['predicted_ms']:.4f} | "
+            f"{r['measured_ms']:.4f} | {100 * r['error']:+.1f}% | {r['fp32_ms']:.4f} | {r['speedup_vs_fp32']:.2f}x | "
+            f"{100 * r['agreement']:.2f}% | {100 * r['accuracy_onnx']:.2f}% | {r['file_bytes'] / 1024:.0f} |"
+        )
+    held = [r for r in data["rows"] if not r["calibration"]]
+    if held:
+        worst = max(held, key=lambda r: abs(r["error"]))
+        within = sum(abs(r["error"]) <= 0.10 for r in held)
+        lines += [
+            "",
+            f"Predicted rows (not calibration): {within} of {len(held)} within 10% of measured; worst "
+            f"{100 * worst['error']:+.1f}% ({worst['model']} {worst['policy']}, {worst['threads']} thread(s)). "
+            f"Lowest agreement over all rows: {100 * min(r['agreement'] for r in data['rows']):.2f}%.",
+        ]
+    lines += ["", "Searches (DDPG on ort-cpu, 1 thread, clean objective):", ""]
+    for s in data["searches"]:
+        lines.append(
+            f"- {s['model']}: {s['budget']}, {s['episodes']} episodes in {s['wall_s']:.0f} s, best episode "
+            f"{s['best_episode']} (val accuracy {100 * s['best_val_accuracy']:.2f}%, "
+            f"{s['relative_latency']:.3f}x W8A8's predicted latency): {s['bits']}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--episodes", type=int, default=60)
+    ap.add_argument("--threads", nargs="+", default=["1", "all"], help="thread counts to time (all = every core)")
+    args = ap.parse_args()
+    counts = sorted({available_cores() if t == "all" else int(t) for t in args.threads})
+    payload = {"meta": provenance(), **run(args.models, args.episodes, counts)}
+    write_results("real_cpu", payload, render)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The ort-cpu target: names, the per-machine cache, pricing every searchable pair, the budget walk on a
+non-monotone table, the kernels export style, and verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hwsearch.envs import EnvConfig, MixedPrecisionEnv
+
+from hwsearch.cli import main
+from hwsearch.errors import ConfigError
+from hwsearch.hardware import bit_grid, get_cost_model
+from hwsearch.policy import FLOAT_BITS, Policy, uniform_policy
+from tests.fakes import FakeCost, FakeEvaluator, fake_layers, layer
+
+ort = pytest.importorskip("onnxruntime")  # the [onnx] extra
+pytest.importorskip("onnx")
+
+from hwsearch.hardware.ort_cpu import (  # noqa: E402 - after the optional-dependency skip
+    SEARCH_A_BITS,
+    SEARCH_W_BITS,
+    OrtCpuCostModel,
+    parse_ort_cpu,
+)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("HWSEARCH_CACHE", str(folder))
+    return folder
+
+
+def _model(**kw: object) -> OrtCpuCostModel:
+    return OrtCpuCostModel(**{"repeats": 3, "warmup": 1, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "threads"), [("ort-cpu", 1), ("ort-cpu:3", 3), ("ort-cpu:1", 1)])
+def test_target_names_give_thread_counts(name: str, threads: int, cache: Path) -> None:
+    assert parse_ort_cpu(name) == threads
+    cm = get_cost_model(name)
+    assert isinstance(cm, OrtCpuCostModel) and cm.threads == threads and cm.name == name
+
+
+def test_all_means_the_cores_this_process_may_use() -> None:
+    from hwsearch.cores import available_cores
+
+    assert parse_ort_cpu("ort-cpu:all") == available_cores()
+
+
+@pytest.mark.parametrize("bad", ["ort-cpu:0", "ort-cpu:x", "ort-cpu:-1"])
+def test_bad_target_names_are_one_line_errors(bad: str) -> None:
+    with pytest.raises(ConfigError, match="ort-cpu"):
+        get_cost_model(bad)
+
+
+def test_cells_are_measured_once_and_cached_per_identity(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = layer("c", 1, 8, 8, 8)
+    first = _model()
+    cost = first.layer_cost(conv, 8, 8)
+    assert cost.latency_ms > 0 and cost.energy_mj is None
+    files = list((cache / "ort-cpu").glob("*.json"))
+    assert len(files) == 1 and "__t1__" in files[0].name
+    data = json.loads(files[0].read_text())
+    assert data["identity"]["threads"] == 1 and data["identity"]["runtime"].startswith("onnxruntime")
+    assert data["identity"]["int8_form"] in ("portable", "s8")
+    cell = data["cells"][conv.signature(1)]["W8A8"]
+    assert cell["median_ms"] > 0 and cell["iqr_ms"] >= 0
+    assert data["timing"]["repeats"] == 3 and data["call_overhead_ms"] > 0
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(OrtCpuCostModel, "_measure_cell", boom)
+    again = _model()
+    assert again.layer_cost(conv, 8, 8) == cost  # read from the file, not measured
+    other = _model(threads=2)  # another thread count is another machine state: its own file
+    with pytest.raises(AssertionError, match="measured again"):
+        other.layer_cost(conv, 8, 8)
+
+
+def test_every_searchable_pair_is_priced(cache: Path) -> None:
+    layers = [layer("c", 0, 1, 4, 8), layer("fc", 1, 16, 4, 1, "linear")]
+    cm = _model()
+    assert bit_grid(cm, layers) == (SEARCH_W_BITS, SEARCH_A_BITS)
+    assert FLOAT_BITS in SEARCH_W_BITS and FLOAT_BITS in SEARCH_A_BITS
+    for ly in layers:
+        for w in SEARCH_W_BITS:
+            for a in SEARCH_A_BITS:
+                assert cm.layer_cost(ly, w, a).latency_ms > 0
+
+
+class _CpuLikeCost:
+    """Float and integer kernels with a CPU's shape: quantizing only a float layer's input costs more."""
+
+    name = "cpu-like"
+
+    def layer_cost(self, ly: object, w: int, a: int) -> FakeCost:
+        macs = ly.macs  # type: ignore[attr-defined]
+        if w == FLOAT_BITS and a == FLOAT_BITS:
+            return FakeCost(macs * 1.0, None)
+        if a == FLOAT_BITS or w == FLOAT_BITS:  # weight-only or input-only quantization: float kernel + work
+            return FakeCost(macs * 1.1, None)
+        return FakeCost(macs * 0.5, None)
+
+    def supported_bits(self) -> tuple[int, ...]:
+        return (4, 8, FLOAT_BITS)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("budget", [1.0, 1.3, 1.7, 2.0])
+def test_budget_walk_meets_the_budget_and_never_raises_a_layers_cost(seed: int, budget: float) -> None:
+    from hwsearch.budget import Budget
+
+    cfg = EnvConfig(budget=Budget("latency", budget), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS)
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), _CpuLikeCost(), cfg)
+    table = env.cost_table()
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        choice = np.stack([rng.integers(0, 3, env.n_layers), rng.integers(0, 2, env.n_layers)], axis=1)
+        enforced = env.enforce_budget(choice)
+        assert env.cost_of(enforced, "latency") <= env.budget_limit + 1e-9
+        for i in range(env.n_layers):
+            assert table[i, enforced[i, 0], enforced[i, 1]] <= table[i, choice[i, 0], choice[i, 1]] + 1e-12
+
+
+def test_float_is_a_choice_of_the_env() -> None:
+    from hwsearch.budget import Budget
+
+    cfg = EnvConfig(budget=Budget("latency", 2.0), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS)
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), _CpuLikeCost(), cfg)
+    names = [ly.name for ly in fake_layers()]
+    policy = uniform_policy(names, FLOAT_BITS)
+    actions = env.actions_for(policy)
+    env.reset(seed=0)
+    for a in actions[:-1]:
+        env.step(np.array([a], np.float32))
+    *_, info = env.step(np.array([actions[-1]], np.float32))
+    assert info["policy"] == policy  # float everywhere fits a 2x-W8A8 budget here
+
+
+# --------------------------------------------------------------------------- export and verify (a real model)
+
+
+@pytest.fixture(scope="module")
+def ws(checkpoint: Path):  # type: ignore[no-untyped-def]
+    from hwsearch.workflow import prepare
+
+    return prepare(checkpoint)
+
+
+def _optimized_ops(path: Path, tmp: Path) -> list[str]:
+    import onnx
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp / "opt.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp / "opt.onnx")).graph.node]
+
+
+@pytest.mark.parametrize("style", ["qdq", "kernels"])
+def test_kernels_style_runs_every_integer_layer_as_an_integer_kernel(ws, style: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from hwsearch.onnx_export import export_onnx
+
+    path = export_onnx(ws, ws.uniform(8), None, tmp_path / "m.onnx", int8_form="s8", style=style, pack_int4=False)
+    ops = _optimized_ops(path, tmp_path)
+    integer = sum(op in ("QLinearConv", "QGemm", "QLinearMatMul") for op in ops)
+    if style == "kernels":
+        assert integer == len(ws.layers)  # every layer, the logits' and the first's included
+    else:
+        assert integer < len(ws.layers)  # the qdq style leaves the logits layer a float Gemm on dequantized weights
+
+
+def test_kernels_style_needs_output_ranges_without_a_workspace(ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from hwsearch.onnx_export import export_onnx
+    from hwsearch.quant import apply_policy
+
+    qmodel = apply_policy(ws.model, ws.uniform(8), ws.calibration)
+    with pytest.raises(ConfigError, match="output_ranges"):
+        export_onnx(qmodel, None, ws.calibration, tmp_path / "m.onnx", (1, 28, 28), style="kernels")
+
+
+def test_verify_reports_prediction_and_agreement(ws, cache: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from hwsearch.onnx_export import export_onnx
+    from hwsearch.verify import onnx_policy, verify_onnx
+
+    names = ws.layer_names
+    policy = Policy({n: (8, 8) if i % 2 else (FLOAT_BITS, FLOAT_BITS) for i, n in enumerate(names)}, {})
+    cm = get_cost_model("ort-cpu")
+    path = export_onnx(ws, policy, None, tmp_path / "m.onnx", int8_form=cm.int8_form, style="kernels")
+    assert onnx_policy(path) == policy
+    v = verify_onnx(ws, path, "ort-cpu", images=300)
+    assert v.images == 300 and v.agreement >= 0.99
+    assert v.predicted_ms > 0 and v.measured_ms > 0 and v.fp32_ms > 0
+    assert abs(v.accuracy_onnx - v.accuracy_fake_quant) <= 1 - v.agreement + 1e-9
+    calibration = json.loads(next((cache / "ort-cpu").glob("*.json")).read_text())["models"]
+    assert len(calibration) == 1 and {"float_ms", "int8_ms", "rest_ms", "per_output_ms"} <= set(
+        next(iter(calibration.values()))
+    )
+
+
+def test_verify_cli(checkpoint: Path, cache: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from hwsearch.onnx_export import export_onnx
+    from hwsearch.workflow import prepare
+
+    ws = prepare(checkpoint)
+    path = export_onnx(ws, ws.uniform(8), None, tmp_path / "m.onnx", int8_form="auto", style="kernels")
+    out = tmp_path / "v.json"
+    code = main(
+        [
+            "latency",
+            "verify",
+            "--onnx",
+            str(path),
+            "--checkpoint",
+            str(checkpoint),
+            "--images",
+            "200",
+            "--json",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and "predicted" in text and "agreement" in text and "faster than float" in text
+    data = json.loads(out.read_text())
+    assert data["images"] == 200 and data["agreement"] >= 0.99
+
+
+def test_verify_refuses_a_missing_file_and_another_target(checkpoint: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = main(["latency", "verify", "--onnx", str(tmp_path / "none.onnx"), "--checkpoint", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such file" in err and "Traceback" not in err
