@@ -145,6 +145,7 @@ def run(models: list[str], episodes: int, thread_counts: list[int]) -> dict[str,
                         "threads": threads,
                         "calibration": calibration,
                         "bits": _bits(policy),
+                        "layers": {n: [b.w, b.a] for n, b in policy.layers.items()},
                         **v.to_dict(),
                         "file_bytes": path.stat().st_size,
                     }
@@ -185,6 +186,20 @@ def render(data: dict[str, Any]) -> str:
             f"{100 * worst['error']:+.1f}% ({worst['model']} {worst['policy']}, {worst['threads']} thread(s)). "
             f"Lowest agreement over all rows: {100 * min(r['agreement'] for r in data['rows']):.2f}%.",
         ]
+    lines += [
+        "",
+        "Repeatability: every row times the same float model again (`fp32 ms`); its spread in this run is the",
+        "noise floor any prediction error is read against:",
+        "",
+    ]
+    for model in dict.fromkeys(r["model"] for r in data["rows"]):
+        for threads in sorted({r["threads"] for r in data["rows"] if r["model"] == model}):
+            fp = [r["fp32_ms"] for r in data["rows"] if r["model"] == model and r["threads"] == threads]
+            mid = sorted(fp)[len(fp) // 2]
+            lines.append(
+                f"- {model}, {threads} thread(s): float model {min(fp):.4f}-{max(fp):.4f} ms over {len(fp)} timings "
+                f"({100 * (min(fp) / mid - 1):+.1f}% / {100 * (max(fp) / mid - 1):+.1f}% around the median)"
+            )
     lines += ["", "Searches (DDPG on ort-cpu, 1 thread, clean objective):", ""]
     for s in data["searches"]:
         lines.append(
@@ -193,6 +208,17 @@ def render(data: dict[str, Any]) -> str:
             f"{s['relative_latency']:.3f}x W8A8's predicted latency): {s['bits']}"
         )
     return "\n".join(lines)
+
+
+def rerender() -> None:
+    """Render real_cpu.md again from the JSON a run wrote (no measuring)."""
+    import json
+
+    from benchmarks._common import provenance_md
+    from hwsearch.io import atomic_write_text
+
+    data = json.loads((RESULTS / "real_cpu.json").read_text(encoding="utf-8"))
+    atomic_write_text(RESULTS / "real_cpu.md", render(data) + provenance_md(data["meta"]))
 
 
 def main() -> None:

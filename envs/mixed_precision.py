@@ -156,6 +156,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         self._features = self._static_features()
         check_table_size(self.n_layers, len(self.config.w_bits), len(self.config.a_bits))
         self._costs = self._cost_tables()
+        self._pairs = self._boundary_table()
         metric = self.config.budget.metric
         self.cost_ref = self._reference_cost(metric)
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
@@ -215,6 +216,20 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         return tables
 
+    def _boundary_table(self) -> np.ndarray | None:
+        """``[i, prev choice, choice]``: latency of handing layer ``i-1``'s output to layer ``i`` beyond both
+        cells, for a cost model that prices it (``boundary_cost``; ``ort-cpu``); choices flattened w-major."""
+        boundary = getattr(self.cost_model, "boundary_cost", None)
+        if not callable(boundary):
+            return None
+        pairs = [(w, a) for w in self.config.w_bits for a in self.config.a_bits]
+        table = np.zeros((self.n_layers, len(pairs), len(pairs)))
+        for i in range(1, self.n_layers):
+            for j, p in enumerate(pairs):
+                for k, q in enumerate(pairs):
+                    table[i, j, k] = boundary(self.layers[i - 1], p, self.layers[i], q)
+        return table
+
     def _reference_cost(self, metric: str) -> float:
         """Fixed W8A8's cost: what ``0.5x`` budgets and the cost term mean, whatever widths the search may use."""
         ref = policy_cost(self.cost_model, self.layers, uniform_policy([layer.name for layer in self.layers], 8))
@@ -251,11 +266,16 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     # -- episode end ----------------------------------------------------------------------------------
     def cost_of(self, choice: np.ndarray, metric: str) -> float:
         t = self._costs[metric]
+        if metric == "latency" and self._pairs is not None:
+            flat = choice[:, 0] * len(self.config.a_bits) + choice[:, 1]
+            pairs = float(self._pairs[np.arange(1, self.n_layers), flat[:-1], flat[1:]].sum())
+            return float(t[np.arange(self.n_layers), choice[:, 0], choice[:, 1]].sum()) + pairs
         return float(t[np.arange(self.n_layers), choice[:, 0], choice[:, 1]].sum())
 
     def cost_table(self, metric: str | None = None) -> np.ndarray:
         """A copy of every layer's cost at every bit choice, ``(n_layers, len(w_bits), len(a_bits))``, in the
-        budget's metric by default (the table the budget walk and the ILP baseline use)."""
+        budget's metric by default (the table the budget walk and the ILP baseline use; the walk adds the target's
+        boundary costs between consecutive layers, when it has them, the ILP does not)."""
         metric = metric or self.config.budget.metric
         if metric not in self._costs:
             raise BudgetError(f"device {getattr(self.cost_model, 'name', '?')!r} has no {metric} figures")

@@ -138,6 +138,8 @@ def cmd_latency_show(args: argparse.Namespace) -> int:
         energy = f"{c.energy_mj:.5g}" if c.energy_mj is not None else "-"
         share = 100 * shares[layer.name]
         print(f"{layer.name:<{width}}  {bits.w}/{bits.a:<4} {c.latency_ms:11.5g}  {share:5.1f}%  {energy:>10}")
+    if cost.boundary_ms:
+        print(f"{'between layers':<{width}}         {cost.boundary_ms:11.5g}")
     total_e = f"{cost.energy_mj:.5g} mJ" if cost.energy_mj is not None else "unknown energy"
     print(
         f"total on {cost_model.name}: {cost.latency_ms:.5g} ms/image, {total_e}, "

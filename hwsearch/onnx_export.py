@@ -42,6 +42,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,86 @@ def int_kernel_layer(w_bits: int, a_bits: int) -> bool:
     return w_bits != FLOAT_BITS and a_bits not in (FLOAT_BITS, 1)
 
 
-def calibrate_output_ranges(qmodel: nn.Module, images: Tensor, batch_size: int = 256) -> dict[str, tuple[float, float]]:
-    """Min and max of each integer-kernel layer's output over ``images`` (the ``kernels`` style's output grids)."""
+@dataclass(frozen=True)
+class _Chain:
+    """What follows an integer-kernel layer and is folded into it by the ``kernels`` style: its batch norm (exact:
+    the per-channel weight scales absorb it) and its ReLU / ReLU6 (then the output grid starts at 0)."""
+
+    bn: str | None = None
+    act: str | None = None
+    act_kind: str | None = None
+    feeds: str | None = None  # the quantized layer that alone reads the folded output, if any
+
+    def end(self, name: str) -> str:
+        """The module whose output the layer's requantized output stands for."""
+        return self.act or self.bn or name
+
+
+def layer_chains(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Chain]:
+    """For each integer-kernel layer of a quantized ``model``, the batch norm and activation modules that consume
+    its output and nothing else (found by one forward pass: a module whose input is the very tensor the layer
+    returned, called once). Activations used twice (torchvision's shared ``relu``) are not folded."""
+    calls: dict[str, int] = {}
+    seen: list[tuple[str, nn.Module, int, int]] = []  # (name, module, id(input), id(output)) in call order
+    keep: list[Tensor] = []  # holds every tensor so no id is reused during the pass
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        keep.extend([inp[0], out])
+        seen.append((name, mod, id(inp[0]), id(out)))
+
+    kinds = (QuantWrapper, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6)
+    handles = [
+        m.register_forward_hook(functools.partial(hook, name=n))
+        for n, m in model.named_modules()
+        if isinstance(m, kinds)
+    ]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    consumers: dict[int, list[tuple[str, nn.Module, int]]] = {}
+    for name, mod, in_id, out_id in seen:
+        consumers.setdefault(in_id, []).append((name, mod, out_id))
+
+    def only_consumer(tensor_id: int, types: tuple[type, ...]) -> tuple[str, nn.Module, int] | None:
+        users = consumers.get(tensor_id, [])
+        if users and users[0][2] == tensor_id:  # an in-place first user: the later ones read its output
+            users = users[:1]
+        if len(users) == 1 and isinstance(users[0][1], types) and calls[users[0][0]] == 1:
+            return users[0]
+        return None
+
+    chains: dict[str, _Chain] = {}
+    for name, mod, _, out_id in seen:
+        if not isinstance(mod, QuantWrapper) or not int_kernel_layer(mod.w_bits, mod.a_bits) or calls[name] != 1:
+            continue
+        bn = only_consumer(out_id, (nn.BatchNorm2d, nn.BatchNorm1d))
+        tail = bn[2] if bn is not None else out_id
+        act = only_consumer(tail, (nn.ReLU, nn.ReLU6))
+        reader = only_consumer(act[2] if act is not None else tail, (QuantWrapper,))
+        chains[name] = _Chain(
+            bn=bn[0] if bn is not None else None,
+            act=act[0] if act is not None else None,
+            act_kind=None if act is None else ("relu6" if isinstance(act[1], nn.ReLU6) else "relu"),
+            feeds=reader[0] if reader is not None else None,
+        )
+    return chains
+
+
+def calibrate_output_ranges(
+    qmodel: nn.Module, images: Tensor, batch_size: int = 256, chains: dict[str, _Chain] | None = None
+) -> dict[str, tuple[float, float]]:
+    """Min and max of each integer-kernel layer's output (after the batch norm and activation ``chains`` fold into
+    it; default: found by :func:`layer_chains`) over ``images``: the ``kernels`` style's output grids."""
+    if chains is None:
+        chains = layer_chains(qmodel, tuple(images.shape[1:]))
     lows: dict[str, float] = {}
     highs: dict[str, float] = {}
 
@@ -80,10 +159,9 @@ def calibrate_output_ranges(qmodel: nn.Module, images: Tensor, batch_size: int =
         lows[name] = min(lows.get(name, 0.0), float(out.min()))
         highs[name] = max(highs.get(name, 0.0), float(out.max()))
 
+    modules = dict(qmodel.named_modules())
     handles = [
-        w.register_forward_hook(functools.partial(hook, name=n))
-        for n, w in quant_wrappers(qmodel)
-        if int_kernel_layer(w.w_bits, w.a_bits)
+        modules[chain.end(n)].register_forward_hook(functools.partial(hook, name=n)) for n, chain in chains.items()
     ]
     device = next(qmodel.parameters()).device
     was_training = qmodel.training
@@ -99,11 +177,21 @@ def calibrate_output_ranges(qmodel: nn.Module, images: Tensor, batch_size: int =
     return {n: (lows[n], highs[n]) for n in lows}
 
 
-def _u8_grid(lo: float, hi: float) -> tuple[float, int]:
-    """Scale and zero point of an asymmetric uint8 grid over [lo, hi] (which holds 0)."""
+def _u8_grid(lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """Scale and zero point (uint8) of an asymmetric uint8 grid over [lo, hi] (which holds 0)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / 255 or 1.0
-    return scale, int(min(max(round(-lo / scale), 0), 255))
+    zero = int(min(max(round(-lo / scale), 0), 255))
+    return torch.tensor(scale, dtype=torch.float32), torch.tensor(zero, dtype=torch.uint8)
+
+
+def _input_grid(wrapper: QuantWrapper, form: str) -> tuple[dict[str, Any], Tensor]:
+    """A quantized layer's input grid (see ``activation_grid``) and its zero point in the exported integer type."""
+    grid = activation_grid(wrapper.a_bits, wrapper.act_lo, wrapper.act_hi, wrapper.signed)
+    dtype, zero = grid["dtype"], grid["zero_point"]
+    if form == "portable" and dtype == torch.int8:  # same grid, shifted into uint8
+        dtype, zero = torch.uint8, zero + U8_ZERO_POINT
+    return grid, torch.tensor(zero, dtype=dtype)
 
 
 class _Dequantize(torch.autograd.Function):
@@ -149,7 +237,14 @@ class _OnnxQuantLayer(nn.Module):
     out_zero_point: Tensor
     conv_args: tuple[Any, ...]
 
-    def __init__(self, wrapper: QuantWrapper, form: str, out_range: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        wrapper: QuantWrapper,
+        form: str,
+        out_grid: tuple[Tensor, Tensor] | None = None,
+        bn: nn.Module | None = None,
+        post: str | None = None,
+    ) -> None:
         super().__init__()
         layer = wrapper.layer
         self.is_conv = isinstance(layer, nn.Conv2d)
@@ -157,10 +252,22 @@ class _OnnxQuantLayer(nn.Module):
             if layer.padding_mode != "zeros":
                 raise ConfigError(f"ONNX export supports zero-padded convolutions only, not {layer.padding_mode!r}")
             self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        bias = None if layer.bias is None else layer.bias.detach().float().clone()
         self.w_quant = wrapper.w_bits != FLOAT_BITS
+        if bn is not None and not self.w_quant:
+            raise ConfigError("a batch norm is folded only into a layer with integer weights")
         if self.w_quant:
             q, scale = integer_weight(layer.weight, wrapper.w_bits)
+            if bn is not None:  # exact: y = m * (conv + b) + shift, and m goes into the per-channel weight scale
+                assert isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) and bn.running_var is not None
+                gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(bn.running_var)
+                beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(bn.running_var)
+                m = gamma / torch.sqrt(bn.running_var.float() + bn.eps)
+                shift = beta - bn.running_mean.float() * m  # type: ignore[union-attr]
+                flip = torch.where(m < 0, -1, 1).to(torch.int8).reshape(-1, *([1] * (q.dim() - 1)))
+                q = q * flip  # the symmetric grid holds -q
+                scale = scale * m.abs()
+                bias = shift if bias is None else bias * m + shift
             zero_point = torch.zeros(q.shape[0], dtype=torch.int8)
             if form == "portable" and wrapper.w_bits == 8:  # |q| up to 127 saturates u8s8 kernels without VNNI
                 q = (q.to(torch.int16) + U8_ZERO_POINT).to(torch.uint8)
@@ -170,23 +277,21 @@ class _OnnxQuantLayer(nn.Module):
             self.register_buffer("weight_zero_point", zero_point)
         else:
             self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.post = post
         self.act = "float"
         if wrapper.a_bits != FLOAT_BITS:
-            grid = activation_grid(wrapper.a_bits, wrapper.act_lo, wrapper.act_hi, wrapper.signed)
+            grid, zero_t = _input_grid(wrapper, form)
             saturates = wrapper.a_bits == 8 and not wrapper.signed  # uint8's [0, 255] is the grid's own range
             self.act = "binary" if grid["binary"] else ("qdq" if saturates else "clip-qdq")
-            dtype, zero = grid["dtype"], grid["zero_point"]
-            if form == "portable" and dtype == torch.int8:  # same grid, shifted into uint8
-                dtype, zero = torch.uint8, zero + U8_ZERO_POINT
             self.register_buffer("act_scale", grid["scale"].clone())
-            self.register_buffer("act_zero_point", torch.tensor(zero, dtype=dtype))
+            self.register_buffer("act_zero_point", zero_t)
             self.register_buffer("act_lo", grid["clip_lo"].clone())
             self.register_buffer("act_hi", grid["clip_hi"].clone())
-        self.out_q = out_range is not None
-        if out_range is not None:
-            out_s, out_z = _u8_grid(*out_range)
-            self.register_buffer("out_scale", torch.tensor(out_s, dtype=torch.float32))
-            self.register_buffer("out_zero_point", torch.tensor(out_z, dtype=torch.uint8))
+        self.out_q = out_grid is not None
+        if out_grid is not None:
+            self.register_buffer("out_scale", out_grid[0].clone())
+            self.register_buffer("out_zero_point", out_grid[1].clone())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act == "binary":
@@ -201,6 +306,10 @@ class _OnnxQuantLayer(nn.Module):
             else self.weight
         )
         y = F.conv2d(x, w, self.bias, *self.conv_args) if self.is_conv else F.linear(x, w, self.bias)
+        if self.post == "relu":
+            y = F.relu(y)
+        elif self.post == "relu6":
+            y = F.relu6(y)
         if self.out_q:
             y = _QuantDequant.apply(y, self.out_scale, self.out_zero_point)
         return y
@@ -326,23 +435,44 @@ def export_onnx(
             raise PolicyError("a float model needs a policy to export a quantized ONNX model")
         qmodel = apply_policy(model, policy, calibration)
     ranges: dict[str, tuple[float, float]] = {}
+    chains: dict[str, _Chain] = {}
     if style == "kernels":
+        chains = layer_chains(qmodel, shape)
         if output_ranges is None:
             if not hasattr(qmodel_or_ws, "split"):
                 raise ConfigError("the 'kernels' ONNX style needs output_ranges, or a Workspace to calibrate them on")
             images, _ = qmodel_or_ws.split("train", OUTPUT_RANGE_IMAGES)
-            output_ranges = calibrate_output_ranges(qmodel, images)
+            output_ranges = calibrate_output_ranges(qmodel, images, chains=chains)
         ranges = dict(output_ranges)
     export_model = copy.deepcopy(qmodel).cpu().eval()
-    for name, wrapper in list(quant_wrappers(export_model)):
+    wrappers = dict(quant_wrappers(export_model))
+    for name, wrapper in list(wrappers.items()):
         parent_name, _, child = name.rpartition(".")
         parent = export_model.get_submodule(parent_name) if parent_name else export_model
-        out_range = None
+        out_grid, bn, post = None, None, None
         if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
-            if name not in ranges:
+            chain = chains.get(name, _Chain())
+            reader = wrappers.get(chain.feeds or "")
+            if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
+                # the reader quantizes this output on its own input grid: requantizing onto that grid adds nothing.
+                # Always as uint8 (a signed grid with zero point 128), since ONNX Runtime fuses a kernel whose
+                # output type is its input's
+                grid, _ = _input_grid(reader, form)
+                zero = U8_ZERO_POINT if reader.signed else 0
+                out_grid = (grid["scale"], torch.tensor(zero, dtype=torch.uint8))
+            elif name in ranges:
+                out_grid = _u8_grid(*ranges[name])
+            else:
                 raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
-            out_range = ranges[name]
-        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_range))
+            for folded in (chain.bn, chain.act):  # folded into the layer: the module itself becomes a no-op
+                if folded is not None:
+                    owner_name, _, attr = folded.rpartition(".")
+                    owner = export_model.get_submodule(owner_name) if owner_name else export_model
+                    if folded == chain.bn:
+                        bn = getattr(owner, attr)
+                    setattr(owner, attr, nn.Identity())
+            post = chain.act_kind
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post))
     _replace_adaptive_pools(export_model, shape)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

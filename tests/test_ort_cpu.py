@@ -35,7 +35,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _model(**kw: object) -> OrtCpuCostModel:
-    return OrtCpuCostModel(**{"repeats": 3, "warmup": 1, **kw})  # type: ignore[arg-type]
+    return OrtCpuCostModel(**{"repeats": 3, "warmup": 1, "passes": 1, **kw})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("name", "threads"), [("ort-cpu", 1), ("ort-cpu:3", 3), ("ort-cpu:1", 1)])
@@ -234,3 +234,33 @@ def test_verify_refuses_a_missing_file_and_another_target(checkpoint: Path, tmp_
     code = main(["latency", "verify", "--onnx", str(tmp_path / "none.onnx"), "--checkpoint", str(checkpoint)])
     err = capsys.readouterr().err
     assert code == 2 and "no such file" in err and "Traceback" not in err
+
+
+class _WithBoundary(_CpuLikeCost):
+    """Consecutive integer layers save part of the tensor they pass (the transposes they share)."""
+
+    def boundary_cost(self, prev: object, prev_bits: tuple[int, int], ly: object, bits: tuple[int, int]) -> float:
+        from hwsearch.onnx_export import int_kernel_layer
+
+        both = int_kernel_layer(*prev_bits) and int_kernel_layer(*bits)
+        return -0.1 * prev.macs if both else 0.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_env_and_policy_cost_price_boundaries_alike(seed: int) -> None:
+    from hwsearch.budget import Budget
+    from hwsearch.hardware import policy_cost
+
+    cm = _WithBoundary()
+    cfg = EnvConfig(budget=Budget("latency", 2.0), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS)
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), cm, cfg)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        choice = np.stack([rng.integers(0, 3, env.n_layers), rng.integers(0, 2, env.n_layers)], axis=1)
+        policy = env.policy_of(choice)
+        cells = sum(cm.layer_cost(ly, policy[ly.name].w, policy[ly.name].a).latency_ms for ly in env.layers)
+        total = policy_cost(cm, env.layers, policy).latency_ms
+        assert env.cost_of(choice, "latency") == pytest.approx(total)
+        ints = [not (b.w == FLOAT_BITS or b.a == FLOAT_BITS) for b in policy.layers.values()]
+        adjacent = sum(a and b for a, b in zip(ints, ints[1:], strict=False))
+        assert (total < cells) == (adjacent > 0)

@@ -43,12 +43,14 @@ DEVICE_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class PolicyCost:
-    """Total latency (ms/image), energy (mJ/image, None if any layer's is unknown), size and the breakdown."""
+    """Total latency (ms/image), energy (mJ/image, None if any layer's is unknown), size and the breakdown: the
+    latency is ``per_layer``'s sum plus ``boundary_ms``."""
 
     latency_ms: float
     energy_mj: float | None
     size_bits: int
     per_layer: Mapping[str, LayerCost]
+    boundary_ms: float = 0.0  # between consecutive layers (``ort-cpu``), in latency_ms but in no layer's cost
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.latency_ms) or self.latency_ms < 0:
@@ -73,20 +75,34 @@ def float_size_bits(layers: Iterable[LayerInfo]) -> int:
 
 
 def policy_cost(cost_model: CostModel, layers: Sequence[LayerInfo], policy: Policy) -> PolicyCost:
-    """Sum per-layer costs of ``policy`` over ``layers`` (forward order); size counts float layers at 32 bits."""
+    """Sum per-layer costs of ``policy`` over ``layers`` (forward order); size counts float layers at 32 bits.
+
+    A cost model with ``boundary_cost(prev, prev_bits, layer, bits)`` (``ort-cpu``) adds it for each pair of
+    consecutive layers: in ``boundary_ms`` and the total latency, not in ``per_layer``."""
     policy.check_against(layer.name for layer in layers)
     per_layer: dict[str, LayerCost] = {}
     latency = 0.0
     energy: float | None = 0.0
     size = 0
-    for layer in layers:
+    boundary = getattr(cost_model, "boundary_cost", None)
+    between = 0.0
+    for i, layer in enumerate(layers):
         bits = policy[layer.name]
         cost = cost_model.layer_cost(layer, bits.w, bits.a)
+        if callable(boundary) and i > 0:
+            prev = policy[layers[i - 1].name]
+            between += float(boundary(layers[i - 1], (prev.w, prev.a), layer, (bits.w, bits.a)))
         per_layer[layer.name] = cost
         latency += cost.latency_ms
         energy = None if energy is None or cost.energy_mj is None else energy + cost.energy_mj
         size += layer.params * (FLOAT_BITS if bits.w == FLOAT_BITS else bits.w)
-    return PolicyCost(latency_ms=latency, energy_mj=energy, size_bits=size, per_layer=per_layer)
+    return PolicyCost(
+        latency_ms=max(latency + between, 0.0),
+        energy_mj=energy,
+        size_bits=size,
+        per_layer=per_layer,
+        boundary_ms=between,
+    )
 
 
 def _devices_dir() -> Any:

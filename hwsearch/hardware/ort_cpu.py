@@ -10,23 +10,29 @@ weights dequantized at run time, smaller file, no speed-up); float weights on qu
 The per-run cost of calling ONNX Runtime at all (an identity graph) is subtracted from every cell, so a policy's
 predicted latency is the sum of its layers' cells plus one :attr:`OrtCpuCostModel.call_overhead_ms`.
 
-A layer alone is not the whole story: the model's other nodes (normalization, pooling, batch norm, activations,
-residual adds) cost time too, and an integer layer changes theirs (its activation no longer fuses into the
-convolution, batch norm runs on its dequantized output, layouts change around its NHWC kernel). ``calibrate``
-measures the whole exported model twice, all float and all ``W8A8``, and spreads the two differences over the
-layers, so the cells stay additive (the budget walk and the ILP need that):
+A layer alone is not the whole story: the model's other nodes (normalization, pooling, residual adds) cost
+time too, and two integer layers in a row share their layout: ONNX Runtime runs integer convolutions in NHWC
+and transposes into and out of that layout only where the integer run starts and ends, while each cell, timed
+alone, pays both transposes. ``calibrate`` measures the whole exported model twice, all float and all
+``W8A8``, and charges the two differences:
 
-- ``rest_ms`` = float model - its cells, the same for every policy, shared equally by the layers;
-- ``per_output_ms`` = (W8A8 model - its cells - ``rest_ms``) per output element of the integer layers, charged
-  to each integer-kernel layer in proportion to its output size.
+- ``rest_ms`` = float model - its cells, the same for every policy, shared equally by the layers' cells;
+- ``per_output_ms`` = (W8A8 model - its cells - ``rest_ms``) per element passed between consecutive layers,
+  charged by :meth:`OrtCpuCostModel.boundary_cost` to each pair of consecutive layers (forward order) that are
+  both integer kernels, in proportion to the tensor the first hands to the second (usually negative: the
+  saved transposes and quantize / dequantize pairs).
 
 So the all-float and all-W8A8 predictions are fits; every other policy's is a prediction, and
-``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands.
+``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands. Cells stay additive
+and the boundary term is pairwise: :func:`hwsearch.hardware.policy_cost` and the env's budget walk include it;
+the ILP baseline prices cells only and leaves the boundary to the walk.
 
 Cells are cached per machine in ``$HWSEARCH_CACHE`` (default ``~/.cache/hwsearch``) under ``ort-cpu/``, one file
 per CPU model, ONNX Runtime version, thread count and int8 form (:mod:`hwsearch.hardware.cpu`), with warm-up,
-repeats, median and spread (interquartile range) of every cell. A timing is the median over three fresh
-sessions of each one's median (:func:`time_onnx`): one session's median moves by ~10% from the next one's. Another machine, runtime or thread count gets
+repeats, median and spread (interquartile range) of every cell. A timing is the fastest of three fresh
+sessions' medians (:func:`time_onnx`: one session's median moves by ~10% from the next one's), and every cell
+is measured in two passes a few seconds apart, keeping the faster: on a shared host, load comes in bursts of
+about a second that slow a timing by up to 60%. Another machine, runtime or thread count gets
 its own file; a cell is measured once per machine.
 
 Device names: ``ort-cpu`` (1 thread), ``ort-cpu:N`` (N intra-op threads), ``ort-cpu:all`` (the cores this
@@ -74,7 +80,7 @@ __all__ = [
 ]
 
 ORT_CPU = "ort-cpu"
-CACHE_SCHEMA_VERSION = 1
+CACHE_SCHEMA_VERSION = 2
 #: the widths a search on this target chooses among: 4 and 8 bits run integer kernels (4 bits for a smaller
 #: file), 32 keeps a layer float; inputs are 8-bit (integer kernel) or float. Lower input widths would run the
 #: same 8-bit kernel, only less accurately.
@@ -181,7 +187,12 @@ def _warm_up(threads: int) -> None:
 
 
 def time_onnx(
-    model_bytes: bytes, feed: Mapping[str, np.ndarray], threads: int, repeats: int, warmup: int, sessions: int = SESSIONS
+    model_bytes: bytes,
+    feed: Mapping[str, np.ndarray],
+    threads: int,
+    repeats: int,
+    warmup: int,
+    sessions: int = SESSIONS,
 ) -> tuple[float, float]:
     """The fastest of ``sessions`` fresh sessions' medians (ms), and their median IQR: a session's memory layout
     moves its timing by ~10%, so one session is one sample; the fastest is the one least disturbed by load."""
@@ -210,6 +221,11 @@ def _one_layer(layer: LayerInfo, seed: int) -> tuple[nn.Module, str, tuple[int, 
     return nn.Sequential(nn.Flatten(), nn.Linear(layer.in_channels, layer.out_channels)), "1", (layer.in_channels, 1, 1)
 
 
+def _elements(layer: LayerInfo) -> int:
+    """Elements of one image's output of ``layer``."""
+    return layer.out_channels * layer.out_hw[0] * layer.out_hw[1]
+
+
 class OrtCpuCostModel:
     """Latency (ms per image, batch 1) of each layer at each bit pair on this CPU under ONNX Runtime.
 
@@ -226,8 +242,10 @@ class OrtCpuCostModel:
         int8_form: str = "auto",
         cache: str | os.PathLike[str] | None = None,
         name: str | None = None,
+        passes: int = 2,
     ) -> None:
-        for what, value, low in (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        checks = (("threads", threads, 1), ("repeats", repeats, 1), ("warmup", warmup, 0), ("passes", passes, 1))
+        for what, value, low in checks:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"ort-cpu {what} = {value!r} must be an integer >= {low}")
         try:
@@ -245,6 +263,8 @@ class OrtCpuCostModel:
         key = f"{_slug(self.cpu)}__{_slug(platform.machine())}__ort-{onnxruntime.__version__}__t{threads}__{self.int8_form}"
         self.path = folder / f"{key}.json"
         self._cells: dict[str, dict[str, dict[str, float]]] = {}
+        self._fresh: set[tuple[str, str]] = set()  # cells measured by this instance (a pass keeps the fastest)
+        self.passes = passes
         self._overhead: float | None = None
         self._models: dict[str, dict[str, float]] = {}
         self._extra: dict[str, float] = {}  # layer name -> its share of rest_ms (set by calibrate)
@@ -346,13 +366,16 @@ class OrtCpuCostModel:
             row = self._cells.get(layer.signature(1), {})
             todo += [(layer, w, a) for w, a in pairs if bit_key(w, a) not in row and (layer, w, a) not in todo]
         _ = self.call_overhead_ms
-        seen: set[tuple[str, str]] = set()
+        seen: dict[tuple[str, str], tuple[LayerInfo, int, int]] = {}
         for layer, w, a in todo:
-            sig, key = layer.signature(1), bit_key(w, a)
-            if (sig, key) in seen:
-                continue
-            seen.add((sig, key))
-            self._cells.setdefault(sig, {})[key] = self._measure_cell(layer, w, a)
+            seen.setdefault((layer.signature(1), bit_key(w, a)), (layer, w, a))
+        for _ in range(self.passes):  # load on a shared host comes in bursts of a second or so: keep each cell's
+            for (sig, key), (layer, w, a) in seen.items():  # fastest pass, the passes seconds apart
+                cell = self._measure_cell(layer, w, a)
+                old = self._cells.setdefault(sig, {}).get(key)
+                if old is None or cell["median_ms"] < old["median_ms"] or (sig, key) not in self._fresh:
+                    self._cells[sig][key] = cell
+                self._fresh.add((sig, key))
         if seen:
             self._save()
         return len(seen)
@@ -369,7 +392,7 @@ class OrtCpuCostModel:
             total += max(cell["median_ms"] - self.call_overhead_ms, 1e-6)
         return total
 
-    def time_model(self, path: str | os.PathLike[str], input_shape: tuple[int, ...], sessions: int = 5) -> float:
+    def time_model(self, path: str | os.PathLike[str], input_shape: tuple[int, ...], sessions: int = 7) -> float:
         """Latency (ms, batch 1) of an ONNX file under this target's threads: the median over ``sessions`` fresh
         sessions of each one's median over at least 100 runs, timed as the cells are."""
         data = Path(path).read_bytes()
@@ -401,7 +424,7 @@ class OrtCpuCostModel:
                         ws, policy, None, Path(tmp) / f"{tag}.onnx", shape, int8_form=self.int8_form, style="kernels"
                     )
                     measured[tag] = self.time_model(path, shape)
-            outputs = sum(ly.out_channels * ly.out_hw[0] * ly.out_hw[1] for ly in layers)
+            outputs = sum(_elements(ly) for ly in layers[:-1])
             rest = measured["float"] - self._raw(layers, float_policy)
             per_output = (measured["int8"] - self._raw(layers, int_policy) - rest) / max(outputs, 1)
             record = {
@@ -419,11 +442,11 @@ class OrtCpuCostModel:
         return dict(record)
 
     def predict_ms(self, layers: Iterable[LayerInfo], policy: Policy) -> float:
-        """Predicted latency of a whole exported model: its layers' costs plus one call overhead."""
-        layers = list(layers)
-        return self.call_overhead_ms + sum(
-            self.layer_cost(ly, policy[ly.name].w, policy[ly.name].a).latency_ms for ly in layers
-        )
+        """Predicted latency of a whole exported model: the policy's cost (cells and boundaries) plus one call
+        overhead."""
+        from hwsearch.hardware.cost import policy_cost
+
+        return self.call_overhead_ms + policy_cost(self, list(layers), policy).latency_ms
 
     # -- the CostModel protocol -----------------------------------------------------------------------
     def supported_bits(self) -> tuple[int, ...]:
@@ -441,9 +464,16 @@ class OrtCpuCostModel:
             self.measure([layer], [(w_bits, a_bits)])
             cell = self._cells[layer.signature(1)][bit_key(w_bits, a_bits)]
         ms = cell["median_ms"] - self.call_overhead_ms + self._extra.get(layer.name, 0.0)
-        if int_kernel_layer(w_bits, a_bits):
-            ms += self._per_output * layer.out_channels * layer.out_hw[0] * layer.out_hw[1]
         return LayerCost(latency_ms=max(ms, 1e-6))
+
+    def boundary_cost(
+        self, prev: LayerInfo, prev_bits: tuple[int, int], layer: LayerInfo, bits: tuple[int, int]
+    ) -> float:
+        """Latency (ms, may be negative) of handing ``prev``'s output to ``layer``, the next layer in forward order,
+        beyond both cells: ``per_output_ms`` per element when both run integer kernels, else 0."""
+        if int_kernel_layer(*prev_bits) and int_kernel_layer(*bits):
+            return self._per_output * _elements(prev)
+        return 0.0
 
     def cell(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Mapping[str, float]:
         """The raw measurement of a cell (median and IQR in ms, the call overhead not subtracted)."""
