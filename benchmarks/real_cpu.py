@@ -210,8 +210,49 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- benchmarks.real_cpu: begin (written by python -m benchmarks.real_cpu; do not edit) -->"
+README_END = "<!-- benchmarks.real_cpu: end -->"
+
+
+def readme_table(data: dict[str, Any]) -> str:
+    """The README's table: every model's float, W8A8 and searched rows at each thread count."""
+    meta = data["meta"]
+    lines = [
+        "| model | policy | threads | predicted ms | measured ms | error | float ms | speed-up | agreement | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        if r["policy"] not in ("all-float", "all-int8", "searched"):
+            continue
+        tag = " (fit)" if r["calibration"] else ""
+        lines.append(
+            f"| {r['model']} | {r['policy']}{tag} | {r['threads']} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} "
+            f"| {100 * r['error']:+.0f}% | {r['fp32_ms']:.3f} | {r['speedup_vs_fp32']:.2f}x | "
+            f"{100 * r['agreement']:.1f}% | {100 * r['accuracy_onnx']:.1f}% |"
+        )
+    lines.append(
+        f"\n`python -m benchmarks.real_cpu` at {meta['commit'][:8]}, {meta['date'][:10]}, {meta['machine']['cpu']} "
+        f"({meta['machine']['cores']} cores); every row, the random mixes and the noise floor are in "
+        "`benchmarks/results/real_cpu.md`."
+    )
+    return "\n".join(lines)
+
+
+def update_readme(data: dict[str, Any], readme: Path = RESULTS.parents[1] / "README.md") -> bool:
+    """Replace the README's block between the markers with this run's table (False when it has no markers)."""
+    from hwsearch.io import atomic_write_text
+
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(readme, f"{head}{README_BEGIN}\n{readme_table(data)}\n{README_END}{tail}")
+    return True
+
+
 def rerender() -> None:
-    """Render real_cpu.md again from the JSON a run wrote (no measuring)."""
+    """Render real_cpu.md and the README block again from the JSON a run wrote (no measuring)."""
     import json
 
     from benchmarks._common import provenance_md
@@ -219,6 +260,7 @@ def rerender() -> None:
 
     data = json.loads((RESULTS / "real_cpu.json").read_text(encoding="utf-8"))
     atomic_write_text(RESULTS / "real_cpu.md", render(data) + provenance_md(data["meta"]))
+    update_readme(data)
 
 
 def main() -> None:
@@ -229,7 +271,10 @@ def main() -> None:
     args = ap.parse_args()
     counts = sorted({available_cores() if t == "all" else int(t) for t in args.threads})
     payload = {"meta": provenance(), **run(args.models, args.episodes, counts)}
-    write_results("real_cpu", payload, render)
+    js, _ = write_results("real_cpu", payload, render)
+    import json
+
+    update_readme(json.loads(js.read_text(encoding="utf-8")))
 
 
 if __name__ == "__main__":
