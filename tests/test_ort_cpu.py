@@ -264,3 +264,13 @@ def test_env_and_policy_cost_price_boundaries_alike(seed: int) -> None:
         ints = [not (b.w == FLOAT_BITS or b.a == FLOAT_BITS) for b in policy.layers.values()]
         adjacent = sum(a and b for a, b in zip(ints, ints[1:], strict=False))
         assert (total < cells) == (adjacent > 0)
+
+
+def test_measuring_a_cell_leaves_the_random_state_alone(cache: Path) -> None:
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _model().layer_cost(layer("c", 1, 4, 4, 6), 8, 8)  # a search measures cells mid-run: its draws must not move
+    assert torch.equal(torch.rand(3), expected)

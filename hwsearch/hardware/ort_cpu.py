@@ -207,8 +207,14 @@ def time_onnx(
 
 
 def _one_layer(layer: LayerInfo, seed: int) -> tuple[nn.Module, str, tuple[int, int, int]]:
-    """A model holding only a layer of ``layer``'s shape (random weights: time does not depend on values)."""
-    torch.manual_seed(seed)
+    """A model holding only a layer of ``layer``'s shape (random weights: time does not depend on values), built
+    without touching the caller's random state (a search measures cells mid-run)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_one_layer(layer)
+
+
+def _build_one_layer(layer: LayerInfo) -> tuple[nn.Module, str, tuple[int, int, int]]:
     if layer.kind == "conv":
         mod: nn.Module = nn.Conv2d(
             layer.in_channels,
