@@ -10,9 +10,9 @@ cells are measured in this run, as a first use would):
    its latency predicted by ``ort-cpu`` and measured by ONNX Runtime at batch 1 (best of three medians), the float
    model's, and the top-1 agreement with the fake-quant model on the test split.
 
-All-float and all-W8A8 are the two policies ``ort-cpu`` calibrates the rest of the graph on
-(:mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits (``calibration: true``); the searched policy
-and the random mixes are predictions.
+All-float and all-W8A8 are two of the three policies ``ort-cpu`` calibrates the rest of the graph on (the third
+alternates float and W8A8 layers; :mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits
+(``calibration: true``); the searched policy and the random mixes are predictions.
 
     python -m benchmarks.real_cpu [--models smallcnn resnet20 mobilenet_v2] [--episodes 60]
 
@@ -161,8 +161,9 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         "# ort-cpu: predicted vs measured latency of exported models",
         "",
-        "Batch 1; measured = ONNX Runtime (CPU provider), best of three medians; `fit` marks the two policies the",
-        "target calibrates on (all-float, all-W8A8), so only the other rows test the prediction.",
+        "Batch 1; measured = ONNX Runtime (CPU provider), the fastest of three rounds a second apart; `fit` marks",
+        "two of the three policies the target calibrates on (all-float, all-W8A8; the third alternates them), so",
+        "only the other rows test the prediction.",
         "",
         "| model | policy | threads | layers | predicted ms | measured ms | error | fp32 ms | speed-up vs fp32 "
         "| agreement | ONNX acc | file KiB |",

@@ -38,6 +38,9 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", default=None, help="pgd or fgsm (robustness in the reward)")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--robust-images", type=int, default=200, help="search-val images the search attacks per policy (200)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tensorboard", action="store_true", help="log scalars for TensorBoard under OUT/tensorboard")
     p.add_argument("--episode-finetune-steps", type=int, default=0, help="QAT steps per evaluated policy (0 = off)")
@@ -112,6 +115,7 @@ def job_config(args: argparse.Namespace) -> Any:
         attack=args.attack,
         eps=args.eps,
         steps=args.steps,
+        robust_images=args.robust_images,
         episode_finetune_steps=args.episode_finetune_steps,
         episode_lipschitz_beta=args.episode_lipschitz_beta,
         checkpoint_every=args.checkpoint_every,

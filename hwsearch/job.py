@@ -79,6 +79,7 @@ class SearchJobConfig:
     attack: str | None = None
     eps: float = 0.1
     steps: int = 10
+    robust_images: int = 200
     episode_finetune_steps: int = 0
     episode_lipschitz_beta: float = 0.0
     checkpoint_every: int = 10
@@ -98,6 +99,7 @@ class SearchJobConfig:
         for what in ("acc_weight", "robust_weight", "cost_weight"):
             check_number(getattr(self, what), what)
         check_int(self.checkpoint_every, "checkpoint_every", 1)
+        check_int(self.robust_images, "robust_images", 1)
         given = len(self.init_policies) + int(self.init_from_ilp)
         warmup = min(self.search.warmup_episodes, self.search.episodes)
         if self.search.agent != "ilp" and given > warmup:
@@ -118,6 +120,7 @@ class SearchJobConfig:
     def evaluator_config(self) -> EvaluatorConfig:
         return EvaluatorConfig(
             attacks=self.attacks,
+            robust_subset=self.robust_images,
             seed=self.search.seed,
             finetune_steps=self.episode_finetune_steps,
             lipschitz_beta=self.episode_lipschitz_beta,

@@ -23,11 +23,15 @@ Opset 13 QDQ form (opset 21 when weights of at most 4 bits are stored packed, :m
   (QLinearConv / QGemm) only when its output is quantized again (a quantized layer after a ReLU/pool); a layer
   feeding a residual add, a float layer or the logits runs as a float convolution on weights it dequantizes on
   every run: slower than float, and its speed depends on its neighbours.
-- ``kernels``: every such layer also requantizes its output to 8 bits over the range calibrated on the
-  quantized model's outputs (``output_ranges``), so ONNX Runtime runs every one of them as an integer kernel,
-  whatever its neighbours are. Each layer then costs what it costs alone, which is what the ``ort-cpu`` target
-  measures (:mod:`hwsearch.hardware.ort_cpu`). It differs from the fake-quant model by that one 8-bit rounding
-  of each such output; ``hwsearch latency verify`` reports the top-1 agreement.
+- ``kernels``: what ONNX Runtime runs as integer kernels whatever a layer's neighbours are, and what the
+  ``ort-cpu`` target measures (:mod:`hwsearch.hardware.ort_cpu`). Each such layer takes in its batch norm
+  (exact: the per-channel weight scales absorb it) and its ReLU / ReLU6 when they alone read its output
+  (:func:`layer_chains`), and requantizes its output: onto its reader's own input grid when a quantized layer
+  alone reads it (no extra rounding), else to 8 bits over the range :func:`calibrate_output_ranges` measures
+  (one extra rounding: residual adds, the logits, a float reader). A layer with integer weights on float inputs
+  is stored with its grid's values in float, so ONNX Runtime cannot fuse it into a neighbour's integer kernel:
+  it runs float, at float speed, and its file saves nothing. ``hwsearch latency verify`` reports the top-1
+  agreement with the fake-quant model.
 
 Runtimes that fuse QDQ into integer kernels (QLinearConv) may round differently from the float reference in rare
 ties; the test bounds top-1 disagreement at 1%.
@@ -116,31 +120,33 @@ def layer_chains(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cha
         model.train(was_training)
         for h in handles:
             h.remove()
-    consumers: dict[int, list[tuple[str, nn.Module, int]]] = {}
-    for name, mod, in_id, out_id in seen:
-        consumers.setdefault(in_id, []).append((name, mod, out_id))
+    consumers: dict[int, list[tuple[int, str, nn.Module, int]]] = {}  # tensor id -> (call index, name, module, out)
+    for k, (name, mod, in_id, out_id) in enumerate(seen):
+        consumers.setdefault(in_id, []).append((k, name, mod, out_id))
 
-    def only_consumer(tensor_id: int, types: tuple[type, ...]) -> tuple[str, nn.Module, int] | None:
-        users = consumers.get(tensor_id, [])
-        if users and users[0][2] == tensor_id:  # an in-place first user: the later ones read its output
+    def only_reader(producer: int, tensor_id: int, types: tuple[type, ...]) -> tuple[int, str, nn.Module, int] | None:
+        """The one module called after call ``producer`` that reads ``tensor_id`` (an in-place reader's own
+        readers read its output, not this tensor), if it is of ``types`` and called once."""
+        users = [u for u in consumers.get(tensor_id, []) if u[0] > producer]
+        if users and users[0][3] == tensor_id:
             users = users[:1]
-        if len(users) == 1 and isinstance(users[0][1], types) and calls[users[0][0]] == 1:
+        if len(users) == 1 and isinstance(users[0][2], types) and calls[users[0][1]] == 1:
             return users[0]
         return None
 
     chains: dict[str, _Chain] = {}
-    for name, mod, _, out_id in seen:
+    for k, (name, mod, _, out_id) in enumerate(seen):
         if not isinstance(mod, QuantWrapper) or not int_kernel_layer(mod.w_bits, mod.a_bits) or calls[name] != 1:
             continue
-        bn = only_consumer(out_id, (nn.BatchNorm2d, nn.BatchNorm1d))
-        tail = bn[2] if bn is not None else out_id
-        act = only_consumer(tail, (nn.ReLU, nn.ReLU6))
-        reader = only_consumer(act[2] if act is not None else tail, (QuantWrapper,))
+        bn = only_reader(k, out_id, (nn.BatchNorm2d, nn.BatchNorm1d))
+        tail = (bn[0], bn[3]) if bn is not None else (k, out_id)
+        act = only_reader(*tail, (nn.ReLU, nn.ReLU6))
+        reader = only_reader(*((act[0], act[3]) if act is not None else tail), (QuantWrapper,))
         chains[name] = _Chain(
-            bn=bn[0] if bn is not None else None,
-            act=act[0] if act is not None else None,
-            act_kind=None if act is None else ("relu6" if isinstance(act[1], nn.ReLU6) else "relu"),
-            feeds=reader[0] if reader is not None else None,
+            bn=bn[1] if bn is not None else None,
+            act=act[1] if act is not None else None,
+            act_kind=None if act is None else ("relu6" if isinstance(act[2], nn.ReLU6) else "relu"),
+            feeds=reader[1] if reader is not None else None,
         )
     return chains
 
@@ -244,6 +250,7 @@ class _OnnxQuantLayer(nn.Module):
         out_grid: tuple[Tensor, Tensor] | None = None,
         bn: nn.Module | None = None,
         post: str | None = None,
+        float_weights: bool = False,
     ) -> None:
         super().__init__()
         layer = wrapper.layer
@@ -253,7 +260,10 @@ class _OnnxQuantLayer(nn.Module):
                 raise ConfigError(f"ONNX export supports zero-padded convolutions only, not {layer.padding_mode!r}")
             self.conv_args = (layer.stride, layer.padding, layer.dilation, layer.groups)
         bias = None if layer.bias is None else layer.bias.detach().float().clone()
-        self.w_quant = wrapper.w_bits != FLOAT_BITS
+        self.w_quant = wrapper.w_bits != FLOAT_BITS and not float_weights
+        if float_weights and wrapper.w_bits != FLOAT_BITS:  # the grid's values, stored float (no DequantizeLinear)
+            q, scale = integer_weight(layer.weight, wrapper.w_bits)
+            self.weight = nn.Parameter(q.float() * scale.reshape(-1, *([1] * (q.dim() - 1))), requires_grad=False)
         if bn is not None and not self.w_quant:
             raise ConfigError("a batch norm is folded only into a layer with integer weights")
         if self.w_quant:
@@ -275,7 +285,7 @@ class _OnnxQuantLayer(nn.Module):
             self.register_buffer("weight_int", q)
             self.register_buffer("weight_scale", scale)
             self.register_buffer("weight_zero_point", zero_point)
-        else:
+        elif not float_weights:
             self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.post = post
@@ -472,7 +482,10 @@ def export_onnx(
                         bn = getattr(owner, attr)
                     setattr(owner, attr, nn.Identity())
             post = chain.act_kind
-        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post))
+        # kernels style: a layer with integer weights on float inputs keeps its grid's values in float, so ONNX
+        # Runtime cannot fuse it into a neighbour's integer kernel: it runs a float kernel wherever it sits
+        float_weights = style == "kernels" and wrapper.w_bits != FLOAT_BITS and wrapper.a_bits == FLOAT_BITS
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post, float_weights))
     _replace_adaptive_pools(export_model, shape)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

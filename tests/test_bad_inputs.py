@@ -427,6 +427,7 @@ CASES: list[Case] = [
         lambda t, c: ["sweep", "--checkpoint", str(c), "--budgets", "0.5x,-1x", "--out", "out"],
         "positive",
     ),
+    Case("robust-images-zero", lambda t, c: _search(c, "--robust-images", "0"), "robust_images"),
     Case(
         "budget-infeasible",
         lambda t, c: _search(c, "--budget", "latency=0.001x"),

@@ -274,3 +274,65 @@ def test_measuring_a_cell_leaves_the_random_state_alone(cache: Path) -> None:
     torch.manual_seed(123)
     _model().layer_cost(layer("c", 1, 4, 4, 6), 8, 8)  # a search measures cells mid-run: its draws must not move
     assert torch.equal(torch.rand(3), expected)
+
+
+def _bn_model():  # type: ignore[no-untyped-def]  # torch is imported lazily in this file
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),  # in place, as torchvision's: its reader still counts as the only one
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 4),
+    )
+    for m in model.modules():  # a trained-looking batch norm: nontrivial statistics, some negative gammas
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.2, 2.0)
+            with torch.no_grad():
+                m.weight.uniform_(-1.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("form", ["portable", "s8"])
+def test_kernels_style_folds_batch_norm_and_relu_exactly(form: str, tmp_path: Path) -> None:
+    import torch
+
+    from hwsearch.onnx_export import export_onnx, layer_chains
+    from hwsearch.quant import apply_policy, calibrate
+
+    model = _bn_model()
+    x = torch.rand(64, 1, 6, 6)
+    calibration = calibrate(model, x, method="minmax")
+    policy = Policy({"0": (8, 8), "3": (6, 8), "6": (FLOAT_BITS, FLOAT_BITS)}, {})
+    qmodel = apply_policy(model, policy, calibration).eval()
+    chains = layer_chains(qmodel, (1, 6, 6))
+    assert chains["0"].bn == "1" and chains["0"].act == "2" and chains["0"].feeds == "3"
+    assert chains["3"].bn == "4" and chains["3"].act is None and chains["3"].feeds is None  # Flatten reads it
+    path = export_onnx(
+        model,
+        policy,
+        calibration,
+        tmp_path / "m.onnx",
+        (1, 6, 6),
+        int8_form=form,
+        style="kernels",
+        output_ranges={"3": (-8.0, 8.0)},
+    )
+    ops = _optimized_ops(path, tmp_path)
+    assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 2
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qmodel(x).numpy()
+    # layer 0 requantizes onto layer 3's own input grid (no extra error); layer 3's output gets one 8-bit
+    # rounding over [-8, 8] (step 16/255), which the float linear layer then mixes
+    step = 16 / 255
+    w = model[6].weight.detach().abs().sum(dim=1).max().item()
+    assert abs(got - ref).max() <= 0.5 * step * w + 1e-4

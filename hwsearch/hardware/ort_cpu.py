@@ -11,21 +11,23 @@ The per-run cost of calling ONNX Runtime at all (an identity graph) is subtracte
 predicted latency is the sum of its layers' cells plus one :attr:`OrtCpuCostModel.call_overhead_ms`.
 
 A layer alone is not the whole story: the model's other nodes (normalization, pooling, residual adds) cost
-time too, and two integer layers in a row share their layout: ONNX Runtime runs integer convolutions in NHWC
-and transposes into and out of that layout only where the integer run starts and ends, while each cell, timed
-alone, pays both transposes. ``calibrate`` measures the whole exported model twice, all float and all
-``W8A8``, and charges the two differences:
+time too, and the layout changes between layers: ONNX Runtime runs integer convolutions in NHWC and float ones
+in its blocked NCHWc layout, converting where a run of one kind starts and ends, while each cell, timed alone,
+pays its own conversions. ``calibrate`` measures the whole exported model three times, all float, all ``W8A8``
+and alternating (float, W8A8, float, ...), and charges the differences:
 
 - ``rest_ms`` = float model - its cells, the same for every policy, shared equally by the layers' cells;
-- ``per_output_ms`` = (W8A8 model - its cells - ``rest_ms``) per element passed between consecutive layers,
-  charged by :meth:`OrtCpuCostModel.boundary_cost` to each pair of consecutive layers (forward order) that are
-  both integer kernels, in proportion to the tensor the first hands to the second (usually negative: the
-  saved transposes and quantize / dequantize pairs).
+- ``per_output_ms`` (from all-W8A8) per element handed between consecutive layers that are both integer
+  kernels (usually negative: the conversions they share);
+- ``per_transition_ms`` (from the alternating model) per element handed between an integer-kernel layer and a
+  float one, either way (the conversions and quantize / dequantize that a run boundary adds).
 
-So the all-float and all-W8A8 predictions are fits; every other policy's is a prediction, and
-``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands. Cells stay additive
-and the boundary term is pairwise: :func:`hwsearch.hardware.policy_cost` and the env's budget walk include it;
-the ILP baseline prices cells only and leaves the boundary to the walk.
+:meth:`OrtCpuCostModel.boundary_cost` charges the last two to each pair of consecutive layers (forward order),
+in proportion to the tensor the first hands to the second. So the three calibration policies' predictions are
+fits; every other policy's is a prediction, and ``hwsearch latency verify`` / ``python -m benchmarks.real_cpu``
+measure how far it lands. Cells stay additive and the boundary term is pairwise:
+:func:`hwsearch.hardware.policy_cost` and the env's budget walk include it; the ILP baseline prices cells only
+and leaves the boundary to the walk.
 
 Cells are cached per machine in ``$HWSEARCH_CACHE`` (default ``~/.cache/hwsearch``) under ``ort-cpu/``, one file
 per CPU model, ONNX Runtime version, thread count and int8 form (:mod:`hwsearch.hardware.cpu`), with warm-up,
@@ -81,7 +83,7 @@ __all__ = [
 ]
 
 ORT_CPU = "ort-cpu"
-CACHE_SCHEMA_VERSION = 2
+CACHE_SCHEMA_VERSION = 3
 #: the widths a search on this target chooses among: 4 and 8 bits run integer kernels (4 bits for a smaller
 #: file), 32 keeps a layer float; inputs are 8-bit (integer kernel) or float. Lower input widths would run the
 #: same 8-bit kernel, only less accurately.
@@ -233,6 +235,17 @@ def _elements(layer: LayerInfo) -> int:
     return layer.out_channels * layer.out_hw[0] * layer.out_hw[1]
 
 
+def _handed(layers: list[LayerInfo], policy: Policy, *, both_int: bool) -> int:
+    """Elements handed between consecutive layers that are both integer kernels (``both_int``), or one of them."""
+    total = 0
+    for prev, layer in zip(layers, layers[1:], strict=False):
+        a = int_kernel_layer(policy[prev.name].w, policy[prev.name].a)
+        b = int_kernel_layer(policy[layer.name].w, policy[layer.name].a)
+        if (a and b) if both_int else (a != b):
+            total += _elements(prev)
+    return total
+
+
 class OrtCpuCostModel:
     """Latency (ms per image, batch 1) of each layer at each bit pair on this CPU under ONNX Runtime.
 
@@ -276,6 +289,7 @@ class OrtCpuCostModel:
         self._models: dict[str, dict[str, float]] = {}
         self._extra: dict[str, float] = {}  # layer name -> its share of rest_ms (set by calibrate)
         self._per_output = 0.0
+        self._per_transition = 0.0
         self.calibration: dict[str, float] | None = None
         self._load()
 
@@ -428,31 +442,42 @@ class OrtCpuCostModel:
             ).encode()
         ).hexdigest()[:16]
         names = [ly.name for ly in layers]
-        float_policy = Policy({n: LayerBits(FLOAT_BITS, FLOAT_BITS) for n in names}, {})
-        int_policy = Policy({n: LayerBits(8, 8) for n in names}, {})
+        policies = {
+            "float": Policy({n: LayerBits(FLOAT_BITS, FLOAT_BITS) for n in names}, {}),
+            "int8": Policy({n: LayerBits(8, 8) for n in names}, {}),
+            "alternating": Policy(
+                {n: LayerBits(8, 8) if i % 2 else LayerBits(FLOAT_BITS, FLOAT_BITS) for i, n in enumerate(names)}, {}
+            ),
+        }
         record = self._models.get(key)
         if record is None:
             measured = {}
             with tempfile.TemporaryDirectory() as tmp:
-                for tag, policy in (("float", float_policy), ("int8", int_policy)):
+                for tag, policy in policies.items():
                     path = export_onnx(
                         ws, policy, None, Path(tmp) / f"{tag}.onnx", shape, int8_form=self.int8_form, style="kernels"
                     )
                     measured[tag] = self.time_model(path, shape)
-            outputs = sum(_elements(ly) for ly in layers[:-1])
-            rest = measured["float"] - self._raw(layers, float_policy)
-            per_output = (measured["int8"] - self._raw(layers, int_policy) - rest) / max(outputs, 1)
+            raw = {tag: self._raw(layers, policy) for tag, policy in policies.items()}
+            rest = measured["float"] - raw["float"]
+            both = _handed(layers, policies["int8"], both_int=True)
+            per_output = (measured["int8"] - raw["int8"] - rest) / max(both, 1)
+            alt = policies["alternating"]
+            per_transition = (
+                measured["alternating"] - raw["alternating"] - rest - per_output * _handed(layers, alt, both_int=True)
+            ) / max(_handed(layers, alt, both_int=False), 1)
             record = {
                 "model": ws.model_name,
-                "float_ms": measured["float"],
-                "int8_ms": measured["int8"],
+                **{f"{tag}_ms": ms for tag, ms in measured.items()},
                 "rest_ms": rest,
                 "per_output_ms": per_output,
+                "per_transition_ms": per_transition,
             }
             self._models[key] = record
             self._save()
         self._extra = {n: record["rest_ms"] / len(layers) for n in names}
         self._per_output = record["per_output_ms"]
+        self._per_transition = record["per_transition_ms"]
         self.calibration = dict(record)
         return dict(record)
 
@@ -485,9 +510,13 @@ class OrtCpuCostModel:
         self, prev: LayerInfo, prev_bits: tuple[int, int], layer: LayerInfo, bits: tuple[int, int]
     ) -> float:
         """Latency (ms, may be negative) of handing ``prev``'s output to ``layer``, the next layer in forward order,
-        beyond both cells: ``per_output_ms`` per element when both run integer kernels, else 0."""
-        if int_kernel_layer(*prev_bits) and int_kernel_layer(*bits):
+        beyond both cells: ``per_output_ms`` per element when both run integer kernels, ``per_transition_ms`` when
+        one does, else 0."""
+        a, b = int_kernel_layer(*prev_bits), int_kernel_layer(*bits)
+        if a and b:
             return self._per_output * _elements(prev)
+        if a != b:
+            return self._per_transition * _elements(prev)
         return 0.0
 
     def cell(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Mapping[str, float]:
