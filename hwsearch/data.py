@@ -126,7 +126,9 @@ def stratified_split(
     """Indices of each part, cut per class by ``fractions`` (summing to 1) after a fixed permutation.
 
     Every part but the first gets ``round(n_class * fraction)`` of each class; the first takes the rest, so
-    nothing is dropped. Indices within a part are sorted, so the result does not depend on dict order.
+    nothing is dropped. Each part's indices are sorted, then put in one fixed shuffled order: the result does not
+    depend on dict order, and a part's first items are a fair sample of its classes (datasets arrive sorted by
+    class; calibration reads a split's first 512 images).
     """
     labels = np.asarray(labels)
     if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
@@ -142,7 +144,13 @@ def stratified_split(
         for p, n in enumerate([first, *counts]):
             parts[p].append(idx[start : start + n])
             start += n
-    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+    # sorted, then one fixed shuffle per part: deterministic, and never grouped by class, since whatever reads the
+    # first N of a split (calibration images, `--images N`, a probe batch) must see every class
+    shuffle = np.random.default_rng(seed + 1)
+    return [
+        np.sort(np.concatenate(p))[shuffle.permutation(sum(len(q) for q in p))] if p else np.zeros(0, dtype=np.int64)
+        for p in parts
+    ]
 
 
 def _channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

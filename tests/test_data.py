@@ -244,3 +244,11 @@ def test_datasplits_validates():
         DataSplits("x", ds, ds, ds, (1, 2, 2), 2, (0.5, 0.5), (0.5,))
     with pytest.raises(DatasetError, match="num_classes"):
         DataSplits("x", ds, ds, ds, (1, 2, 2), 1, (0.5,), (0.5,))
+
+
+@pytest.mark.parametrize("part", ["train", "val", "test"])
+def test_a_splits_first_items_hold_every_class(part: str) -> None:
+    """Calibration reads a split's first 512 images and `--images N` its first N: a class-sorted split (the
+    embedded digits arrive sorted) would calibrate on zeros and ones only."""
+    _, y = tensors(getattr(load_dataset(), part), limit=200)
+    assert set(y.tolist()) == set(range(10))
