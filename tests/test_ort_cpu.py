@@ -194,6 +194,12 @@ def test_verify_reports_prediction_and_agreement(ws, cache: Path, tmp_path: Path
     path = export_onnx(ws, policy, None, tmp_path / "m.onnx", int8_form=cm.int8_form, style="kernels")
     assert onnx_policy(path) == policy
     v = verify_onnx(ws, path, "ort-cpu", images=300)
+    from hwsearch.hardware import policy_cost
+
+    again = get_cost_model("ort-cpu")  # reads what verify measured and calibrated from the cache
+    again.calibrate(ws)  # type: ignore[attr-defined]
+    overhead = again.call_overhead_ms  # type: ignore[attr-defined]
+    assert v.predicted_ms == pytest.approx(policy_cost(again, ws.layers, policy).latency_ms + overhead)
     assert v.images == 300 and v.agreement >= 0.99
     assert v.predicted_ms > 0 and v.measured_ms > 0 and v.fp32_ms > 0
     assert abs(v.accuracy_onnx - v.accuracy_fake_quant) <= 1 - v.agreement + 1e-9

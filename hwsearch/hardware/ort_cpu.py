@@ -484,9 +484,15 @@ class OrtCpuCostModel:
     def predict_ms(self, layers: Iterable[LayerInfo], policy: Policy) -> float:
         """Predicted latency of a whole exported model: the policy's cost (cells and boundaries) plus one call
         overhead."""
-        from hwsearch.hardware.cost import policy_cost
-
-        return self.call_overhead_ms + policy_cost(self, list(layers), policy).latency_ms
+        layers = list(layers)
+        total = self.call_overhead_ms
+        for i, ly in enumerate(layers):  # what hardware.policy_cost sums (not imported: it imports this module)
+            bits = (policy[ly.name].w, policy[ly.name].a)
+            total += self.layer_cost(ly, *bits).latency_ms
+            if i:
+                prev = layers[i - 1]
+                total += self.boundary_cost(prev, (policy[prev.name].w, policy[prev.name].a), ly, bits)
+        return max(total, 0.0)
 
     # -- the CostModel protocol -----------------------------------------------------------------------
     def supported_bits(self) -> tuple[int, ...]:
