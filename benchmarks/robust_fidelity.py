@@ -1,7 +1,7 @@
 """Does the search's robustness estimate rank policies as the report's full attack set does?
 
 The search scores robustness every episode with a cheap estimate (STE + shadow PGD-10 on a seeded subset of
-200 search-val images); reports use the full set (STE-, shadow-, transfer- and margin-PGD, FGSM). A cheaper
+200 search-val images); reports use the full set (STE-, shadow-, transfer- and margin-PGD, FGSM, Square). A cheaper
 estimate is only worth having if it orders policies like the strong one. For each model this scores >= 60
 policies (the uniform ladder W2A2..W8A8 plus seeded random mixes, a third with 2-3-bit inputs) both ways on
 search-val images and reports the Spearman rank correlation, and whether the strong set's best policy is among
@@ -9,15 +9,13 @@ the estimate's top 5. An optional cheaper variant (``--cheap``: PGD-5 on 100 ima
 
     python -m benchmarks.robust_fidelity [--policies 60] [--strong-images 300] [--models smallcnn resnet20]
 
-Writes benchmarks/results/robust_fidelity.json (command, commit, CPU, date) and robust_fidelity.md.
+Writes benchmarks/results/robust_fidelity.json (with :func:`benchmarks._common.provenance`) and the
+robust_fidelity.md rendered from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import random
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks._common import _cpu_model, _git
+from benchmarks._common import provenance, write_results
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.policy import Policy
 from hwsearch.quant import apply_policy
@@ -107,6 +105,27 @@ def _score(model: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def render(data: dict) -> str:
+    lines = [
+        "# Robustness estimate fidelity",
+        "",
+        f"Strong set: {data['strong_set']}.",
+        "",
+        "| model | estimate | policies | Spearman vs strong | strong's best in estimate's top 5 | s / policy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rec in data["records"]:
+        for k, e in rec["estimates"].items():
+            lines.append(
+                f"| {rec['model']} | {k} | {rec['policies']} | {e['spearman']:.3f} | "
+                f"{'yes' if e['strong_best_in_top5'] else 'no'} ({e['strong_best']}) | {e['seconds_per_policy']:.2f} |"
+            )
+        lines.append(
+            f"| {rec['model']} | strong | {rec['policies']} | 1 | - | {rec['seconds']['strong'] / rec['policies']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -117,44 +136,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cheap", action="store_true", help="also score PGD-5 on 100 images")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=str(RESULTS / "robust_fidelity.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    records = [_score(m, args) for m in args.models]
-    commit, cpu = _git("rev-parse", "HEAD"), _cpu_model()
-    result = {
-        "command": "python -m benchmarks.robust_fidelity " + " ".join(sys.argv[1:]),
-        "commit": commit,
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "date": started,
+    meta = provenance()
+    payload = {
+        "meta": meta,
         "strong_set": f"report_attacks(eps={args.eps}, steps={args.strong_steps}, restarts=1): STE-, shadow-, "
-        f"transfer- and margin-PGD and FGSM, per-sample worst case on the first {args.strong_images} search-val images",
-        "records": records,
+        f"transfer- and margin-PGD, FGSM and Square, per-sample worst case on a seeded random sample of "
+        f"{args.strong_images} search-val images",
+        "records": [_score(m, args) for m in args.models],
     }
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"# Robustness estimate fidelity ({started}, {cpu}, commit {result['commit'][:10]})",
-        "",
-        f"`{result['command']}`. Strong set: {result['strong_set']}.",
-        "",
-        "| model | estimate | policies | Spearman vs strong | strong's best in estimate's top 5 | s / policy |",
-        "|---|---|---|---|---|---|",
-    ]
-    for rec in records:
-        for k, e in rec["estimates"].items():
-            lines.append(
-                f"| {rec['model']} | {k} | {rec['policies']} | {e['spearman']:.3f} | "
-                f"{'yes' if e['strong_best_in_top5'] else 'no'} ({e['strong_best']}) | {e['seconds_per_policy']:.2f} |"
-            )
-        lines.append(
-            f"| {rec['model']} | strong | {rec['policies']} | 1 | - | {rec['seconds']['strong'] / rec['policies']:.2f} |"
-        )
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("robust_fidelity", payload, render)
 
 
 if __name__ == "__main__":

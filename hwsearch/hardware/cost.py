@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -17,6 +16,7 @@ from hwsearch.errors import ConfigError, TableError
 from hwsearch.hardware.base import FLOAT_BITS, CostModel, LayerCost, UnknownDeviceError
 from hwsearch.hardware.bismo import BismoConfig, BismoCostModel
 from hwsearch.hardware.bitfusion import BitFusionConfig, BitFusionCostModel, BitFusionEnergy
+from hwsearch.hardware.cpu import is_ort_cpu, parse_ort_cpu
 from hwsearch.hardware.table import TableCostModel, load_table
 from hwsearch.layers import LayerInfo
 from hwsearch.policy import Policy
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 DEFAULT_DEVICE = "bitfusion-edge"
-_ORT_CPU = re.compile(r"^ort-cpu(:.*)?$")  # the measured target; its module imports torch and onnx, so lazily
 DEVICE_SCHEMA_VERSION = 1
 
 
@@ -176,8 +175,8 @@ def get_cost_model(name: str | os.PathLike[str]) -> CostModel:
     """
     if is_table_path(name):
         return TableCostModel(load_table(name), path=os.fspath(name))
-    if _ORT_CPU.match(str(name)):
-        from hwsearch.hardware.ort_cpu import OrtCpuCostModel, parse_ort_cpu
+    if is_ort_cpu(str(name)):  # its module imports torch and onnx: only when asked for
+        from hwsearch.hardware.ort_cpu import OrtCpuCostModel
 
         return OrtCpuCostModel(parse_ort_cpu(str(name)), name=str(name))
     return device_from_spec(device_spec(str(name)))

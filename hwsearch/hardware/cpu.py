@@ -1,4 +1,5 @@
-"""Which int8 form a CPU computes exactly: the one machine fact that int8 export and measurement depend on.
+"""Facts about the CPU this process runs on: which int8 form it computes exactly (what int8 export and measurement
+depend on), its model name, and the names of the ``ort-cpu`` target that measures it.
 
 x86 int8 GEMM kernels without VNNI (ONNX Runtime's MLAS, PyTorch's fbgemm) multiply uint8 activations by int8
 weights with ``vpmaddubsw``, which adds each pair of products into a *saturating* int16. Two products of
@@ -21,17 +22,33 @@ from __future__ import annotations
 import functools
 import importlib
 import platform
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 from hwsearch.errors import ConfigError
 
-__all__ = ["INT8_FORMS", "U8_ZERO_POINT", "VNNI_FLAGS", "cpu_flags", "has_vnni", "int8_form", "check_int8_form"]
+__all__ = [
+    "INT8_FORMS",
+    "ORT_CPU",
+    "U8_ZERO_POINT",
+    "VNNI_FLAGS",
+    "cpu_flags",
+    "cpu_model",
+    "has_vnni",
+    "int8_form",
+    "check_int8_form",
+    "is_ort_cpu",
+    "parse_ort_cpu",
+]
 
 INT8_FORMS: tuple[str, ...] = ("portable", "s8")
 U8_ZERO_POINT = 128  # the zero point that carries a symmetric int8 grid in uint8 (the portable form)
 # Names (numpy's cpuid names and Linux's /proc/cpuinfo flags) of x86 int8 dot products that accumulate in int32:
 # AVX512-VNNI, and Sapphire Rapids' AVX-512 set (VNNI, AMX-INT8).
 VNNI_FLAGS = frozenset({"avx512vnni", "avx512_vnni", "avx512_spr", "amx_int8"})
+ORT_CPU = "ort-cpu"  # the measured target (hardware.ort_cpu); its names are parsed here, where no torch is imported
+_NAME = re.compile(r"^ort-cpu(?::(\d+|all))?$")
 _X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
@@ -83,3 +100,38 @@ def check_int8_form(form: str) -> str:
     if form not in INT8_FORMS:
         raise ConfigError(f"int8 form {form!r} is not one of auto, {', '.join(INT8_FORMS)}")
     return form
+
+
+def is_ort_cpu(name: str) -> bool:
+    """Whether a ``--target`` value is meant for the ort-cpu target (``ort-cpu`` or ``ort-cpu:...``; a malformed
+    suffix is :func:`parse_ort_cpu`'s to refuse, with the forms it takes)."""
+    text = str(name)
+    return text == ORT_CPU or text.startswith(ORT_CPU + ":")
+
+
+def parse_ort_cpu(name: str) -> int:
+    """The thread count a target name asks for; a one-line ConfigError for a malformed one."""
+    m = _NAME.match(str(name))
+    if m is None:
+        raise ConfigError(f"target {name!r} is not ort-cpu, ort-cpu:N or ort-cpu:all")
+    if m.group(1) is None:
+        return 1
+    if m.group(1) == "all":
+        from hwsearch.cores import available_cores
+
+        return available_cores()
+    threads = int(m.group(1))
+    if threads < 1:
+        raise ConfigError(f"target {name!r}: the thread count must be at least 1, e.g. ort-cpu:2")
+    return threads
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") or line.startswith("Model"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

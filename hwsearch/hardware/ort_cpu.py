@@ -62,7 +62,7 @@ from torch import nn
 
 from hwsearch.errors import ConfigError, TableError
 from hwsearch.hardware.base import LayerCost, bit_key
-from hwsearch.hardware.cpu import check_int8_form
+from hwsearch.hardware.cpu import ORT_CPU, check_int8_form, cpu_model, is_ort_cpu, parse_ort_cpu
 from hwsearch.io import atomic_write_text
 from hwsearch.layers import LayerInfo
 from hwsearch.onnx_export import int_kernel_layer
@@ -82,47 +82,12 @@ __all__ = [
     "time_session",
 ]
 
-ORT_CPU = "ort-cpu"
 CACHE_SCHEMA_VERSION = 3
 #: the widths a search on this target chooses among: 4 and 8 bits run integer kernels (4 bits for a smaller
 #: file), 32 keeps a layer float; inputs are 8-bit (integer kernel) or float. Lower input widths would run the
 #: same 8-bit kernel, only less accurately.
 SEARCH_W_BITS: tuple[int, ...] = (4, 8, FLOAT_BITS)
 SEARCH_A_BITS: tuple[int, ...] = (8, FLOAT_BITS)
-_NAME = re.compile(r"^ort-cpu(?::(\d+|all))?$")
-
-
-def is_ort_cpu(name: str) -> bool:
-    """Whether a ``--target`` value names this target (``ort-cpu``, ``ort-cpu:N``, ``ort-cpu:all``)."""
-    return bool(_NAME.match(str(name)))
-
-
-def parse_ort_cpu(name: str) -> int:
-    """The thread count a target name asks for; a one-line ConfigError for a malformed one."""
-    m = _NAME.match(str(name))
-    if m is None:
-        raise ConfigError(f"target {name!r} is not ort-cpu, ort-cpu:N or ort-cpu:all")
-    if m.group(1) is None:
-        return 1
-    if m.group(1) == "all":
-        from hwsearch.cores import available_cores
-
-        return available_cores()
-    threads = int(m.group(1))
-    if threads < 1:
-        raise ConfigError(f"target {name!r}: the thread count must be at least 1, e.g. ort-cpu:2")
-    return threads
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name") or line.startswith("Model"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def cache_dir() -> Path:
