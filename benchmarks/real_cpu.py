@@ -269,7 +269,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--episodes", type=int, default=60)
     ap.add_argument("--threads", nargs="+", default=["1", "all"], help="thread counts to time (all = every core)")
+    ap.add_argument("--render-only", action="store_true", help="re-render real_cpu.md and the README table")
     args = ap.parse_args()
+    if args.render_only:
+        rerender()
+        return
     counts = sorted({available_cores() if t == "all" else int(t) for t in args.threads})
     payload = {"meta": provenance(), **run(args.models, args.episodes, counts)}
     js, _ = write_results("real_cpu", payload, render)

@@ -366,17 +366,16 @@ class OrtCpuCostModel:
             self._save()
         return len(seen)
 
+    def _bare_ms(self, layer: LayerInfo, w_bits: int, a_bits: int) -> float:
+        """A cell less the call overhead (measured first if missing), without calibration terms."""
+        key = bit_key(w_bits, a_bits)
+        if key not in self._cells.get(layer.signature(1), {}):
+            self.measure([layer], [(w_bits, a_bits)])
+        return max(self._cells[layer.signature(1)][key]["median_ms"] - self.call_overhead_ms, 1e-6)
+
     def _raw(self, layers: list[LayerInfo], policy: Policy) -> float:
         """The policy's sum of bare cells plus one call overhead (no calibration terms)."""
-        total = self.call_overhead_ms
-        for layer in layers:
-            bits = policy[layer.name]
-            cell = self._cells.get(layer.signature(1), {}).get(bit_key(bits.w, bits.a))
-            if cell is None:
-                self.measure([layer], [(bits.w, bits.a)])
-                cell = self._cells[layer.signature(1)][bit_key(bits.w, bits.a)]
-            total += max(cell["median_ms"] - self.call_overhead_ms, 1e-6)
-        return total
+        return self.call_overhead_ms + sum(self._bare_ms(ly, policy[ly.name].w, policy[ly.name].a) for ly in layers)
 
     def time_model(
         self, path: str | os.PathLike[str], input_shape: tuple[int, ...], rounds: int = 3, pause_s: float = 1.0
@@ -470,12 +469,7 @@ class OrtCpuCostModel:
     def layer_cost(self, layer: LayerInfo, w_bits: int, a_bits: int) -> LayerCost:
         if w_bits not in VALID_BITS or a_bits not in VALID_BITS:
             raise TableError(f"layer {layer.name!r}: W{w_bits}A{a_bits} is not a bit pair (1..8 or 32)")
-        cell = self._cells.get(layer.signature(1), {}).get(bit_key(w_bits, a_bits))
-        if cell is None:
-            self.measure([layer], [(w_bits, a_bits)])
-            cell = self._cells[layer.signature(1)][bit_key(w_bits, a_bits)]
-        ms = cell["median_ms"] - self.call_overhead_ms + self._extra.get(layer.name, 0.0)
-        return LayerCost(latency_ms=max(ms, 1e-6))
+        return LayerCost(latency_ms=max(self._bare_ms(layer, w_bits, a_bits) + self._extra.get(layer.name, 0.0), 1e-6))
 
     def boundary_cost(
         self, prev: LayerInfo, prev_bits: tuple[int, int], layer: LayerInfo, bits: tuple[int, int]
@@ -489,8 +483,3 @@ class OrtCpuCostModel:
         if a != b:
             return self._per_transition * _elements(prev)
         return 0.0
-
-    def cell(self, layer: LayerInfo, w_bits: int, a_bits: int) -> Mapping[str, float]:
-        """The raw measurement of a cell (median and IQR in ms, the call overhead not subtracted)."""
-        self.layer_cost(layer, w_bits, a_bits)
-        return dict(self._cells[layer.signature(1)][bit_key(w_bits, a_bits)])
