@@ -20,7 +20,15 @@ from hwsearch.hardware.cpu import cpu_model as _cpu_model
 from hwsearch.io import atomic_write_json, atomic_write_text
 from hwsearch.pipelines import BaselineConfig, train_baseline
 
-__all__ = ["RESULTS", "default_checkpoint", "provenance", "provenance_md", "write_results"]
+__all__ = [
+    "RESULTS",
+    "default_checkpoint",
+    "provenance",
+    "provenance_md",
+    "write_results",
+    "readme_markers",
+    "update_readme",
+]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parents[1]
@@ -87,3 +95,25 @@ def write_results(name: str, payload: dict[str, Any], render: Callable[[dict[str
     md = atomic_write_text(RESULTS / f"{name}.md", render(data) + provenance_md(data["meta"]))
     print(md.read_text(encoding="utf-8"), end="")
     return js, md
+
+
+def readme_markers(name: str) -> tuple[str, str]:
+    """The comment lines between which ``python -m benchmarks.<name>`` writes its README block."""
+    return (
+        f"<!-- benchmarks.{name}: begin (written by python -m benchmarks.{name}; do not edit) -->",
+        f"<!-- benchmarks.{name}: end -->",
+    )
+
+
+def update_readme(name: str, block: str, readme: Path = RESULTS.parents[1] / "README.md") -> bool:
+    """Replace the README's block between ``name``'s markers with ``block`` (False when it has no markers)."""
+    from hwsearch.io import atomic_write_text
+
+    begin, end = readme_markers(name)
+    text = readme.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, f"{head}{begin}\n{block}\n{end}{tail}")
+    return True

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _common
 from benchmarks._common import RESULTS, provenance, write_results
 from hwsearch.cores import available_cores
 from hwsearch.hardware.cost import policy_cost
@@ -211,10 +212,6 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-README_BEGIN = "<!-- benchmarks.real_cpu: begin (written by python -m benchmarks.real_cpu; do not edit) -->"
-README_END = "<!-- benchmarks.real_cpu: end -->"
-
-
 def readme_table(data: dict[str, Any]) -> str:
     """The README's table: every model's float, W8A8 and searched rows at each thread count."""
     meta = data["meta"]
@@ -241,15 +238,7 @@ def readme_table(data: dict[str, Any]) -> str:
 
 def update_readme(data: dict[str, Any], readme: Path = RESULTS.parents[1] / "README.md") -> bool:
     """Replace the README's block between the markers with this run's table (False when it has no markers)."""
-    from hwsearch.io import atomic_write_text
-
-    text = readme.read_text(encoding="utf-8")
-    if README_BEGIN not in text or README_END not in text:
-        return False
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write_text(readme, f"{head}{README_BEGIN}\n{readme_table(data)}\n{README_END}{tail}")
-    return True
+    return _common.update_readme("real_cpu", readme_table(data), readme)
 
 
 def rerender() -> None:

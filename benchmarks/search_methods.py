@@ -5,7 +5,11 @@ Per model (trained here on the embedded mnist5k with the project's own ``train``
 latency (0.01 grid, fraction of fixed W8A8) at which the best uniform policy loses >= 2 points of **search-val**
 accuracy against FP32 (test data is never used to choose); then every method runs as a search job (the CLI's
 code path: each run folder holds its ``episodes.csv``, ``summary.md`` and ``learning_curve.png``) with the same
-episodes and seeds. Test figures are reported for each run's best policy (chosen on search-val). Writes
+episodes and seeds. Test figures are reported for each run's best policy (chosen on search-val). The ILP is run
+first; it and ``uniform`` run once when they cannot depend on the seed (the clean objective has no seeded robust
+subset);
+``ddpg+ilp`` starts from that run's answer (``--init-policy``), and its record counts the ILP's evaluations and
+seconds as its own. Runs go ``--jobs`` at a time, each in its own process on one torch thread. Writes
 ``OUT/search_methods.json`` (one record per run, with the command, commit, CPU and date), ``OUT/search_methods.md``
 and ``OUT/search_methods.png`` (median best-so-far reward vs episode per method).
 
@@ -21,14 +25,14 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks._common import RESULTS, provenance, provenance_md
+from benchmarks._common import RESULTS, provenance, provenance_md, update_readme
 from hwsearch.budget import Budget
 from hwsearch.evaluate import clean_accuracy
 from hwsearch.hardware import bit_grid, get_cost_model, policy_cost
@@ -43,7 +47,8 @@ from hwsearch.robust import robust_accuracy, search_attacks
 from hwsearch.search import SearchConfig, SearchResult
 from hwsearch.workflow import Workspace, prepare
 
-METHODS = ("uniform", "random", "ilp", "ddpg", "ddpg+ilp")
+#: ``ddpg-walk`` is the ablation: DDPG as HAQ published it (the budget walk alone, ``--enforce walk``)
+METHODS = ("uniform", "random", "ilp", "ddpg", "ddpg+ilp", "ddpg-walk")
 #: model -> (target, objectives); BitFusion does not speed depthwise layers up, so mobilenet_v2 runs on BISMO
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "smallcnn": ("bitfusion-edge", ("robust",)),
@@ -135,11 +140,19 @@ class TestScorer:
 
 
 def run_method(
-    p: Problem, method: str, seed: int, args: argparse.Namespace, folder: Path, uniform_files: Sequence[str]
+    p: Problem,
+    method: str,
+    seed: int,
+    args: argparse.Namespace,
+    folder: Path,
+    uniform_files: Sequence[str],
+    ilp_file: str | None = None,
 ) -> SearchResult:
+    """One run as a search job. ``ddpg+ilp`` is DDPG warm-started from the ILP run's answer (``ilp_file``: the
+    same objective's ``ilp`` run, measured once; its evaluations are added to this run's in the record)."""
     robust = p.objective == "robust"
     n = len(uniform_files)
-    agent = {"uniform": "random", "ddpg+ilp": "ddpg"}.get(method, method)
+    agent = {"uniform": "random", "ddpg+ilp": "ddpg", "ddpg-walk": "ddpg"}.get(method, method)
     episodes = n if method == "uniform" else args.episodes
     warmup = n if method == "uniform" else min(args.warmup, args.episodes)
     search = SearchConfig(episodes=episodes, warmup_episodes=warmup, agent=agent, seed=seed)
@@ -152,20 +165,30 @@ def run_method(
         robust_weight=args.robust_weight if robust else 0.0,
         attack="pgd" if robust else None,
         eps=args.eps,
-        init_policies=tuple(uniform_files) if method == "uniform" else (),
-        init_from_ilp=method == "ddpg+ilp",
+        init_policies=tuple(uniform_files) if method == "uniform" else ((ilp_file,) if ilp_file else ()),
+        init_from_ilp=method == "ddpg+ilp" and ilp_file is None,
         checkpoint_every=max(10, args.episodes),
+        enforce="walk" if method == "ddpg-walk" else "step",
     )
     done = run_search_job(job, folder, overwrite=True)
     assert done is not None
     return done.result
 
 
-def record(p: Problem, method: str, seed: int, res: SearchResult, wall_s: float, test: TestScorer) -> dict[str, Any]:
+def record(
+    p: Problem,
+    method: str,
+    seed: int,
+    res: SearchResult,
+    wall_s: float,
+    test: TestScorer,
+    ilp_notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``ilp_notes``: the ILP run a ``ddpg+ilp`` run started from (its evaluations count as this run's too)."""
     f = learning_figures(res)
     best = res.best
     acc, rob = test(best.policy, p.objective == "robust")
-    ilp = res.notes.get("ilp", {})
+    ilp = res.notes.get("ilp") or ilp_notes or {}
     return {
         "model": p.model,
         "objective": p.objective,
@@ -184,7 +207,7 @@ def record(p: Problem, method: str, seed: int, res: SearchResult, wall_s: float,
         "test_accuracy": acc,
         "test_robust": rob,
         "relative_latency": best.relative_cost,
-        "wall_s": wall_s,
+        "wall_s": wall_s + float(ilp.get("sensitivity_s", 0.0) if method == "ddpg+ilp" else 0.0),
         "target": p.target,
         "best_so_far": [max(r.reward for r in res.episodes[: i + 1]) for i in range(len(res.episodes))],
     }
@@ -314,6 +337,40 @@ def markdown(records: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]])
     return "\n".join(lines) + "\n"
 
 
+def readme_block(data: dict[str, Any]) -> str:
+    """The README's summary: per problem, each method's median best reward and test figures, then the checks."""
+    meta = data["meta"]
+    lines = [
+        "| model | objective | budget | method | seeds | best reward (median, min-max) | best episode | "
+        "test acc % | test robust % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    key = lambda r: (r["model"], r["objective"], METHODS.index(r["method"]))  # noqa: E731
+    for _, group in itertools.groupby(sorted(data["records"], key=key), key=key):
+        g = list(group)
+        best = [r["best_reward"] for r in g]
+        span = "" if len(g) == 1 else f" ({min(best):.3f} to {max(best):.3f})"
+        rob = [r["test_robust"] for r in g if r["test_robust"] is not None]
+        lines.append(
+            f"| {g[0]['model']} | {g[0]['objective']} | {g[0]['budget']:.2f}x | {g[0]['method']} | {len(g)} | "
+            f"{statistics.median(best):.3f}{span} | {statistics.median(r['best_episode'] for r in g):.0f} | "
+            f"{100 * statistics.median(r['test_accuracy'] for r in g):.1f} | "
+            + (f"{100 * statistics.median(rob):.1f} |" if rob else "- |")
+        )
+    lines += ["", "| model | objective | the issue's check | met | figures |", "|---|---|---|---|---|"]
+    for c in data["checks"]:
+        lines.append(
+            f"| {c['model']} | {c['objective']} | {c['check']} | {'yes' if c['ok'] else 'NO'} | {c['detail']} |"
+        )
+    s = data["settings"]
+    lines.append(
+        f"\n`python -m benchmarks.search_methods` at {meta['commit'][:8]}, {meta['date'][:10]}, "
+        f"{meta['machine']['cpu']}: {s['episodes']} episodes ({s['warmup']} warm-up), seeds {s['seeds']}; every "
+        "run's figures are in `benchmarks/results/search_methods.md`."
+    )
+    return "\n".join(lines)
+
+
 def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """Median best-so-far reward vs episode per method, one panel per (model, objective)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -323,7 +380,7 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
 
     panels = sorted({(r["model"], r["objective"]) for r in records})
     fig = Figure(figsize=(6.5, 3.6 * len(panels)))
-    colors = dict(zip(METHODS, ["#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"], strict=True))
+    colors = dict(zip(METHODS, ["#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e"], strict=True))
     for i, (model, objective) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
         for method in METHODS:
@@ -347,6 +404,52 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
+def _one_run(
+    p: Problem,
+    method: str,
+    seed: int,
+    args: argparse.Namespace,
+    folder: Path,
+    files: Sequence[str],
+    ilp_file: str | None,
+    ilp_notes: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A run and its record, in a worker process (one torch thread: runs go in parallel, not threads)."""
+    torch.set_num_threads(1)
+    ws = prepare(p.checkpoint)
+    t0 = time.perf_counter()
+    res = run_method(p, method, seed, args, folder, files, ilp_file if method == "ddpg+ilp" else None)
+    wall = time.perf_counter() - t0
+    rec = record(p, method, seed, res, wall, TestScorer(ws, args.eps), ilp_notes if method == "ddpg+ilp" else None)
+    return {"record": rec, "policy_file": str(folder / "policy.json"), "notes": res.notes.get("ilp")}
+
+
+def _parallel(
+    p: Problem,
+    runs: Sequence[tuple[str, int]],
+    args: argparse.Namespace,
+    work: Path,
+    files: Sequence[str],
+    ilp_file: str | None,
+    ilp_notes: dict[str, Any] | None,
+) -> Iterator[dict[str, Any]]:
+    """``runs`` on ``args.jobs`` worker processes; finished runs in the order given."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    def folder(method: str, seed: int) -> Path:
+        return work / p.model / p.objective / method / f"seed{seed}"
+
+    if args.jobs == 1 or len(runs) <= 1:
+        for m, s in runs:
+            yield _one_run(p, m, s, args, folder(m, s), files, ilp_file, ilp_notes)
+        return
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("forkserver")) as pool:
+        futures = [pool.submit(_one_run, p, m, s, args, folder(m, s), files, ilp_file, ilp_notes) for m, s in runs]
+        for fut in futures:
+            yield fut.result()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -361,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train-epochs", type=int, default=8)
     ap.add_argument("--out", default=str(RESULTS), help="where search_methods.json/.md/.png go")
     ap.add_argument("--work", default="runs/search_methods", help="checkpoints and run folders (git ignores runs/)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process and one torch thread each")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -377,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = json.loads(js.read_text(encoding="utf-8"))  # the markdown is rendered from the file just written
         md = markdown(data["records"], data["checks"]) + provenance_md(data["meta"])
         atomic_write_text(out / "search_methods.md", md)
+        if records and out.resolve() == RESULTS.resolve():  # only the project's own results reach the README
+            update_readme("search_methods", readme_block(data))
         if records:
             plot(records, out / "search_methods.png")
 
@@ -388,14 +494,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws = prepare(ckpt)
         budget, notes = pick_budget(ws, target, args.min_bits)
         budgets[model] = {"target": target, "budget": budget, **notes}
-        test = TestScorer(ws, args.eps)
         files = _uniform_files(ws, target, budget, args.min_bits, work / model / "uniform")
-        for objective, method, seed in itertools.product(objectives, args.methods, args.seeds):
+        del ws
+        for objective in objectives:
             p = Problem(model, objective, target, budget, ckpt)
-            t0 = time.perf_counter()
-            res = run_method(p, method, seed, args, work / model / objective / method / f"seed{seed}", files)
-            records.append(record(p, method, seed, res, time.perf_counter() - t0, test))
-            write()
+            runs = [(m, s) for m in args.methods for s in args.seeds]
+            if objective == "clean":  # uniform and the ILP do not depend on the seed without a robust subset: once
+                runs = [(m, s) for m, s in runs if m not in ("ilp", "uniform") or s == args.seeds[0]]
+            ilp_first = [r for r in runs if r[0] == "ilp"][:1]
+            if "ddpg+ilp" in args.methods and not ilp_first:
+                ilp_first = [("ilp", args.seeds[0])]
+            ilp_run: dict[str, Any] = {}
+            for done in _parallel(p, ilp_first, args, work, files, None, None):
+                ilp_run = done
+                if "ilp" in args.methods:
+                    records.append(done["record"])
+                write()
+            later = [r for r in runs if r not in ilp_first]
+            ilp_file = ilp_run.get("policy_file")
+            for done in _parallel(p, later, args, work, files, ilp_file, ilp_run.get("notes")):
+                records.append(done["record"])
+                write()
     write()
     return 0
 

@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 from hwsearch.envs.mixed_precision import (
+    ENFORCE_MODES,
     OBS_FEATURES,
     CostModel,
     EnvConfig,
@@ -12,6 +13,7 @@ from hwsearch.envs.mixed_precision import (
 )
 
 __all__ = [
+    "ENFORCE_MODES",
     "OBS_FEATURES",
     "CostModel",
     "EnvConfig",

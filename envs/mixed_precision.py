@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hwsearch.budget import Budget, check_table_size
-from hwsearch.checks import check_number
+from hwsearch.checks import check_choice, check_number
 from hwsearch.errors import BudgetError, ConfigError, PolicyError
 from hwsearch.hardware.base import CostModel
 from hwsearch.hardware.cost import policy_cost
@@ -28,6 +28,7 @@ __all__ = [
     "MixedPrecisionEnv",
     "action_to_index",
     "OBS_FEATURES",
+    "ENFORCE_MODES",
 ]
 
 OBS_FEATURES = (
@@ -42,7 +43,10 @@ OBS_FEATURES = (
     "input_size",
     "is_weight",
     "previous_action",
+    "budget_left",
+    "budget_rest",
 )
+ENFORCE_MODES = ("walk", "step")
 
 
 @runtime_checkable
@@ -58,6 +62,11 @@ class EnvConfig:
 
     Reward at episode end: ``w_acc * (acc - acc_ref) + w_rob * (rob - rob_ref) - w_cost * cost / cost_ref``
     with accuracies as fractions, ``cost_ref`` the fixed 8-bit cost of the budget metric.
+
+    ``enforce``: how requests are brought under the budget. ``step`` (AMC's action wall, the default) bounds each
+    step's choice so the layers still to choose can fit at their cheapest, and the choice made is the one the
+    agent is credited with; ``walk`` (HAQ) takes every request as asked and walks the finished policy down.
+    Either way the walk runs last, so every evaluated policy meets the budget.
     """
 
     budget: Budget = field(default_factory=Budget)
@@ -68,8 +77,10 @@ class EnvConfig:
     w_cost: float = 0.0
     acc_ref: float = 0.0
     rob_ref: float = 0.0
+    enforce: str = "step"
 
     def __post_init__(self) -> None:
+        check_choice(self.enforce, "enforce", ENFORCE_MODES)
         for what in ("w_bits", "a_bits"):
             bits = tuple(sorted(set(getattr(self, what))))
             if not bits or any(isinstance(b, bool) or not isinstance(b, int) or b not in VALID_BITS for b in bits):
@@ -93,18 +104,21 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Description
     An episode walks the model's quantizable layers in forward order. Step ``2i`` picks the weight bits of
-    layer ``i``, step ``2i + 1`` its input-activation bits (HAQ's 2N steps). At the last step the requested
-    policy is brought under the budget as HAQ does (from the last layer back, lower activation then weight
-    bits by one choice until the cost fits), then evaluated.
+    layer ``i``, step ``2i + 1`` its input-activation bits (HAQ's 2N steps). With ``EnvConfig.enforce="step"``
+    (the default) each step's choice is bounded so the layers still to choose can fit the budget at their
+    cheapest (AMC's action wall: the nearest choice that leaves room, lower first). At the last step the policy
+    is brought under the budget as HAQ does (from the last layer back, lower activation then weight bits by one
+    choice until the cost fits; with the wall it rarely has anything to do), then evaluated.
 
     ## Action Space
     ``Box(-1, 1, (1,), float32)``; the value is mapped to one of the bit choices by equal-width bins
     (:func:`action_to_index`), a total function (NaN and infinities included).
 
     ## Observation Space
-    ``Box(0, 1, (11,), float32)``: the layer's static features (see ``OBS_FEATURES``), min-max normalised over
-    the model's layers, whether this step sets weights (1) or activations (0), and the previous action
-    mapped to [0, 1].
+    ``Box(0, 1, (13,), float32)``: the layer's static features (see ``OBS_FEATURES``), min-max normalised over
+    the model's layers; whether this step sets weights (1) or activations (0); the previous applied action
+    mapped to [0, 1]; ``budget_left``, the share of the budget the least-cost completion of the choices so far
+    would leave free; and ``budget_rest``, the least cost of the layers after this one, over the budget.
 
     ## Rewards
     0.0 on every step but the last; the last gets
@@ -118,8 +132,9 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ## Episode End
     Terminates after ``2 * n_layers`` steps; never truncates. The observation returned with the last step repeats
-    the last layer's features (no layer follows; agents mask it with the done flag). ``info`` of the last step
-    carries ``policy``
+    the last layer's features (no layer follows; agents mask it with the done flag). Every step's ``info`` carries
+    ``action``, the action applied (the request clipped to [-1, 1], or the centre of the bin the wall moved it
+    to), which the search stores in its replay buffer. ``info`` of the last step also carries ``policy``
     (enforced, a :class:`Policy`), ``requested_policy``, ``cost`` (latency_ms, energy_mj, size_bits, and
     ``relative`` / ``requested_relative``: the enforced and the requested policy's budget metric over fixed W8A8's),
     ``accuracy``, ``robust_accuracy`` and ``reward``.
@@ -166,9 +181,12 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"budget {self.config.budget} = {self.budget_limit:.6g} is below the cost of the cheapest policy "
                 f"({min_cost:.6g}); raise it to at least {min_cost / self.cost_ref:.3f}x"
             )
+        self._rest = self._rest_bounds(metric)
         self._step = 0
         self._choice = np.zeros((self.n_layers, 2), dtype=np.int64)
+        self._asked = np.zeros_like(self._choice)  # before the action wall: what the agent requested
         self._prev_action = 0.0
+        self._spent = 0.0
 
     # -- construction helpers -------------------------------------------------------------------------
     def _static_features(self) -> np.ndarray:
@@ -230,6 +248,43 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                     table[i, j, k] = boundary(self.layers[i - 1], p, self.layers[i], q)
         return table
 
+    def _pair(self, i: int, choice_prev: np.ndarray, w: int, a: int | np.ndarray) -> Any:
+        """The boundary cost into layer ``i`` (0 without a pairwise table, for the first layer, or off latency)."""
+        if self._pairs is None or i == 0 or self.config.budget.metric != "latency":
+            return 0.0
+        n_a = len(self.config.a_bits)
+        return self._pairs[i, choice_prev[0] * n_a + choice_prev[1], w * n_a + np.asarray(a)]
+
+    def _rest_bounds(self, metric: str) -> np.ndarray:
+        """``rest[i]``: a lower bound on the cost of layers ``i..`` (each at its cheapest cell, each boundary at its
+        cheapest pair), ``rest[n] = 0``; what the per-step action wall keeps room for."""
+        cells = self._costs[metric].reshape(self.n_layers, -1).min(axis=1)
+        if self._pairs is not None and metric == "latency":
+            cells = cells + np.minimum(self._pairs.reshape(self.n_layers, -1).min(axis=1), 0.0)
+        return np.concatenate([np.cumsum(cells[::-1])[::-1], [0.0]])
+
+    def _lower_bounds(self, layer: int, is_act: int) -> np.ndarray:
+        """The least final cost of each choice open at this step, given the layers already chosen."""
+        t = self._costs[self.config.budget.metric][layer]
+        prev = self._choice[layer - 1] if layer else self._choice[0]
+        ks = np.arange(t.shape[1])
+        if is_act:
+            w = int(self._choice[layer, 0])
+            here = t[w] + self._pair(layer, prev, w, ks)
+        else:
+            here = np.array([(t[j] + self._pair(layer, prev, j, ks)).min() for j in range(t.shape[0])])
+        return self._spent + here + self._rest[layer + 1]
+
+    def _wall(self, layer: int, is_act: int, index: int) -> int:
+        """AMC's action wall: the requested choice if the rest can still fit, else the nearest one that can
+        (lower first); some choice always can, as the previous step kept room for this layer's cheapest."""
+        bounds = self._lower_bounds(layer, is_act)
+        ok = bounds <= self.budget_limit * (1 + 1e-12)
+        if ok[index] or not ok.any():
+            return index
+        open_ = np.flatnonzero(ok)
+        return int(open_[np.argmin(np.abs(open_ - index) * 2 + (open_ > index))])
+
     def _reference_cost(self, metric: str) -> float:
         """Fixed W8A8's cost: what ``0.5x`` budgets and the cost term mean, whatever widths the search may use."""
         ref = policy_cost(self.cost_model, self.layers, uniform_policy([layer.name for layer in self.layers], 8))
@@ -239,29 +294,53 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     def _obs(self) -> np.ndarray:
         layer = min(self._step // 2, self.n_layers - 1)
         is_weight = 1.0 if self._step % 2 == 0 else 0.0
+        metric = self.config.budget.metric
+        if self._step >= self.n_steps:  # the last observation: nothing is left to choose
+            rest, least = 0.0, self.cost_of(self._choice, metric)
+        else:  # the least final cost given what is chosen, and what the layers after this one need at least
+            t = self._costs[metric][layer]
+            rest = float(self._rest[layer + 1])
+            least = self._spent + float(t.min() if is_weight else t[self._choice[layer, 0]].min()) + rest
+        limit = self.budget_limit
+        budget = [min(max(1.0 - least / limit, 0.0), 1.0), min(max(rest / limit, 0.0), 1.0)]
         return np.concatenate(
-            [self._features[layer], np.asarray([is_weight, self._prev_action], dtype=np.float32)]
+            [self._features[layer], np.asarray([is_weight, self._prev_action, *budget], dtype=np.float32)]
         ).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._step = 0
         self._choice[:] = 0
+        self._asked[:] = 0
         self._prev_action = 0.0
+        self._spent = 0.0
         return self._obs(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._step >= self.n_steps:
             raise RuntimeError("step() called after the episode ended; call reset()")
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        a = min(max(a if math.isfinite(a) else -1.0, -1.0), 1.0)
         layer, is_act = divmod(self._step, 2)
-        choices = self.config.a_bits if is_act else self.config.w_bits
-        self._choice[layer, is_act] = action_to_index(a, len(choices))
-        self._prev_action = (min(max(a if math.isfinite(a) else -1.0, -1.0), 1.0) + 1.0) / 2.0
+        n = len(self.config.a_bits if is_act else self.config.w_bits)
+        index = self._asked[layer, is_act] = action_to_index(a, n)
+        if self.config.enforce == "step":
+            walled = self._wall(layer, is_act, index)
+            if walled != index:  # credit the agent with the choice made: the centre of its bin
+                index, a = walled, -1.0 + (2 * walled + 1) / n
+        self._choice[layer, is_act] = index
+        if is_act:
+            t = self._costs[self.config.budget.metric][layer]
+            w = int(self._choice[layer, 0])
+            prev = self._choice[layer - 1] if layer else self._choice[0]
+            self._spent += float(t[w, index] + self._pair(layer, prev, w, index))
+        self._prev_action = (a + 1.0) / 2.0
         self._step += 1
+        info: dict[str, Any] = {"action": np.asarray([a], dtype=np.float32)}
         if self._step < self.n_steps:
-            return self._obs(), 0.0, False, False, {}
-        return self._finish()
+            return self._obs(), 0.0, False, False, info
+        obs, reward, terminated, truncated, final = self._finish()
+        return obs, reward, terminated, truncated, {**final, **info}
 
     # -- episode end ----------------------------------------------------------------------------------
     def cost_of(self, choice: np.ndarray, metric: str) -> float:
@@ -345,7 +424,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _finish(self) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         cfg = self.config
-        requested = self.policy_of(self._choice)
+        requested = self.policy_of(self._asked)
         enforced_choice = self.enforce_budget(self._choice)
         policy = self.policy_of(enforced_choice)
         result = self.evaluator.evaluate(policy)
@@ -355,7 +434,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         if rob is not None:
             reward += cfg.w_rob * (rob - cfg.rob_ref)
         reward -= cfg.w_cost * cost[cfg.budget.metric] / self.cost_ref
-        requested_cost = self.cost_of(self._choice, cfg.budget.metric)
+        requested_cost = self.cost_of(self._asked, cfg.budget.metric)
         info = {
             "policy": policy,
             "requested_policy": requested,

@@ -30,6 +30,12 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--init-from-ilp", action="store_true", help="play the ILP baseline's answer first (warm start)")
     p.add_argument("--hidden", type=int, nargs="+", default=[300, 300], help="actor/critic hidden widths")
+    p.add_argument(
+        "--enforce",
+        default="step",
+        choices=["step", "walk"],
+        help="budget: step = AMC's per-step action wall (default); walk = HAQ's walk of the finished request only",
+    )
     p.add_argument("--min-bits", type=int, default=2)
     p.add_argument("--max-bits", type=int, default=8)
     p.add_argument("--acc-weight", type=float, default=10.0)
@@ -123,6 +129,7 @@ def job_config(args: argparse.Namespace) -> Any:
         threads=args.threads,
         init_policies=tuple(args.init_policy),
         init_from_ilp=args.init_from_ilp,
+        enforce=args.enforce,
     )
 
 

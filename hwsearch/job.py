@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hwsearch.budget import Budget, parse_budget
-from hwsearch.checks import check_int, check_number
+from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.config_json import load_config, save_config
 from hwsearch.cores import model_probe, thread_candidates, use_threads
+from hwsearch.envs import ENFORCE_MODES
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
@@ -87,8 +88,10 @@ class SearchJobConfig:
     threads: int | None = None
     init_policies: tuple[str, ...] = ()
     init_from_ilp: bool = False
+    enforce: str = "step"
 
     def __post_init__(self) -> None:
+        check_choice(self.enforce, "enforce", ENFORCE_MODES)
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
         object.__setattr__(self, "init_policies", tuple(str(p) for p in self.init_policies))
         if self.threads is not None:
@@ -264,6 +267,7 @@ def _search_into(
         "w_acc": config.acc_weight,
         "w_rob": config.robust_weight,
         "w_cost": config.cost_weight,
+        "enforce": config.enforce,
     }
     t_start = evaluator.timings.copy()  # a sweep shares the evaluator: report this search's part
     env, _ = build_env(

@@ -215,7 +215,7 @@ def plot_learning_curve(
     title: str | None = None,
 ) -> LearningCurve:
     """Did the agent learn? Reward per episode with its running best and moving mean (warm-up shaded), the
-    requested vs the enforced cost (the budget walk's work), and the exploration sigma, on one episode axis.
+    requested vs the enforced cost (the action wall's and the walk's work), and the exploration sigma, on one episode axis.
 
     ``budget``: the limit as a fraction of fixed 8-bit, drawn as a line on the cost panel.
     """

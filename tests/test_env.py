@@ -29,7 +29,7 @@ def run_episode(env: MixedPrecisionEnv, actions: list[float]) -> tuple[float, di
         assert env.observation_space.contains(obs)
         assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
         if i < len(actions) - 1:
-            assert reward == 0.0 and not terminated and info == {}
+            assert reward == 0.0 and not terminated and set(info) == {"action"}
     assert terminated and not truncated
     return reward, info
 
@@ -139,7 +139,7 @@ def test_budgets_are_relative_to_fixed_8_bit_whatever_the_bit_choices() -> None:
 def test_observation_tracks_layer_step_kind_and_previous_action() -> None:
     env = make_env()
     obs, _ = env.reset(seed=0)
-    w_col, prev_col = len(OBS_FEATURES) - 2, len(OBS_FEATURES) - 1
+    w_col, prev_col = OBS_FEATURES.index("is_weight"), OBS_FEATURES.index("previous_action")
     assert obs[w_col] == 1.0 and obs[prev_col] == 0.0
     seen = [obs]
     for a in [0.5, -0.5, 1.0, -1.0]:
@@ -151,3 +151,71 @@ def test_observation_tracks_layer_step_kind_and_previous_action() -> None:
     assert not np.array_equal(seen[1][:w_col], seen[2][:w_col])  # the next layer after two
     again, _ = env.reset()
     assert np.array_equal(again, seen[0])  # nothing survives the episode
+
+
+def _play(env: MixedPrecisionEnv, actions: np.ndarray) -> tuple[list[np.ndarray], list[dict]]:
+    obs, _ = env.reset(seed=0)
+    seen, infos = [obs], []
+    for a in actions:
+        obs, _, _, _, info = env.step(np.array([a], dtype=np.float32))
+        seen.append(obs)
+        infos.append(info)
+    return seen, infos
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.45, 0.6, 0.8])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_action_wall_keeps_each_episode_under_the_budget_by_itself(budget: float, seed: int) -> None:
+    """With ``enforce="step"`` the choices made step by step already fit: the final walk has nothing to do, and
+    each applied action requests the choice that was made."""
+    env = make_env(budget=budget)
+    actions = np.random.default_rng(seed).uniform(0.0, 1.0, env.n_steps)  # biased to high bits: over budget
+    _, infos = _play(env, actions)
+    final = infos[-1]
+    assert final["cost"]["relative"] <= budget + 1e-9
+    assert np.array_equal(env.enforce_budget(env._choice), env._choice)
+    assert final["policy"] == env.policy_of(env._choice)
+    applied = np.array([float(i["action"][0]) for i in infos])
+    for t, a in enumerate(applied):
+        n = len(env.config.a_bits if t % 2 else env.config.w_bits)
+        assert action_to_index(a, n) == env._choice[t // 2, t % 2]
+    assert (applied <= actions + 1e-6).all()  # the wall only lowers (costs rise with bits here)
+    assert final["cost"]["requested_relative"] >= final["cost"]["relative"]
+
+
+def test_action_wall_leaves_a_request_that_fits_alone() -> None:
+    env = make_env(budget=0.6)
+    wanted = env.policy_of(np.array([[4, 4], [3, 3], [2, 2], [3, 3], [4, 4]]))
+    assert env.cost_of(env.choice_of(wanted), "latency") <= env.budget_limit
+    actions = env.actions_for(wanted)
+    _, infos = _play(env, actions)
+    assert infos[-1]["policy"] == infos[-1]["requested_policy"] == wanted
+    assert np.allclose([float(i["action"][0]) for i in infos], actions)
+
+
+def test_walk_mode_takes_requests_as_asked() -> None:
+    env = make_env(budget=0.3, enforce="walk")
+    _, infos = _play(env, np.ones(env.n_steps))
+    assert all(float(i["action"][0]) == 1.0 for i in infos)
+    assert infos[-1]["requested_policy"] == env.policy_of(np.full((5, 2), 6))
+    assert infos[-1]["cost"]["relative"] <= 0.3 + 1e-9  # the walk still brings it under
+
+
+@pytest.mark.parametrize("enforce", ["step", "walk"])
+def test_budget_features_track_what_is_left(enforce: str) -> None:
+    env = make_env(budget=0.5, enforce=enforce)
+    left, rest = OBS_FEATURES.index("budget_left"), OBS_FEATURES.index("budget_rest")
+    seen, _ = _play(env, np.random.default_rng(3).uniform(-1, 1, env.n_steps))
+    lefts, rests = np.array([o[left] for o in seen]), np.array([o[rest] for o in seen])
+    table = env.cost_table().reshape(env.n_layers, -1).min(axis=1)
+    assert lefts[0] == pytest.approx(1 - table.sum() / env.budget_limit, abs=1e-6)
+    assert rests[0] == pytest.approx(table[1:].sum() / env.budget_limit, abs=1e-6)
+    assert (np.diff(lefts) <= 1e-6).all() and (np.diff(rests) <= 1e-6).all()  # choices only use budget up
+    assert rests[-1] == 0.0
+    if enforce == "step":
+        assert lefts[-1] == pytest.approx(1 - env.cost_of(env._choice, "latency") / env.budget_limit, abs=1e-6)
+
+
+def test_bad_enforce_mode_is_refused() -> None:
+    with pytest.raises(ConfigError, match="enforce"):
+        EnvConfig(enforce="later")

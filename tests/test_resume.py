@@ -229,3 +229,19 @@ def test_resuming_a_log_from_before_new_columns_keeps_rows_aligned(tmp_path: Pat
     back = read_episode_log(path, names)
     assert [r.reward for r in back] == [0.5, 1.5, 9.0]
     assert back[2].policy == rec.policy and back[2].noise_sigma == 0.3 and back[0].noise_sigma is None
+
+
+def test_an_agent_saved_for_another_observation_is_a_one_line_error(tmp_path: Path) -> None:
+    """A checkpoint from an hwsearch whose observation had other features cannot be resumed: say so, and how."""
+    import gymnasium as gym
+    import numpy as np
+
+    from hwsearch.errors import ConfigError
+
+    ckpt = SearchCheckpoint(tmp_path / "ckpt", every=2)
+    cfg = SearchConfig(**{**TINY, "episodes": 2, "warmup_episodes": 1})
+    run_search(make_env(), cfg, checkpoint=ckpt)
+    env = make_env()
+    env.observation_space = gym.spaces.Box(0.0, 1.0, shape=(11,), dtype=np.float32)  # the old 11 features
+    with pytest.raises(ConfigError, match="another observation or action space.*--overwrite"):
+        ckpt.load_agent(env, cfg)

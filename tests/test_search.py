@@ -110,13 +110,37 @@ def test_reward_mode_labels_the_replay_buffer(mode: str) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ddpg_learns_to_beat_random_search(seed: int) -> None:
-    """On the fake problem (accuracy rises with bits, under a 0.4x budget) DDPG's late episodes beat its own
-    random warm-up and random search, and its best policy beats random search's best with the same episodes."""
-    cfg = SearchConfig(episodes=80, warmup_episodes=20, hidden=(64, 64), seed=seed, noise_decay=0.93)
-    ddpg = np.array([e.reward for e in run_search(make_env(), cfg).episodes])
+    """On the fake problem (accuracy rises with bits, under a 0.4x budget), with the default exploration: DDPG's
+    best episode comes after its random warm-up, its late episodes beat the warm-up and random search, and its
+    best policy beats random search's best with the same episodes."""
+    cfg = SearchConfig(episodes=120, warmup_episodes=20, hidden=(64, 64), seed=seed)
+    result = run_search(make_env(), cfg)
+    ddpg = np.array([e.reward for e in result.episodes])
     rand = np.array(
-        [e.reward for e in run_search(make_env(), SearchConfig(episodes=80, agent="random", seed=seed)).episodes]
+        [e.reward for e in run_search(make_env(), SearchConfig(episodes=120, agent="random", seed=seed)).episodes]
     )
-    assert ddpg[-20:].mean() > ddpg[:20].mean() + 0.5
-    assert ddpg[-20:].mean() > rand.mean() + 0.5
+    assert result.best.episode >= cfg.warmup_episodes
+    assert ddpg[-20:].mean() > ddpg[:20].mean() + 0.3
+    assert ddpg[-20:].mean() > rand.mean() + 0.3
     assert ddpg.max() > rand.max()
+
+
+def test_replay_buffer_holds_the_applied_actions_not_the_requested_ones() -> None:
+    """The env's action wall moves over-budget requests; DDPG must be taught the value of what was evaluated, so
+    the buffer keeps ``info["action"]`` (here: warm-up draws at a 0.4x budget, many of them walled)."""
+    env = make_env()
+    applied: list[float] = []
+    requested: list[float] = []
+
+    class Spy(HaqDDPG):
+        def _store_transition(self, rb, buffer_action, new_obs, reward, dones, infos):  # type: ignore[no-untyped-def]
+            requested.append(float(buffer_action[0, 0]))
+            applied.append(float(infos[0]["action"][0]))
+            super()._store_transition(rb, buffer_action, new_obs, reward, dones, infos)
+
+    base = build_agent(env, SearchConfig(**{**TINY, "episodes": 3}))
+    agent = Spy("MlpPolicy", env, learning_starts=10**6, buffer_size=100, seed=0, policy_kwargs=base.policy_kwargs)
+    agent.learn(total_timesteps=3 * env.n_steps)
+    stored = agent.replay_buffer.actions[: agent.replay_buffer.size(), 0, 0]
+    assert np.allclose(stored, applied)
+    assert not np.allclose(applied, requested)  # the wall moved some of them
