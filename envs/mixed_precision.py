@@ -320,7 +320,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._step >= self.n_steps:
             raise RuntimeError("step() called after the episode ended; call reset()")
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-        a = min(max(a if math.isfinite(a) else -1.0, -1.0), 1.0)
+        a = -1.0 if math.isnan(a) else min(max(a, -1.0), 1.0)  # as action_to_index reads it
         layer, is_act = divmod(self._step, 2)
         n = len(self.config.a_bits if is_act else self.config.w_bits)
         index = self._asked[layer, is_act] = action_to_index(a, n)

@@ -219,3 +219,14 @@ def test_budget_features_track_what_is_left(enforce: str) -> None:
 def test_bad_enforce_mode_is_refused() -> None:
     with pytest.raises(ConfigError, match="enforce"):
         EnvConfig(enforce="later")
+
+
+@pytest.mark.parametrize("a", [5.0, -5.0, math.inf, -math.inf, math.nan])
+def test_applied_action_of_an_out_of_range_request_is_the_bin_it_chose(a: float) -> None:
+    env = make_env(budget=1.0)
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step(np.array([a], dtype=np.float32))
+    applied = float(info["action"][0])
+    assert -1.0 <= applied <= 1.0
+    assert action_to_index(applied, len(env.config.w_bits)) == action_to_index(a, len(env.config.w_bits))
+    assert obs[OBS_FEATURES.index("previous_action")] == pytest.approx((applied + 1) / 2)
