@@ -182,13 +182,15 @@ def record(
     res: SearchResult,
     wall_s: float,
     test: TestScorer,
-    ilp_notes: dict[str, Any] | None = None,
+    ilp_run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``ilp_notes``: the ILP run a ``ddpg+ilp`` run started from (its evaluations count as this run's too)."""
+    """``ilp_run``: the record of the ILP run a ``ddpg+ilp`` run started from; its evaluations and seconds count
+    as this run's too."""
     f = learning_figures(res)
     best = res.best
     acc, rob = test(best.policy, p.objective == "robust")
-    ilp = res.notes.get("ilp") or ilp_notes or {}
+    ilp = res.notes.get("ilp") or {}
+    before = ilp_run or {"evaluations": 0, "wall_s": 0.0}
     return {
         "model": p.model,
         "objective": p.objective,
@@ -196,7 +198,7 @@ def record(
         "method": method,
         "seed": seed,
         "episodes": len(res.episodes),
-        "evaluations": len(res.episodes) + int(ilp.get("sensitivity_evaluations", 0)),
+        "evaluations": len(res.episodes) + int(ilp.get("sensitivity_evaluations", 0)) + int(before["evaluations"]),
         "best_reward": best.reward,
         "best_episode": best.episode,
         "best_phase": f["best_phase"],
@@ -207,7 +209,7 @@ def record(
         "test_accuracy": acc,
         "test_robust": rob,
         "relative_latency": best.relative_cost,
-        "wall_s": wall_s + float(ilp.get("sensitivity_s", 0.0) if method == "ddpg+ilp" else 0.0),
+        "wall_s": wall_s + float(before["wall_s"]),
         "target": p.target,
         "best_so_far": [max(r.reward for r in res.episodes[: i + 1]) for i in range(len(res.episodes))],
     }
@@ -404,50 +406,44 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
-def _one_run(
-    p: Problem,
-    method: str,
-    seed: int,
-    args: argparse.Namespace,
-    folder: Path,
-    files: Sequence[str],
-    ilp_file: str | None,
-    ilp_notes: dict[str, Any] | None,
-) -> dict[str, Any]:
+#: one run of a problem: (method, seed, the ILP run's result a ``ddpg+ilp`` run starts from, or None)
+Run = tuple[str, int, dict[str, Any] | None]
+
+
+def _one_run(p: Problem, run: Run, args: argparse.Namespace, folder: Path, files: Sequence[str]) -> dict[str, Any]:
     """A run and its record, in a worker process (one torch thread: runs go in parallel, not threads)."""
+    method, seed, ilp = run
     torch.set_num_threads(1)
     ws = prepare(p.checkpoint)
     t0 = time.perf_counter()
-    res = run_method(p, method, seed, args, folder, files, ilp_file if method == "ddpg+ilp" else None)
+    res = run_method(p, method, seed, args, folder, files, ilp["policy_file"] if ilp else None)
     wall = time.perf_counter() - t0
-    rec = record(p, method, seed, res, wall, TestScorer(ws, args.eps), ilp_notes if method == "ddpg+ilp" else None)
-    return {"record": rec, "policy_file": str(folder / "policy.json"), "notes": res.notes.get("ilp")}
+    rec = record(p, method, seed, res, wall, TestScorer(ws, args.eps), ilp["record"] if ilp else None)
+    return {"record": rec, "policy_file": str(folder / "policy.json")}
 
 
 def _parallel(
-    p: Problem,
-    runs: Sequence[tuple[str, int]],
-    args: argparse.Namespace,
-    work: Path,
-    files: Sequence[str],
-    ilp_file: str | None,
-    ilp_notes: dict[str, Any] | None,
+    p: Problem, runs: Sequence[Run], args: argparse.Namespace, work: Path, files: Sequence[str]
 ) -> Iterator[dict[str, Any]]:
-    """``runs`` on ``args.jobs`` worker processes; finished runs in the order given."""
+    """``runs`` on ``args.jobs`` worker processes, each result as soon as it is in (a kill keeps what finished).
+    A failed run cancels the queued ones and raises at once."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    def folder(method: str, seed: int) -> Path:
-        return work / p.model / p.objective / method / f"seed{seed}"
+    def folder(run: Run) -> Path:
+        return work / p.model / p.objective / run[0] / f"seed{run[1]}"
 
     if args.jobs == 1 or len(runs) <= 1:
-        for m, s in runs:
-            yield _one_run(p, m, s, args, folder(m, s), files, ilp_file, ilp_notes)
+        for run in runs:
+            yield _one_run(p, run, args, folder(run), files)
         return
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("forkserver")) as pool:
-        futures = [pool.submit(_one_run, p, m, s, args, folder(m, s), files, ilp_file, ilp_notes) for m, s in runs]
-        for fut in futures:
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("forkserver"))
+    try:
+        futures = [pool.submit(_one_run, p, run, args, folder(run), files) for run in runs]
+        for fut in as_completed(futures):
             yield fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -466,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--work", default="runs/search_methods", help="checkpoints and run folders (git ignores runs/)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process and one torch thread each")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: run at least 1 at a time")
     torch.set_num_threads(1)
     out = Path(args.out)
     work = Path(args.work)
@@ -474,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets: dict[str, Any] = {}
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
+        records.sort(key=lambda r: (r["model"], r["objective"], METHODS.index(r["method"]), r["seed"]))
         found = checks(records, args.warmup)
         doc = {"schema": 1, "meta": meta, "settings": vars(args), "budgets": budgets, "records": records}
         doc["checks"] = found
@@ -501,18 +500,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = [(m, s) for m in args.methods for s in args.seeds]
             if objective == "clean":  # uniform and the ILP do not depend on the seed without a robust subset: once
                 runs = [(m, s) for m, s in runs if m not in ("ilp", "uniform") or s == args.seeds[0]]
-            ilp_first = [r for r in runs if r[0] == "ilp"][:1]
-            if "ddpg+ilp" in args.methods and not ilp_first:
-                ilp_first = [("ilp", args.seeds[0])]
-            ilp_run: dict[str, Any] = {}
-            for done in _parallel(p, ilp_first, args, work, files, None, None):
-                ilp_run = done
+            ilp_seeds = [s for m, s in runs if m == "ilp"]
+            if "ddpg+ilp" in args.methods and not ilp_seeds:  # measured for the warm start, not recorded
+                ilp_seeds = args.seeds[:1] if objective == "clean" else list(args.seeds)
+            ilp_runs: dict[int, dict[str, Any]] = {}
+            for done in _parallel(p, [("ilp", s, None) for s in ilp_seeds], args, work, files):
+                ilp_runs[done["record"]["seed"]] = done
                 if "ilp" in args.methods:
                     records.append(done["record"])
-                write()
-            later = [r for r in runs if r not in ilp_first]
-            ilp_file = ilp_run.get("policy_file")
-            for done in _parallel(p, later, args, work, files, ilp_file, ilp_run.get("notes")):
+                    write()
+            later: list[Run] = [
+                (m, s, ilp_runs.get(s, ilp_runs.get(args.seeds[0])) if m == "ddpg+ilp" else None)
+                for m, s in runs
+                if m != "ilp"
+            ]
+            for done in _parallel(p, later, args, work, files):
                 records.append(done["record"])
                 write()
     write()

@@ -175,13 +175,14 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         metric = self.config.budget.metric
         self.cost_ref = self._reference_cost(metric)
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
-        min_cost = float(self._costs[metric].reshape(self.n_layers, -1).min(axis=1).sum())
+        self._tail = self._tail_bounds(metric)
+        # the cheapest policy, boundaries included
+        min_cost = float((self._costs[metric][0].reshape(-1) + self._tail[0]).min())
         if self.budget_limit < min_cost * (1 - 1e-9):
             raise BudgetError(
                 f"budget {self.config.budget} = {self.budget_limit:.6g} is below the cost of the cheapest policy "
                 f"({min_cost:.6g}); raise it to at least {min_cost / self.cost_ref:.3f}x"
             )
-        self._rest = self._rest_bounds(metric)
         self._step = 0
         self._choice = np.zeros((self.n_layers, 2), dtype=np.int64)
         self._asked = np.zeros_like(self._choice)  # before the action wall: what the agent requested
@@ -248,40 +249,42 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                     table[i, j, k] = boundary(self.layers[i - 1], p, self.layers[i], q)
         return table
 
-    def _pair(self, i: int, choice_prev: np.ndarray, w: int, a: int | np.ndarray) -> Any:
-        """The boundary cost into layer ``i`` (0 without a pairwise table, for the first layer, or off latency)."""
+    def _pair_row(self, i: int) -> np.ndarray | float:
+        """The boundary cost into layer ``i`` for each of its (flattened) choices, given layer ``i-1``'s choice;
+        0 without a pairwise table, for the first layer, or off the latency metric."""
         if self._pairs is None or i == 0 or self.config.budget.metric != "latency":
             return 0.0
-        n_a = len(self.config.a_bits)
-        return self._pairs[i, choice_prev[0] * n_a + choice_prev[1], w * n_a + np.asarray(a)]
+        prev = self._choice[i - 1]
+        return self._pairs[i, prev[0] * len(self.config.a_bits) + prev[1]]
 
-    def _rest_bounds(self, metric: str) -> np.ndarray:
-        """``rest[i]``: a lower bound on the cost of layers ``i..`` (each at its cheapest cell, each boundary at its
-        cheapest pair), ``rest[n] = 0``; what the per-step action wall keeps room for."""
-        cells = self._costs[metric].reshape(self.n_layers, -1).min(axis=1)
-        if self._pairs is not None and metric == "latency":
-            cells = cells + np.minimum(self._pairs.reshape(self.n_layers, -1).min(axis=1), 0.0)
-        return np.concatenate([np.cumsum(cells[::-1])[::-1], [0.0]])
+    def _tail_bounds(self, metric: str) -> np.ndarray:
+        """``tail[i, c]``: the least cost of layers ``i+1..`` (cells and boundaries) once layer ``i`` has made the
+        flattened choice ``c``; exact (a minimum over completions), so the action wall never traps an episode."""
+        cells = self._costs[metric].reshape(self.n_layers, -1)
+        pairs = self._pairs if metric == "latency" else None
+        tail = np.zeros_like(cells)
+        for i in range(self.n_layers - 2, -1, -1):
+            nxt = cells[i + 1] + tail[i + 1]
+            tail[i] = nxt.min() if pairs is None else (pairs[i + 1] + nxt[None, :]).min(axis=1)
+        return tail
 
     def _lower_bounds(self, layer: int, is_act: int) -> np.ndarray:
-        """The least final cost of each choice open at this step, given the layers already chosen."""
-        t = self._costs[self.config.budget.metric][layer]
-        prev = self._choice[layer - 1] if layer else self._choice[0]
-        ks = np.arange(t.shape[1])
-        if is_act:
-            w = int(self._choice[layer, 0])
-            here = t[w] + self._pair(layer, prev, w, ks)
-        else:
-            here = np.array([(t[j] + self._pair(layer, prev, j, ks)).min() for j in range(t.shape[0])])
-        return self._spent + here + self._rest[layer + 1]
+        """The least final cost of each choice open at this step (weight or activation choices of ``layer``),
+        given the layers already chosen."""
+        flat = self._costs[self.config.budget.metric][layer].reshape(-1) + self._pair_row(layer) + self._tail[layer]
+        grid = flat.reshape(len(self.config.w_bits), len(self.config.a_bits))
+        here = grid[self._choice[layer, 0]] if is_act else grid.min(axis=1)
+        return self._spent + here
 
     def _wall(self, layer: int, is_act: int, index: int) -> int:
-        """AMC's action wall: the requested choice if the rest can still fit, else the nearest one that can
-        (lower first); some choice always can, as the previous step kept room for this layer's cheapest."""
+        """AMC's action wall: the requested choice if some completion of it fits, else the nearest one that does
+        (lower first). One always does: the previous step's bound was exact and met."""
         bounds = self._lower_bounds(layer, is_act)
         ok = bounds <= self.budget_limit * (1 + 1e-12)
-        if ok[index] or not ok.any():
+        if ok[index]:
             return index
+        if not ok.any():  # unreachable while the bounds are exact; the walk at the end would repair it
+            return int(np.argmin(bounds))
         open_ = np.flatnonzero(ok)
         return int(open_[np.argmin(np.abs(open_ - index) * 2 + (open_ > index))])
 
@@ -294,13 +297,11 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     def _obs(self) -> np.ndarray:
         layer = min(self._step // 2, self.n_layers - 1)
         is_weight = 1.0 if self._step % 2 == 0 else 0.0
-        metric = self.config.budget.metric
         if self._step >= self.n_steps:  # the last observation: nothing is left to choose
-            rest, least = 0.0, self.cost_of(self._choice, metric)
+            rest, least = 0.0, self.cost_of(self._choice, self.config.budget.metric)
         else:  # the least final cost given what is chosen, and what the layers after this one need at least
-            t = self._costs[metric][layer]
-            rest = float(self._rest[layer + 1])
-            least = self._spent + float(t.min() if is_weight else t[self._choice[layer, 0]].min()) + rest
+            bounds = self._lower_bounds(layer, 0 if is_weight else 1)
+            least, rest = float(bounds.min()), float(self._tail[layer].min())
         limit = self.budget_limit
         budget = [min(max(1.0 - least / limit, 0.0), 1.0), min(max(rest / limit, 0.0), 1.0)]
         return np.concatenate(
@@ -330,10 +331,11 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                 index, a = walled, -1.0 + (2 * walled + 1) / n
         self._choice[layer, is_act] = index
         if is_act:
-            t = self._costs[self.config.budget.metric][layer]
             w = int(self._choice[layer, 0])
-            prev = self._choice[layer - 1] if layer else self._choice[0]
-            self._spent += float(t[w, index] + self._pair(layer, prev, w, index))
+            boundary = self._pair_row(layer)
+            flat = w * len(self.config.a_bits) + index
+            self._spent += float(self._costs[self.config.budget.metric][layer, w, index])
+            self._spent += float(boundary if isinstance(boundary, float) else boundary[flat])
         self._prev_action = (a + 1.0) / 2.0
         self._step += 1
         info: dict[str, Any] = {"action": np.asarray([a], dtype=np.float32)}

@@ -122,8 +122,8 @@ class HaqDDPG(DDPG):
         if any(a is not None for a in applied):
             buffer_action = np.array(buffer_action, copy=True)
             for i, a in enumerate(applied):
-                if a is not None:
-                    buffer_action[i] = a
+                if a is not None:  # the env's units; the buffer holds SB3's scaled [-1, 1] ones
+                    buffer_action[i] = self.policy.scale_action(np.asarray(a, dtype=np.float32))
         super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
         if self.reward_mode == "episode" and np.any(dones):
             self._relabel_episode(replay_buffer, np.asarray(dones))

@@ -272,6 +272,25 @@ def test_env_and_policy_cost_price_boundaries_alike(seed: int) -> None:
         assert (total < cells) == (adjacent > 0)
 
 
+@pytest.mark.parametrize("budget", [1.0, 1.3, 1.6, 2.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_action_wall_never_traps_an_episode_with_boundary_costs(budget: float, seed: int) -> None:
+    """With pairwise boundaries (integer neighbours save part of the tensor they pass) the wall's bound is exact:
+    every step leaves a completion that fits, so the walk at the end has nothing to do."""
+    from hwsearch.budget import Budget
+
+    cfg = EnvConfig(budget=Budget("latency", budget), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS)
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), _WithBoundary(), cfg)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        env.reset(seed=0)
+        for a in rng.uniform(-1, 1, env.n_steps):
+            *_, info = env.step(np.array([a], dtype=np.float32))
+        assert env.cost_of(env._choice, "latency") <= env.budget_limit * (1 + 1e-9)
+        assert np.array_equal(env.enforce_budget(env._choice), env._choice)
+        assert info["policy"] == env.policy_of(env._choice)
+
+
 def test_measuring_a_cell_leaves_the_random_state_alone(cache: Path) -> None:
     import torch
 
