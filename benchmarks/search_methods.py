@@ -25,7 +25,7 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -423,25 +423,38 @@ def _one_run(p: Problem, run: Run, args: argparse.Namespace, folder: Path, files
 
 
 def _parallel(
-    p: Problem, runs: Sequence[Run], args: argparse.Namespace, work: Path, files: Sequence[str]
+    p: Problem,
+    runs: Sequence[Run],
+    args: argparse.Namespace,
+    work: Path,
+    files: Sequence[str],
+    follow: Callable[[dict[str, Any]], Sequence[Run]] = lambda done: (),
 ) -> Iterator[dict[str, Any]]:
-    """``runs`` on ``args.jobs`` worker processes, each result as soon as it is in (a kill keeps what finished).
-    A failed run cancels the queued ones and raises at once."""
+    """``runs`` on ``args.jobs`` worker processes, each result as soon as it is in (a kill keeps what finished);
+    ``follow(result)`` names runs that could not start before it (``ddpg+ilp`` after its ILP), queued then. A failed
+    run cancels the queued ones and raises at once."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     def folder(run: Run) -> Path:
         return work / p.model / p.objective / run[0] / f"seed{run[1]}"
 
-    if args.jobs == 1 or len(runs) <= 1:
-        for run in runs:
-            yield _one_run(p, run, args, folder(run), files)
+    if args.jobs == 1:
+        todo = list(runs)
+        while todo:
+            done = _one_run(p, todo[0], args, folder(todo[0]), files)
+            todo = todo[1:] + list(follow(done))
+            yield done
         return
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("forkserver"))
     try:
-        futures = [pool.submit(_one_run, p, run, args, folder(run), files) for run in runs]
-        for fut in as_completed(futures):
-            yield fut.result()
+        pending: set[Future[dict[str, Any]]] = {pool.submit(_one_run, p, r, args, folder(r), files) for r in runs}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done = fut.result()
+                pending |= {pool.submit(_one_run, p, r, args, folder(r), files) for r in follow(done)}
+                yield done
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -503,20 +516,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             ilp_seeds = [s for m, s in runs if m == "ilp"]
             if "ddpg+ilp" in args.methods and not ilp_seeds:  # measured for the warm start, not recorded
                 ilp_seeds = args.seeds[:1] if objective == "clean" else list(args.seeds)
-            ilp_runs: dict[int, dict[str, Any]] = {}
-            for done in _parallel(p, [("ilp", s, None) for s in ilp_seeds], args, work, files):
-                ilp_runs[done["record"]["seed"]] = done
-                if "ilp" in args.methods:
+            warm = [s for m, s in runs if m == "ddpg+ilp"]  # each starts when the ILP it needs is in
+
+            def follow(done: dict[str, Any], warm: list[int] = warm, ilp_seeds: list[int] = ilp_seeds) -> list[Run]:
+                rec = done["record"]
+                if rec["method"] != "ilp":
+                    return []
+                return [("ddpg+ilp", s, done) for s in warm if s == rec["seed"] or len(ilp_seeds) == 1]
+
+            first: list[Run] = [("ilp", s, None) for s in ilp_seeds]  # the longest-waited-on go first
+            first += [(m, s, None) for m, s in runs if m not in ("ilp", "ddpg+ilp")]
+            for done in _parallel(p, first, args, work, files, follow):
+                if done["record"]["method"] != "ilp" or "ilp" in args.methods:
                     records.append(done["record"])
                     write()
-            later: list[Run] = [
-                (m, s, ilp_runs.get(s, ilp_runs.get(args.seeds[0])) if m == "ddpg+ilp" else None)
-                for m, s in runs
-                if m != "ilp"
-            ]
-            for done in _parallel(p, later, args, work, files):
-                records.append(done["record"])
-                write()
     write()
     return 0
 
