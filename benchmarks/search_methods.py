@@ -422,6 +422,31 @@ def _one_run(p: Problem, run: Run, args: argparse.Namespace, folder: Path, files
     return {"record": rec, "policy_file": str(folder / "policy.json")}
 
 
+def plan_runs(
+    objective: str, methods: Sequence[str], seeds: Sequence[int]
+) -> tuple[list[Run], Callable[[dict[str, Any]], list[Run]]]:
+    """The runs to start, and which to queue when one finishes: each ``ddpg+ilp`` run waits for the ILP run it
+    starts from (its own seed's on the robust objective; on the clean one, uniform and the ILP cannot depend on the
+    seed, so they run once and every seed starts from that ILP). The ILP goes first: others wait on it."""
+    runs = [(m, s) for m in methods for s in seeds]
+    if objective == "clean":
+        runs = [(m, s) for m, s in runs if m not in ("ilp", "uniform") or s == seeds[0]]
+    ilp_seeds = [s for m, s in runs if m == "ilp"]
+    if "ddpg+ilp" in methods and not ilp_seeds:  # measured for the warm start (the caller need not record it)
+        ilp_seeds = list(seeds[:1]) if objective == "clean" else list(seeds)
+    warm = [s for m, s in runs if m == "ddpg+ilp"]
+
+    def follow(done: dict[str, Any]) -> list[Run]:
+        rec = done["record"]
+        if rec["method"] != "ilp":
+            return []
+        return [("ddpg+ilp", s, done) for s in warm if s == rec["seed"] or len(ilp_seeds) == 1]
+
+    first: list[Run] = [("ilp", s, None) for s in ilp_seeds]
+    first += [(m, s, None) for m, s in runs if m not in ("ilp", "ddpg+ilp")]
+    return first, follow
+
+
 def _parallel(
     p: Problem,
     runs: Sequence[Run],
@@ -510,22 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         del ws
         for objective in objectives:
             p = Problem(model, objective, target, budget, ckpt)
-            runs = [(m, s) for m in args.methods for s in args.seeds]
-            if objective == "clean":  # uniform and the ILP do not depend on the seed without a robust subset: once
-                runs = [(m, s) for m, s in runs if m not in ("ilp", "uniform") or s == args.seeds[0]]
-            ilp_seeds = [s for m, s in runs if m == "ilp"]
-            if "ddpg+ilp" in args.methods and not ilp_seeds:  # measured for the warm start, not recorded
-                ilp_seeds = args.seeds[:1] if objective == "clean" else list(args.seeds)
-            warm = [s for m, s in runs if m == "ddpg+ilp"]  # each starts when the ILP it needs is in
-
-            def follow(done: dict[str, Any], warm: list[int] = warm, ilp_seeds: list[int] = ilp_seeds) -> list[Run]:
-                rec = done["record"]
-                if rec["method"] != "ilp":
-                    return []
-                return [("ddpg+ilp", s, done) for s in warm if s == rec["seed"] or len(ilp_seeds) == 1]
-
-            first: list[Run] = [("ilp", s, None) for s in ilp_seeds]  # the longest-waited-on go first
-            first += [(m, s, None) for m, s in runs if m not in ("ilp", "ddpg+ilp")]
+            first, follow = plan_runs(objective, args.methods, args.seeds)
             for done in _parallel(p, first, args, work, files, follow):
                 if done["record"]["method"] != "ilp" or "ilp" in args.methods:
                     records.append(done["record"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.search_methods import checks, markdown
+import pytest
+
+from benchmarks.search_methods import METHODS, checks, markdown, plan_runs
 
 
 def _rec(
@@ -55,3 +57,24 @@ def test_checks_follow_the_records() -> None:
     assert not found["ddpg better than the ILP (median best reward)"]
     text = markdown(records, checks(records, warmup=3))
     assert "| m | robust | 0.50x | ddpg | 2 |" in text and "| NO |" in text
+
+
+def _done(method: str, seed: int) -> dict[str, Any]:
+    return {"record": {"method": method, "seed": seed}, "policy_file": f"{method}-{seed}.json"}
+
+
+@pytest.mark.parametrize("objective", ["clean", "robust"])
+def test_each_warm_start_waits_for_the_ilp_it_starts_from(objective: str) -> None:
+    first, follow = plan_runs(objective, list(METHODS), [0, 1, 2])
+    names = [(m, s) for m, s, _ in first]
+    assert names[0][0] == "ilp" and not any(m == "ddpg+ilp" for m, _ in names)  # the ILP first, warm starts later
+    ilps = [s for m, s in names if m == "ilp"]
+    uniform = [s for m, s in names if m == "uniform"]
+    assert ilps == uniform == ([0] if objective == "clean" else [0, 1, 2])  # seed-free on clean: once
+    assert sorted(s for m, s in names if m == "ddpg") == [0, 1, 2]
+    queued = {s: [(m, q, ilp["policy_file"]) for m, q, ilp in follow(_done("ilp", s))] for s in ilps}
+    if objective == "clean":  # every seed starts from the one ILP
+        assert queued[0] == [("ddpg+ilp", q, "ilp-0.json") for q in (0, 1, 2)]
+    else:  # each seed from its own
+        assert all(queued[s] == [("ddpg+ilp", s, f"ilp-{s}.json")] for s in ilps)
+    assert follow(_done("ddpg", 0)) == []
