@@ -355,12 +355,20 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def cost_table(self, metric: str | None = None) -> np.ndarray:
         """A copy of every layer's cost at every bit choice, ``(n_layers, len(w_bits), len(a_bits))``, in the
-        budget's metric by default (the table the budget walk and the ILP baseline use; the walk adds the target's
-        boundary costs between consecutive layers, when it has them, the ILP does not)."""
+        budget's metric by default (the table the budget walk and the ILP baseline use; both add the target's
+        boundary costs between consecutive layers, :meth:`boundary_table`, when it has them)."""
         metric = metric or self.config.budget.metric
         if metric not in self._costs:
             raise BudgetError(f"device {getattr(self.cost_model, 'name', '?')!r} has no {metric} figures")
         return self._costs[metric].copy()
+
+    def boundary_table(self) -> np.ndarray | None:
+        """A copy of the pairwise boundary costs the budget's metric adds between consecutive layers,
+        ``(n_layers, choices, choices)`` with choices flattened w-major (row ``i``: into layer ``i``; row 0 is 0);
+        None when there are none (every target but ``ort-cpu``, and any budget but latency)."""
+        if self._pairs is None or self.config.budget.metric != "latency":
+            return None
+        return self._pairs.copy()
 
     def choice_of(self, policy: Policy) -> np.ndarray:
         """The bit-choice indices of ``policy`` (the inverse of :meth:`policy_of`); a PolicyError for a layer or

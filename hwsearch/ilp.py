@@ -5,7 +5,8 @@ Sensitivity is measured through the env's own evaluator, on the search-val split
 terms: the drop of quantizing one layer's weights to each width with every other choice at the highest width
 the search allows (8 bits by default), and likewise its input activations, assumed additive. The integer program
 then picks one (w, a) pair per layer maximising the summed score (plus the env's exact, additive cost term)
-under the budget, on the same cost table the budget walk uses, with ``scipy.optimize.milp`` (HiGHS).
+under the budget, on the same cost table the budget walk uses (and, on a target that prices them, the same
+boundary costs between consecutive layers, exactly), with ``scipy.optimize.milp`` (HiGHS).
 """
 
 from __future__ import annotations
@@ -93,11 +94,15 @@ def measure_sensitivity(env: MixedPrecisionEnv) -> Sensitivity:
     return Sensitivity(weights, acts, calls[0], time.perf_counter() - t0)
 
 
-def solve_ilp(scores: np.ndarray, costs: np.ndarray, limit: float) -> np.ndarray:
+def solve_ilp(scores: np.ndarray, costs: np.ndarray, limit: float, pairs: np.ndarray | None = None) -> np.ndarray:
     """Maximise ``sum scores[i, j, k]`` over one (j, k) per layer i with ``sum costs[i, j, k] <= limit``.
 
-    One binary per (layer, w, a) cell; returns the ``(n_layers, 2)`` choice indices. A limit below the cheapest
-    choice of every layer raises a one-line :class:`BudgetError`.
+    ``pairs[i, c, d]`` (optional, ``(n_layers, n_w * n_a, n_w * n_a)``, choices flattened w-major): a cost charged
+    when layer ``i-1`` makes choice ``c`` and layer ``i`` choice ``d`` (``ort-cpu``'s boundaries), added to the
+    budget exactly: one continuous variable per consecutive pair of choices, tied to both layers' binaries by
+    transport constraints (its row sums are layer ``i-1``'s choice, its column sums layer ``i``'s), so at a binary
+    solution it is 1 only on the chosen pair. One binary per (layer, w, a) cell; returns the ``(n_layers, 2)``
+    choice indices. A limit below the cheapest policy raises a one-line :class:`BudgetError`.
     """
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -107,29 +112,54 @@ def solve_ilp(scores: np.ndarray, costs: np.ndarray, limit: float) -> np.ndarray
         raise ValueError(f"scores {scores.shape} and costs {costs.shape} must both be (n_layers, n_w, n_a)")
     n, n_w, n_a = scores.shape
     cells = n_w * n_a
-    floor = float(costs.reshape(n, cells).min(axis=1).sum())
+    if pairs is not None:
+        pairs = np.asarray(pairs, dtype=np.float64)
+        if pairs.shape != (n, cells, cells):
+            raise ValueError(f"pairs {pairs.shape} must be (n_layers, {cells}, {cells})")
+    n_pair = (n - 1) * cells * cells if pairs is not None else 0
+    floor = _cheapest(costs.reshape(n, cells), pairs)
     if limit < floor * (1 - 1e-9):
         raise BudgetError(
             f"the ILP's budget {limit:.6g} is below the cost of the cheapest choice of every layer ({floor:.6g}); "
             "raise the budget"
         )
-    one_per_layer = np.kron(np.eye(n), np.ones(cells))
+    width = n * cells + n_pair
+    one_per_layer = np.hstack([np.kron(np.eye(n), np.ones(cells)), np.zeros((n, n_pair))])
+    budget_row = np.concatenate([costs.reshape(-1), pairs[1:].reshape(-1) if pairs is not None else []])
     # a hair under the limit, so float rounding never leaves the answer above it (the budget walk would move it)
     tight = max(limit - 1e-9 * max(abs(limit), 1e-300), floor)
     constraints = [
         LinearConstraint(one_per_layer, 1.0, 1.0),
-        LinearConstraint(costs.reshape(1, -1), -np.inf, tight),
+        LinearConstraint(budget_row.reshape(1, -1), -np.inf, tight),
     ]
-    res = milp(
-        -scores.reshape(-1),
-        constraints=constraints,
-        integrality=np.ones(n * cells),
-        bounds=Bounds(0.0, 1.0),
-    )
+    if pairs is not None:
+        tie = np.zeros((2 * (n - 1) * cells, width))
+        for i in range(1, n):
+            base = n * cells + (i - 1) * cells * cells
+            for c in range(cells):
+                row = 2 * (i - 1) * cells + c
+                tie[row, base + c * cells : base + (c + 1) * cells] = 1.0  # sum_d y[c, d] = x[i-1, c]
+                tie[row, (i - 1) * cells + c] = -1.0
+                tie[row + cells, base + c : base + cells * cells : cells] = 1.0  # sum_c y[c, d] = x[i, d]
+                tie[row + cells, i * cells + c] = -1.0
+        constraints.append(LinearConstraint(tie, 0.0, 0.0))
+    integrality = np.concatenate([np.ones(n * cells), np.zeros(n_pair)])
+    objective = np.concatenate([-scores.reshape(-1), np.zeros(n_pair)])
+    res = milp(objective, constraints=constraints, integrality=integrality, bounds=Bounds(0.0, 1.0))
     if res.x is None:
         raise BudgetError(f"the ILP found no policy under the budget {limit:.6g} ({res.message}); raise the budget")
-    picks = np.argmax(res.x.reshape(n, cells), axis=1)
+    picks = np.argmax(res.x[: n * cells].reshape(n, cells), axis=1)
     return np.stack([picks // n_a, picks % n_a], axis=1).astype(np.int64)
+
+
+def _cheapest(cells: np.ndarray, pairs: np.ndarray | None) -> float:
+    """The least total cost of one choice per layer (``cells``: ``(n, choices)``), boundaries included."""
+    if pairs is None:
+        return float(cells.min(axis=1).sum())
+    best = cells[0].copy()
+    for i in range(1, len(cells)):
+        best = (best[:, None] + pairs[i]).min(axis=0) + cells[i]
+    return float(best.min())
 
 
 def ilp_policy(env: MixedPrecisionEnv) -> IlpResult:
@@ -139,7 +169,7 @@ def ilp_policy(env: MixedPrecisionEnv) -> IlpResult:
     scores = sens.scores()
     if env.config.w_cost:  # the env's cost term is additive over layers: exact, not estimated
         scores = scores - env.config.w_cost * env.cost_table() / env.cost_ref
-    choice = solve_ilp(scores, env.cost_table(), env.budget_limit)
+    choice = solve_ilp(scores, env.cost_table(), env.budget_limit, env.boundary_table())
     predicted = float(scores[np.arange(env.n_layers), choice[:, 0], choice[:, 1]].sum())
     policy = env.policy_of(choice).with_meta(kind="ilp")
     return IlpResult(policy, choice, predicted, sens.evaluations, sens.wall_s, time.perf_counter() - t0)

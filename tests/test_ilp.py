@@ -145,3 +145,44 @@ def test_the_cli_runs_the_ilp_and_warm_starts_from_it(checkpoint: Path, tmp_path
     assert [r.policy for r in first[:2]] == [ilp.policy, ilp.policy] and len(first) == 4
     assert first[0].reward == pytest.approx(ilp.reward, abs=1e-6)
     assert "first 2 episode(s) requested the given policies" in (tmp_path / "warm" / "summary.md").read_text()
+
+
+def _brute_pairs(scores: np.ndarray, costs: np.ndarray, pairs: np.ndarray, limit: float) -> float:
+    n, n_w, n_a = scores.shape
+    best = -np.inf
+    for cells in itertools.product(range(n_w * n_a), repeat=n):
+        c = np.asarray(cells)
+        j, k = np.divmod(c, n_a)
+        cost = costs[np.arange(n), j, k].sum() + sum(pairs[i, c[i - 1], c[i]] for i in range(1, n))
+        if cost <= limit:
+            best = max(best, float(scores[np.arange(n), j, k].sum()))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tightness", [0.2, 0.5])
+def test_solve_ilp_with_boundary_costs_returns_the_brute_force_optimum(seed: int, tightness: float) -> None:
+    """Pairwise boundary costs (some negative: integer neighbours that share a layout) enter the budget exactly."""
+    rng = np.random.default_rng(seed)
+    scores = -rng.uniform(0, 1, size=(4, 2, 2))
+    costs = rng.uniform(0.1, 1, size=(4, 2, 2))
+    pairs = rng.uniform(-0.3, 0.3, size=(4, 4, 4))
+    pairs[0] = 0.0
+
+    def total(c: tuple[int, ...]) -> float:
+        j, k = np.divmod(np.asarray(c), 2)
+        return float(costs[np.arange(4), j, k].sum() + sum(pairs[i, c[i - 1], c[i]] for i in range(1, 4)))
+
+    totals = [total(c) for c in itertools.product(range(4), repeat=4)]
+    limit = min(totals) + tightness * (max(totals) - min(totals))
+    choice = solve_ilp(scores, costs, limit, pairs)
+    flat = choice[:, 0] * 2 + choice[:, 1]
+    cost = costs[np.arange(4), choice[:, 0], choice[:, 1]].sum() + sum(
+        pairs[i, flat[i - 1], flat[i]] for i in range(1, 4)
+    )
+    assert cost <= limit
+    assert scores[np.arange(4), choice[:, 0], choice[:, 1]].sum() == pytest.approx(
+        _brute_pairs(scores, costs, pairs, limit), abs=1e-9
+    )
+    with pytest.raises(BudgetError, match="below the cost of the cheapest"):
+        solve_ilp(scores, costs, min(totals) - 0.01, pairs)

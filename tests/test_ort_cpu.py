@@ -291,6 +291,21 @@ def test_action_wall_never_traps_an_episode_with_boundary_costs(budget: float, s
         assert info["policy"] == env.policy_of(env._choice)
 
 
+@pytest.mark.parametrize("budget", [1.3, 1.6])
+def test_ilp_prices_the_boundaries_it_is_held_to(budget: float) -> None:
+    """The ILP's answer fits the budget with the boundaries counted (the env's own cost), so playing it changes
+    nothing."""
+    from hwsearch.budget import Budget
+    from hwsearch.ilp import ilp_policy, play_actions
+
+    cfg = EnvConfig(budget=Budget("latency", budget), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS)
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), _WithBoundary(), cfg)
+    assert env.boundary_table() is not None
+    ilp = ilp_policy(env)
+    assert env.cost_of(ilp.choice, "latency") <= env.budget_limit * (1 + 1e-9)
+    assert play_actions(env, env.actions_for(ilp.policy))["policy"] == ilp.policy
+
+
 def test_measuring_a_cell_leaves_the_random_state_alone(cache: Path) -> None:
     import torch
 
