@@ -82,9 +82,28 @@ def test_truncated_noise_stays_in_bounds_and_decays_after_warmup() -> None:
     assert np.array_equal(noise.perturb(np.zeros((4, 1))), x)
 
 
+def test_noise_floor_stops_the_decay_and_reaches_the_agent() -> None:
+    noise = TruncatedNormalNoise(sigma=1.0, decay=0.5, warmup_episodes=0, seed=0, floor=0.2)
+    noise.episodes = 1
+    assert noise.sigma == 0.5
+    noise.episodes = 50
+    assert noise.sigma == 0.2
+    agent = build_agent(make_env(), SearchConfig(noise_min=0.3, **TINY))
+    assert isinstance(agent.action_noise, TruncatedNormalNoise) and agent.action_noise.floor == 0.3
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("agent", "ppo"), ("episodes", 0), ("warmup_episodes", -1), ("actor_lr", 0.0), ("gamma", 1.5), ("hidden", ())],
+    [
+        ("agent", "ppo"),
+        ("episodes", 0),
+        ("warmup_episodes", -1),
+        ("actor_lr", 0.0),
+        ("gamma", 1.5),
+        ("hidden", ()),
+        ("noise_min", 2.0),
+        ("noise_min", -0.1),
+    ],
 )
 def test_bad_search_config_is_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field.split("_")[0]):
