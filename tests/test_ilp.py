@@ -19,12 +19,17 @@ from tests.fakes import FakeCostModel, fake_layers
 BITS = (2, 4, 8)
 
 
-def _brute(scores: np.ndarray, costs: np.ndarray, limit: float) -> float:
+def _brute(scores: np.ndarray, costs: np.ndarray, limit: float, pairs: np.ndarray | None = None) -> float:
+    """The best summed score under ``limit`` by enumeration (``pairs[i, c, d]``: boundary costs, choices flat)."""
     n, n_w, n_a = scores.shape
     best = -np.inf
     for cells in itertools.product(range(n_w * n_a), repeat=n):
-        j, k = np.divmod(np.asarray(cells), n_a)
-        if costs[np.arange(n), j, k].sum() <= limit:
+        c = np.asarray(cells)
+        j, k = np.divmod(c, n_a)
+        cost = costs[np.arange(n), j, k].sum()
+        if pairs is not None:
+            cost += sum(pairs[i, c[i - 1], c[i]] for i in range(1, n))
+        if cost <= limit:
             best = max(best, float(scores[np.arange(n), j, k].sum()))
     return best
 
@@ -147,18 +152,6 @@ def test_the_cli_runs_the_ilp_and_warm_starts_from_it(checkpoint: Path, tmp_path
     assert "first 2 episode(s) requested the given policies" in (tmp_path / "warm" / "summary.md").read_text()
 
 
-def _brute_pairs(scores: np.ndarray, costs: np.ndarray, pairs: np.ndarray, limit: float) -> float:
-    n, n_w, n_a = scores.shape
-    best = -np.inf
-    for cells in itertools.product(range(n_w * n_a), repeat=n):
-        c = np.asarray(cells)
-        j, k = np.divmod(c, n_a)
-        cost = costs[np.arange(n), j, k].sum() + sum(pairs[i, c[i - 1], c[i]] for i in range(1, n))
-        if cost <= limit:
-            best = max(best, float(scores[np.arange(n), j, k].sum()))
-    return best
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("tightness", [0.2, 0.5])
 def test_solve_ilp_with_boundary_costs_returns_the_brute_force_optimum(seed: int, tightness: float) -> None:
@@ -182,7 +175,7 @@ def test_solve_ilp_with_boundary_costs_returns_the_brute_force_optimum(seed: int
     )
     assert cost <= limit
     assert scores[np.arange(4), choice[:, 0], choice[:, 1]].sum() == pytest.approx(
-        _brute_pairs(scores, costs, pairs, limit), abs=1e-9
+        _brute(scores, costs, limit, pairs), abs=1e-9
     )
     with pytest.raises(BudgetError, match="below the cost of the cheapest"):
         solve_ilp(scores, costs, min(totals) - 0.01, pairs)
