@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hwsearch.budget import Budget, check_table_size
+from hwsearch.budget import Budget, check_table_size, least_tails
 from hwsearch.checks import check_choice, check_number
 from hwsearch.errors import BudgetError, ConfigError, PolicyError
 from hwsearch.hardware.base import CostModel
@@ -172,10 +172,14 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         check_table_size(self.n_layers, len(self.config.w_bits), len(self.config.a_bits))
         self._costs = self._cost_tables()
         self._pairs = self._boundary_table()
+        self._no_pairs = np.zeros(len(self.config.w_bits) * len(self.config.a_bits))
         metric = self.config.budget.metric
         self.cost_ref = self._reference_cost(metric)
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
-        self._tail = self._tail_bounds(metric)
+        # the action wall's exact least-cost completions (tail[i, c]: layers after i, given i's choice c)
+        self._tail = least_tails(
+            self._costs[metric].reshape(self.n_layers, -1), self._pairs if metric == "latency" else None
+        )
         # the cheapest policy, boundaries included
         min_cost = float((self._costs[metric][0].reshape(-1) + self._tail[0]).min())
         if self.budget_limit < min_cost * (1 - 1e-9):
@@ -249,24 +253,13 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                     table[i, j, k] = boundary(self.layers[i - 1], p, self.layers[i], q)
         return table
 
-    def _pair_row(self, i: int) -> np.ndarray | float:
+    def _pair_row(self, i: int) -> np.ndarray:
         """The boundary cost into layer ``i`` for each of its (flattened) choices, given layer ``i-1``'s choice;
-        0 without a pairwise table, for the first layer, or off the latency metric."""
+        zeros without a pairwise table, for the first layer, or off the latency metric."""
         if self._pairs is None or i == 0 or self.config.budget.metric != "latency":
-            return 0.0
+            return self._no_pairs
         prev = self._choice[i - 1]
         return self._pairs[i, prev[0] * len(self.config.a_bits) + prev[1]]
-
-    def _tail_bounds(self, metric: str) -> np.ndarray:
-        """``tail[i, c]``: the least cost of layers ``i+1..`` (cells and boundaries) once layer ``i`` has made the
-        flattened choice ``c``; exact (a minimum over completions), so the action wall never traps an episode."""
-        cells = self._costs[metric].reshape(self.n_layers, -1)
-        pairs = self._pairs if metric == "latency" else None
-        tail = np.zeros_like(cells)
-        for i in range(self.n_layers - 2, -1, -1):
-            nxt = cells[i + 1] + tail[i + 1]
-            tail[i] = nxt.min() if pairs is None else (pairs[i + 1] + nxt[None, :]).min(axis=1)
-        return tail
 
     def _lower_bounds(self, layer: int, is_act: int) -> np.ndarray:
         """The least final cost of each choice open at this step (weight or activation choices of ``layer``),
@@ -332,10 +325,8 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         self._choice[layer, is_act] = index
         if is_act:
             w = int(self._choice[layer, 0])
-            boundary = self._pair_row(layer)
             flat = w * len(self.config.a_bits) + index
-            self._spent += float(self._costs[self.config.budget.metric][layer, w, index])
-            self._spent += float(boundary if isinstance(boundary, float) else boundary[flat])
+            self._spent += float(self._costs[self.config.budget.metric][layer, w, index] + self._pair_row(layer)[flat])
         self._prev_action = (a + 1.0) / 2.0
         self._step += 1
         info: dict[str, Any] = {"action": np.asarray([a], dtype=np.float32)}

@@ -6,9 +6,11 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from hwsearch.errors import BudgetError, ConfigError
 
-__all__ = ["METRICS", "UNITS", "MAX_TABLE_ENTRIES", "Budget", "parse_budget", "check_table_size"]
+__all__ = ["METRICS", "UNITS", "MAX_TABLE_ENTRIES", "Budget", "parse_budget", "check_table_size", "least_tails"]
 
 METRICS = ("latency", "energy", "size")
 UNITS = {"latency": "ms", "energy": "mJ", "size": "bits"}
@@ -79,3 +81,15 @@ def check_table_size(
             f"(~{mib:.3g} MiB), above the limit of {limit:,}; narrow --min-bits/--max-bits or search a smaller model"
         )
     return entries
+
+
+def least_tails(cells: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarray:
+    """``tail[i, c]``: the least cost of layers ``i+1..`` once layer ``i`` has made choice ``c``, cells
+    ``(n_layers, choices)`` plus, where given, ``pairs[i, c, d]`` (the boundary into layer ``i`` between choices
+    ``c`` and ``d``); exact, by dynamic programming from the last layer back. The cheapest whole policy costs
+    ``(cells[0] + tail[0]).min()``."""
+    tail = np.zeros_like(cells, dtype=np.float64)
+    for i in range(len(cells) - 2, -1, -1):
+        nxt = cells[i + 1] + tail[i + 1]
+        tail[i] = nxt.min() if pairs is None else (pairs[i + 1] + nxt[None, :]).min(axis=1)
+    return tail

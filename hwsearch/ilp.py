@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hwsearch.budget import least_tails
 from hwsearch.envs import MixedPrecisionEnv
 from hwsearch.errors import BudgetError, ConfigError
 from hwsearch.policy import Policy
@@ -117,7 +118,7 @@ def solve_ilp(scores: np.ndarray, costs: np.ndarray, limit: float, pairs: np.nda
         if pairs.shape != (n, cells, cells):
             raise ValueError(f"pairs {pairs.shape} must be (n_layers, {cells}, {cells})")
     n_pair = (n - 1) * cells * cells if pairs is not None else 0
-    floor = _cheapest(costs.reshape(n, cells), pairs)
+    floor = float((costs[0].reshape(-1) + least_tails(costs.reshape(n, cells), pairs)[0]).min())
     if limit < floor * (1 - 1e-9):
         raise BudgetError(
             f"the ILP's budget {limit:.6g} is below the cost of the cheapest choice of every layer ({floor:.6g}); "
@@ -150,16 +151,6 @@ def solve_ilp(scores: np.ndarray, costs: np.ndarray, limit: float, pairs: np.nda
         raise BudgetError(f"the ILP found no policy under the budget {limit:.6g} ({res.message}); raise the budget")
     picks = np.argmax(res.x[: n * cells].reshape(n, cells), axis=1)
     return np.stack([picks // n_a, picks % n_a], axis=1).astype(np.int64)
-
-
-def _cheapest(cells: np.ndarray, pairs: np.ndarray | None) -> float:
-    """The least total cost of one choice per layer (``cells``: ``(n, choices)``), boundaries included."""
-    if pairs is None:
-        return float(cells.min(axis=1).sum())
-    best = cells[0].copy()
-    for i in range(1, len(cells)):
-        best = (best[:, None] + pairs[i]).min(axis=0) + cells[i]
-    return float(best.min())
 
 
 def ilp_policy(env: MixedPrecisionEnv) -> IlpResult:
