@@ -215,6 +215,22 @@ def record(
     }
 
 
+def kept_runs(path: Path, measured: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """What ``--merge`` keeps of an earlier results file: its runs' provenance, records and budgets of the models
+    this run does not measure. A missing file keeps nothing; a file of another schema is an error."""
+    if not path.exists():
+        return [], [], {}
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old.get("schema") != 1:
+        raise SystemExit(f"--merge: {path} has schema {old.get('schema')!r}, not 1; rerun without --merge")
+    records = [r for r in old["records"] if r["model"] not in measured]
+    budgets = {m: b for m, b in old.get("budgets", {}).items() if m not in measured}
+    runs = [{**e, "models": [m for m in e["models"] if m not in measured]} for e in old.get("earlier", [])]
+    mine = sorted({r["model"] for r in records} - {m for e in old.get("earlier", []) for m in e["models"]})
+    runs.append({"models": mine, "meta": old["meta"], "settings": old["settings"]})
+    return [e for e in runs if e["models"] and any(r["model"] in e["models"] for r in records)], records, budgets
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -370,6 +386,11 @@ def readme_block(data: dict[str, Any]) -> str:
         f"{meta['machine']['cpu']}: {s['episodes']} episodes ({s['warmup']} warm-up), seeds {s['seeds']}; every "
         "run's figures are in `benchmarks/results/search_methods.md`."
     )
+    for e in data.get("earlier", []):
+        lines[-1] += (
+            f" {', '.join(e['models'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
+            f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']})."
+        )
     return "\n".join(lines)
 
 
@@ -499,6 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS), help="where search_methods.json/.md/.png go")
     ap.add_argument("--work", default="runs/search_methods", help="checkpoints and run folders (git ignores runs/)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process and one torch thread each")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep OUT/search_methods.json's records of the models this run does not measure (each keeps its run's "
+        "command, commit and date under 'earlier')",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: run at least 1 at a time")
@@ -508,15 +535,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = provenance(list(argv) if argv is not None else None)
     records: list[dict[str, Any]] = []
     budgets: dict[str, Any] = {}
+    earlier: list[dict[str, Any]] = []
+    if args.merge:
+        earlier, records, budgets = kept_runs(out / "search_methods.json", args.models)
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
         records.sort(key=lambda r: (r["model"], r["objective"], METHODS.index(r["method"]), r["seed"]))
         found = checks(records, args.warmup)
         doc = {"schema": 1, "meta": meta, "settings": vars(args), "budgets": budgets, "records": records}
         doc["checks"] = found
+        if earlier:
+            doc["earlier"] = earlier
         js = atomic_write_json(out / "search_methods.json", doc)
         data = json.loads(js.read_text(encoding="utf-8"))  # the markdown is rendered from the file just written
         md = markdown(data["records"], data["checks"]) + provenance_md(data["meta"])
+        for e in data.get("earlier", []):
+            md += f"\nRecords of {', '.join(e['models'])} kept from an earlier run:" + provenance_md(e["meta"])
         atomic_write_text(out / "search_methods.md", md)
         if records and out.resolve() == RESULTS.resolve():  # only the project's own results reach the README
             update_readme("search_methods", readme_block(data))

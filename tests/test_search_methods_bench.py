@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks.search_methods import METHODS, checks, markdown, plan_runs
+from benchmarks.search_methods import METHODS, checks, kept_runs, markdown, plan_runs
 
 
 def _rec(
@@ -78,3 +80,28 @@ def test_each_warm_start_waits_for_the_ilp_it_starts_from(objective: str) -> Non
     else:  # each seed from its own
         assert all(queued[s] == [("ddpg+ilp", s, f"ilp-{s}.json")] for s in ilps)
     assert follow(_done("ddpg", 0)) == []
+
+
+def test_merge_keeps_other_models_with_their_provenance(tmp_path: Path) -> None:
+    first = {"commit": "a" * 40, "date": "2026-01-01"}
+    second = {"commit": "b" * 40, "date": "2026-01-02"}
+    rec = lambda model: {**_rec("ddpg", 0, 1.0, 5, 0.1, 0.5, [1.0]), "model": model}  # noqa: E731
+    path = tmp_path / "search_methods.json"
+    assert kept_runs(path, ["x"]) == ([], [], {})
+    doc = {
+        "schema": 1,
+        "meta": second,
+        "settings": {"episodes": 9},
+        "budgets": {"m": {"budget": 0.5}, "k": {"budget": 0.7}, "x": {"budget": 0.6}},
+        "records": [rec("m"), rec("k"), rec("x")],
+        "earlier": [{"models": ["k"], "meta": first, "settings": {"episodes": 5}}],
+    }
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    earlier, records, budgets = kept_runs(path, ["x"])
+    assert [r["model"] for r in records] == ["m", "k"] and set(budgets) == {"m", "k"}
+    assert {tuple(e["models"]): e["meta"]["commit"][0] for e in earlier} == {("k",): "a", ("m",): "b"}
+    earlier, records, _ = kept_runs(path, ["m", "k"])  # remeasuring every kept model leaves no earlier run
+    assert [r["model"] for r in records] == ["x"] and [e["models"] for e in earlier] == [["x"]]
+    path.write_text(json.dumps({**doc, "schema": 2}), encoding="utf-8")
+    with pytest.raises(SystemExit, match="schema 2"):
+        kept_runs(path, ["x"])
