@@ -1,13 +1,14 @@
 """Does the search's robustness estimate rank policies as the report's full attack set does?
 
-The search scores robustness every episode with a cheap estimate (STE + shadow PGD-10 on a seeded subset of
-200 search-val images); reports use the full set (STE-, shadow-, transfer- and margin-PGD, FGSM, Square). A cheaper
+The search scores robustness every episode with a cheap estimate (the STE + shadow PGD pair on a seeded subset
+of search-val images); reports use the full set (STE-, shadow-, transfer- and margin-PGD, FGSM, Square). A cheaper
 estimate is only worth having if it orders policies like the strong one. For each model this scores >= 60
-policies (the uniform ladder W2A2..W8A8 plus seeded random mixes, a third with 2-3-bit inputs) both ways on
-search-val images and reports the Spearman rank correlation, and whether the strong set's best policy is among
-the estimate's top 5. An optional cheaper variant (``--cheap``: PGD-5 on 100 images) is scored alongside.
+policies (the uniform ladder W2A2..W8A8 plus seeded random mixes, a third with 2-3-bit inputs) with every
+estimate in :data:`ESTIMATES` and with the strong set on search-val images, and reports the Spearman rank
+correlation and whether the strong set's best policy is among the estimate's top 5 (the issue's bar: >= 0.9 and
+yes). The search's default estimate is named in the results.
 
-    python -m benchmarks.robust_fidelity [--policies 60] [--strong-images 300] [--models smallcnn resnet20]
+    python -m benchmarks.robust_fidelity [--policies 60] [--strong-images 200] [--models smallcnn resnet20] [--jobs 2]
 
 Writes benchmarks/results/robust_fidelity.json (with :func:`benchmarks._common.provenance`) and the
 robust_fidelity.md rendered from it.
@@ -27,6 +28,7 @@ from scipy.stats import spearmanr
 
 from benchmarks._common import provenance, write_results
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
+from hwsearch.job import SearchJobConfig
 from hwsearch.policy import Policy
 from hwsearch.quant import apply_policy
 from hwsearch.robust import report_attacks, robust_accuracy, search_attacks
@@ -34,11 +36,17 @@ from hwsearch.workflow import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = {"smallcnn": 8, "resnet20": 2}
+#: epochs of `hwsearch train` per model: trained as search_methods trains them (a 2-epoch resnet20 keeps about 1%
+#: robust accuracy at eps 0.1 under every policy, which leaves nothing to rank)
+MODELS = {"smallcnn": 8, "resnet20": 8}
+#: the search-time estimates scored: (PGD steps, images) of the STE + shadow pair; the first was the search's
+#: default before issue 13, the second is the cheaper one this benchmark has to prove
+ESTIMATES = ((10, 200), (5, 100))
 
 
 def _checkpoint(model: str) -> Path:
-    path = RESULTS / f"speed_{model}.pt"  # shared with benchmarks.search_speed
+    path = ROOT / "runs" / "robust_fidelity" / f"{model}-e{MODELS[model]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         cmd = [sys.executable, "-m", "hwsearch.cli", "train", "--model", model, "--epochs", str(MODELS[model])]
         subprocess.run([*cmd, "--out", str(path), "--quiet"], check=True, cwd=ROOT)
@@ -61,11 +69,12 @@ def _score(model: str, args: argparse.Namespace) -> dict:
     ws = prepare(_checkpoint(model))
     x, y = ws.split("val")
     policies = _policies(ws.layer_names, args.policies, args.seed)
-    estimates = {"search": EvaluatorConfig(attacks=tuple(search_attacks(args.eps)), cache=False)}
-    if args.cheap:
-        estimates["cheap"] = EvaluatorConfig(
-            attacks=tuple(search_attacks(args.eps, steps=5)), robust_subset=100, cache=False
+    estimates = {
+        f"pgd{steps}x{images}": EvaluatorConfig(
+            attacks=tuple(search_attacks(args.eps, steps)), robust_subset=images, seed=args.seed, cache=False
         )
+        for steps, images in ESTIMATES
+    }
     evaluators = {k: Evaluator(ws.model, ws.calibration, x, y, c) for k, c in estimates.items()}
     # a seeded random sample of search-val, as the search's own subset is: the split's first images are not a
     # fair sample (the search pair scored W8A8 0.73 on its subset and 0.87 on the first 300)
@@ -105,23 +114,43 @@ def _score(model: str, args: argparse.Namespace) -> dict:
     return out
 
 
+def _search_default() -> str:
+    """The estimate a search runs when not told otherwise (the job's default steps and images)."""
+    job = SearchJobConfig(checkpoint="unused.pt")
+    return f"pgd{job.steps}x{job.robust_images}"
+
+
+def _score_in_worker(model: str, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    return _score(model, args)
+
+
 def render(data: dict) -> str:
     lines = [
         "# Robustness estimate fidelity",
         "",
         f"Strong set: {data['strong_set']}.",
         "",
-        "| model | estimate | policies | Spearman vs strong | strong's best in estimate's top 5 | s / policy |",
-        "|---|---|---|---|---|---|",
+        f"The search's default estimate: `{data['search_default']}` (PGD steps x images). Goal: Spearman >= 0.9 and "
+        "the strong set's best policy among the estimate's top 5.",
+        "",
+        "| model | estimate | policies | strong worst case % (min-max) | Spearman vs strong | strong's best in "
+        "estimate's top 5 | goal met | s / policy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rec in data["records"]:
+        strong = [r["strong"] for r in rec["rows"]]
+        span = f"{100 * min(strong):.1f}-{100 * max(strong):.1f}"
         for k, e in rec["estimates"].items():
+            met = e["spearman"] >= 0.9 and e["strong_best_in_top5"]
             lines.append(
-                f"| {rec['model']} | {k} | {rec['policies']} | {e['spearman']:.3f} | "
-                f"{'yes' if e['strong_best_in_top5'] else 'no'} ({e['strong_best']}) | {e['seconds_per_policy']:.2f} |"
+                f"| {rec['model']} | {k} | {rec['policies']} | {span} | {e['spearman']:.3f} | "
+                f"{'yes' if e['strong_best_in_top5'] else 'no'} ({e['strong_best']}) | {'yes' if met else 'NO'} | "
+                f"{e['seconds_per_policy']:.2f} |"
             )
         lines.append(
-            f"| {rec['model']} | strong | {rec['policies']} | 1 | - | {rec['seconds']['strong'] / rec['policies']:.2f} |"
+            f"| {rec['model']} | strong | {rec['policies']} | {span} | 1 | - | - | "
+            f"{rec['seconds']['strong'] / rec['policies']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -130,21 +159,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--policies", type=int, default=60)
-    ap.add_argument("--strong-images", type=int, default=300)
+    ap.add_argument("--strong-images", type=int, default=200)
     ap.add_argument("--strong-steps", type=int, default=20, help="PGD steps of the strong set (compare's default)")
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cheap", action="store_true", help="also score PGD-5 on 100 images")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each model's process")
+    ap.add_argument("--jobs", type=int, default=1, help="models scored in parallel, one process each")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     meta = provenance()
+    for m in args.models:  # trained one at a time, before any scoring starts
+        _checkpoint(m)
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("forkserver")) as pool:
+            records = list(pool.map(_score_in_worker, args.models, [args] * len(args.models)))
+    else:
+        records = [_score(m, args) for m in args.models]
     payload = {
         "meta": meta,
         "strong_set": f"report_attacks(eps={args.eps}, steps={args.strong_steps}, restarts=1): STE-, shadow-, "
         f"transfer- and margin-PGD, FGSM and Square, per-sample worst case on a seeded random sample of "
         f"{args.strong_images} search-val images",
-        "records": [_score(m, args) for m in args.models],
+        "records": records,
+        "search_default": _search_default(),
     }
     write_results("robust_fidelity", payload, render)
 

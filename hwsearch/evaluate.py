@@ -17,7 +17,25 @@ from hwsearch.quant import Calibration, apply_policy
 from hwsearch.records import EvalResult
 from hwsearch.robust.attacks import AttackConfig
 
-__all__ = ["EvaluatorConfig", "EvalTimings", "Evaluator", "clean_accuracy", "correct_mask", "count_correct"]
+__all__ = [
+    "EvaluatorConfig",
+    "EvalTimings",
+    "Evaluator",
+    "clean_accuracy",
+    "correct_mask",
+    "count_correct",
+    "default_batch",
+]
+
+#: images per clean-pass batch when none is given: on a CPU a batch of 128 small images keeps each layer's
+#: activations in cache (resnet20 on 1,000 28x28 images: 1.14 s at 128 vs 2.44 s at 1,000 on one thread); a
+#: GPU wants the whole split at once
+CPU_BATCH, GPU_BATCH = 128, 1000
+
+
+def default_batch(device: torch.device | str) -> int:
+    """The clean-pass batch for ``device`` (:data:`CPU_BATCH` or :data:`GPU_BATCH`)."""
+    return CPU_BATCH if torch.device(device).type == "cpu" else GPU_BATCH
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -30,7 +48,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def count_correct(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, *, device: torch.device | None = None
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None, *, device: torch.device | None = None
 ) -> int:
     """Top-1 hits of ``model`` on ``(x, y)`` (:func:`correct_mask` summed); the one top-1 count of hwsearch."""
     return int(correct_mask(model, x, y, batch_size, device=device).sum())
@@ -38,20 +56,23 @@ def count_correct(
 
 @torch.inference_mode()
 def correct_mask(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, *, device: torch.device | None = None
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None, *, device: torch.device | None = None
 ) -> Tensor:
     """Which images of ``(x, y)`` ``model`` classifies correctly (bool, on the CPU), in eval mode (restored after).
 
     Inference mode because no gradient is ever needed here. On out-of-memory the batch is halved and the failed
     batch retried, down to one image; if even one image does not fit, a one-line :class:`HwsearchError` says so.
-    The smaller batch is kept for the rest of the pass. Batches go to ``device`` (default: the model's).
+    The smaller batch is kept for the rest of the pass. Batches go to ``device`` (default: the model's);
+    ``batch_size=None`` takes :func:`default_batch` of that device.
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size} must be >= 1")
     was_training = model.training
     model.eval()
     if device is None:
         device = next(model.parameters()).device
+    if batch_size is None:
+        batch_size = default_batch(device)
     hits = torch.zeros(len(x), dtype=torch.bool)
     i = 0
     try:
@@ -78,7 +99,7 @@ def correct_mask(
     return hits
 
 
-def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int | None = None) -> float:
     """Top-1 accuracy as a fraction (:func:`count_correct` over ``len(x)``)."""
     return count_correct(model, x, y, batch_size) / max(len(x), 1)
 
@@ -89,9 +110,10 @@ class EvaluatorConfig:
 
     ``attacks`` empty means no robustness figure. The attack runs on a fixed, seeded subset of
     ``robust_subset`` images, so every policy faces the same images and the same random starts.
+    ``batch_size=None``: the clean pass's batch follows the device (:func:`default_batch`).
     """
 
-    batch_size: int = 1000
+    batch_size: int | None = None
     robust_subset: int = 200
     attacks: tuple[AttackConfig, ...] = ()
     seed: int = 0
@@ -107,7 +129,8 @@ class EvaluatorConfig:
         check_number(self.finetune_lr, "finetune_lr", positive=True)
         check_number(self.lipschitz_beta, "lipschitz_beta", 0)
         check_int(self.seed, "seed", 0, 2**32)
-        check_int(self.batch_size, "batch_size", 1)
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", 1)
         check_int(self.robust_subset, "robust_subset", 1)
         object.__setattr__(self, "attacks", tuple(self.attacks))
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from hwsearch.errors import ConfigError
-from hwsearch.evaluate import Evaluator, EvaluatorConfig
+from hwsearch.evaluate import CPU_BATCH, Evaluator, EvaluatorConfig, correct_mask, default_batch
+from hwsearch.quant import apply_policy
 from hwsearch.robust import search_attacks
 from hwsearch.workflow import prepare
 
@@ -49,3 +50,12 @@ def test_episode_finetune_recovers_low_bit_accuracy(ws) -> None:  # type: ignore
     assert not any(p.grad is not None for p in ws.model.parameters())  # the float model is untouched
     with pytest.raises(ConfigError, match="train_data"):
         Evaluator(ws.model, ws.calibration, x, y, cfg)
+
+
+@pytest.mark.parametrize("batch", [None, 1, 37, 1000])
+def test_clean_verdicts_do_not_depend_on_the_batch(ws, batch: int | None) -> None:  # type: ignore[no-untyped-def]
+    x, y = ws.split("val", 300)
+    q = apply_policy(ws.model, ws.uniform(4), ws.calibration)
+    one_batch = correct_mask(q, x, y, 300)
+    assert bool((correct_mask(q, x, y, batch) == one_batch).all())
+    assert default_batch("cpu") == CPU_BATCH and default_batch("cuda") > CPU_BATCH
