@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=10, help="PGD steps of the search's attack pair")
+    ap.add_argument("--robust-images", type=int, default=200, help="images the pair attacks")
     args = ap.parse_args()
 
     import hwsearch
@@ -39,7 +41,9 @@ def main() -> None:
     policies = [ws.uniform(8)] + [
         Policy({n: (rng.randint(2, 8), rng.randint(2, 8)) for n in ws.layer_names}, {}) for _ in range(args.policies)
     ]
-    config = EvaluatorConfig(attacks=tuple(search_attacks(args.eps)), cache=False)
+    config = EvaluatorConfig(
+        attacks=tuple(search_attacks(args.eps, args.steps)), robust_subset=args.robust_images, cache=False
+    )
     ev = Evaluator(ws.model, ws.calibration, x, y, config)
     ev.evaluate(policies[0])  # warm-up (allocator, oneDNN primitives)
     rows = []

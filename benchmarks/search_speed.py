@@ -15,7 +15,10 @@ steadily (for the one-thread configurations they are the same quantity), so both
 speed-up is given on each. Figures and their ratios go
 to ``benchmarks/results/search_speed.json`` (with command, commit, CPU, load) and ``search_speed.md``.
 
-    python -m benchmarks.search_speed [--rounds 2] [--policies 4] [--base COMMIT]
+Then, per model, a real robust search of ``--search-episodes`` (300) episodes with today's defaults is timed end to
+end (the issue's bar for resnet20: under 12 minutes on 2 cores).
+
+    python -m benchmarks.search_speed [--rounds 2] [--policies 4] [--base COMMIT] [--search-episodes 300]
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks._common import _cpu_model, _git
@@ -38,10 +43,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 TIMER = ROOT / "benchmarks" / "_eval_timer.py"
 BASE = "08a29b5"  # main before the evaluation speed work
 MODELS = {"smallcnn": 8, "resnet20": 2}  # epochs of `hwsearch train` for each benchmark checkpoint
+BEFORE_ESTIMATE = (10, 200)  # (PGD steps, images) of the search's attack pair before issue 13
+
+
+def _search_estimate() -> tuple[int, int]:
+    """(PGD steps, images) of the attack pair a search runs today unless told otherwise."""
+    from hwsearch.job import SearchJobConfig
+
+    job = SearchJobConfig(checkpoint="unused.pt")
+    return job.steps, job.robust_images
 
 
 def _checkpoint(model: str, epochs: int) -> Path:
-    path = RESULTS / f"speed_{model}.pt"
+    path = ROOT / "runs" / "search_speed" / f"{model}-e{epochs}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         cmd = [sys.executable, "-m", "hwsearch.cli", "train", "--model", model, "--epochs", str(epochs)]
         subprocess.run([*cmd, "--out", str(path), "--quiet"], check=True, cwd=ROOT)
@@ -57,13 +72,35 @@ def _base_tree(commit: str, into: Path) -> Path:
     return into
 
 
-def _time(tree: Path, ckpt: Path, threads: int, policies: int) -> dict:
+def _time(tree: Path, ckpt: Path, threads: int, policies: int, estimate: tuple[int, int]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, str(TIMER), "--checkpoint", str(ckpt), "--threads", str(threads)]
-    out = subprocess.run(
-        [*cmd, "--policies", str(policies)], check=True, capture_output=True, text=True, env=env, cwd=tree
-    )
+    cmd = [sys.executable, str(TIMER), "--checkpoint", str(ckpt), "--threads", str(threads), "--policies"]
+    cmd += [str(policies), "--steps", str(estimate[0]), "--robust-images", str(estimate[1])]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=tree)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _search(ckpt: Path, episodes: int, folder: Path) -> dict:
+    """A real robust search with today's defaults (the demo's settings on ``ckpt``): its wall time and where it
+    went, read from the summary it writes."""
+    cmd = [sys.executable, "-m", "hwsearch.cli", "search", "--checkpoint", str(ckpt), "--target", "bitfusion-edge"]
+    cmd += ["--budget", "latency=0.5x", "--robust-weight", "5", "--eps", "0.1", "--episodes", str(episodes)]
+    cmd += ["--out", str(folder), "--overwrite", "--quiet"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    wall = time.perf_counter() - t0
+    text = (folder / "summary.md").read_text(encoding="utf-8")
+    parts = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| ([a-z :+]+) \| ([0-9.]+) \|", text, re.M)}
+    cache = re.search(r"Evaluation cache: (\d+) hits of (\d+) evaluations", text)
+    threads = re.search(r"^Torch threads: (\d+)", text, re.M)
+    return {
+        "episodes": episodes,
+        "wall_s": wall,
+        "parts_s": parts,
+        "cache_hits": int(cache.group(1)) if cache else None,
+        "evaluations": int(cache.group(2)) if cache else None,
+        "torch_threads": int(threads.group(1)) if threads else None,
+    }
 
 
 def main() -> None:
@@ -72,6 +109,12 @@ def main() -> None:
     ap.add_argument("--policies", type=int, default=4, help="random policies per run (plus fixed W8A8)")
     ap.add_argument("--base", default=BASE)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument(
+        "--search-episodes",
+        type=int,
+        default=300,
+        help="also time a real robust search of this many episodes per model with today's defaults (0: skip)",
+    )
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -79,24 +122,36 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         base = _base_tree(args.base, Path(tmp))
-        configs = [("before", base, 1), ("after, 1 thread", ROOT, 1), (f"after, {cores} threads", ROOT, cores)]
+        now = _search_estimate()
+        configs = [
+            ("before", base, 1, BEFORE_ESTIMATE),
+            ("after, 1 thread", ROOT, 1, now),
+            (f"after, {cores} threads", ROOT, cores, now),
+        ]
         for model in args.models:
             ckpt = _checkpoint(model, MODELS[model])
-            runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+            runs: dict[str, list[dict]] = {name: [] for name, *_ in configs}
             for _ in range(args.rounds):
-                for name, tree, threads in configs:
-                    runs[name].append(_time(tree, ckpt, threads, args.policies))
+                for name, tree, threads, estimate in configs:
+                    runs[name].append(_time(tree, ckpt, threads, args.policies, estimate))
                     last = runs[name][-1]
                     print(
                         f"{model:9s} {name:18s} {last['median_s']:.2f} s wall, {last['median_cpu_s']:.2f} s CPU "
                         "per evaluation",
                         flush=True,
                     )
-            same = all(
-                [(r["accuracy"], r["robust_accuracy"]) for r in runs[name][0]["rows"]]
-                == [(r["accuracy"], r["robust_accuracy"]) for r in runs["before"][0]["rows"]]
+            same = all(  # the clean figure must not move; the robust one is the estimate robust_fidelity proves
+                [r["accuracy"] for r in runs[name][0]["rows"]] == [r["accuracy"] for r in runs["before"][0]["rows"]]
                 for name in runs
             )
+            search = (
+                _search(ckpt, args.search_episodes, Path(tmp) / f"search-{model}") if args.search_episodes else None
+            )
+            if search:
+                print(
+                    f"{model:9s} a {search['episodes']}-episode robust search: {search['wall_s']:.0f} s wall",
+                    flush=True,
+                )
             seconds = {name: statistics.median(r["median_s"] for r in rs) for name, rs in runs.items()}
             cpu = {name: statistics.median(r["median_cpu_s"] for r in rs) for name, rs in runs.items()}
             before = seconds["before"]
@@ -108,7 +163,11 @@ def main() -> None:
                     "speedup_vs_before": {name: before / s for name, s in seconds.items()},
                     "cpu_speedup_vs_before": {name: cpu["before"] / c for name, c in cpu.items()},
                     "projected_300_episode_search_s": {name: 300 * s for name, s in seconds.items()},
-                    "same_figures_as_before": same,
+                    "same_clean_accuracy_as_before": same,
+                    "search": search,
+                    "robust_estimates": {
+                        name: [r["robust_accuracy"] for r in rs[0]["rows"]] for name, rs in runs.items()
+                    },
                     "runs": runs,
                 }
             )
@@ -120,9 +179,10 @@ def main() -> None:
         "cores": cores,
         "date": started,
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "setting": "robust search evaluation: clean accuracy on 1,000 search-val images, STE + shadow PGD-10 at "
-        "eps 0.1 on 200 of them (cascade); W8A8 + seeded random W2-8/A2-8 policies; median over policies, then "
-        "over rounds",
+        "setting": "robust search evaluation: clean accuracy on 1,000 search-val images, the STE + shadow PGD pair "
+        f"at eps 0.1 (cascade): before PGD-{BEFORE_ESTIMATE[0]} on {BEFORE_ESTIMATE[1]} images (the search's "
+        f"default then), after PGD-{now[0]} on {now[1]} (its default now, proven by benchmarks.robust_fidelity); "
+        "W8A8 + seeded random W2-8/A2-8 policies; median over policies, then over rounds",
         "records": records,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -144,10 +204,29 @@ def main() -> None:
                 f"{rec['cpu_seconds_per_evaluation'][name]:.2f} | {rec['cpu_speedup_vs_before'][name]:.2f}x | "
                 f"{rec['projected_300_episode_search_s'][name]:.0f} |"
             )
+    searches = [r for r in records if r["search"]]
+    if searches:
+        lines += [
+            "",
+            "A real robust search with today's defaults (`hwsearch search --target bitfusion-edge --budget "
+            "latency=0.5x --robust-weight 5 --eps 0.1`), timed end to end in a fresh process:",
+            "",
+            "| model | episodes | wall s | evaluations (cache hits) | quantize + accuracy s | attack s | agent and other s "
+            "| torch threads |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in searches:
+            sr, parts = r["search"], r["search"]["parts_s"]
+            lines.append(
+                f"| {r['model']} | {sr['episodes']} | {sr['wall_s']:.0f} | {sr['evaluations']} ({sr['cache_hits']}) | "
+                f"{parts.get('evaluation: quantize + accuracy', float('nan')):.0f} | "
+                f"{parts.get('evaluation: attack', float('nan')):.0f} | {parts.get('agent and other', float('nan')):.0f} | "
+                f"{sr['torch_threads']} |"
+            )
     lines += [
         "",
-        "Same accuracy and robust accuracy as before for every policy: "
-        + ", ".join(f"{r['model']} {'yes' if r['same_figures_as_before'] else 'NO'}" for r in records),
+        "Same clean accuracy as before for every policy: "
+        + ", ".join(f"{r['model']} {'yes' if r['same_clean_accuracy_as_before'] else 'NO'}" for r in records),
     ]
     (RESULTS / "search_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
