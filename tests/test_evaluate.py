@@ -59,3 +59,19 @@ def test_clean_verdicts_do_not_depend_on_the_batch(ws, batch: int | None) -> Non
     one_batch = correct_mask(q, x, y, 300)
     assert bool((correct_mask(q, x, y, batch) == one_batch).all())
     assert default_batch("cpu") == CPU_BATCH and default_batch("cuda") > CPU_BATCH
+
+
+@pytest.mark.parametrize("steps,images", [(2, 40), (5, 100)])
+def test_search_estimate_equals_the_report_attack_configured_alike(ws, steps: int, images: int) -> None:  # type: ignore[no-untyped-def]
+    from hwsearch.robust import robust_accuracy
+
+    x, y = ws.split("val", 300)
+    attacks = tuple(search_attacks(0.1, steps=steps))
+    ev = Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(attacks=attacks, robust_subset=images, seed=3))
+    policy = ws.uniform(4)
+    got = ev.evaluate(policy)
+    q = apply_policy(ws.model, policy, ws.calibration).eval()
+    ref = robust_accuracy(q, ev.x_rob, ev.y_rob, list(attacks), source_model=ws.model, seed=3, cascade=True)
+    assert got.robust_accuracy == ref.worst and got.per_attack == ref.per_attack
+    again = Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(attacks=attacks, robust_subset=images, seed=3))
+    assert again.evaluate(policy) == got  # a fresh evaluator, the same seed: the same reward inputs
