@@ -17,6 +17,7 @@ robust_fidelity.md rendered from it.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks._common import provenance, write_results
+from benchmarks._common import provenance, update_readme, write_results
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.job import SearchJobConfig
 from hwsearch.policy import Policy
@@ -186,7 +187,31 @@ def main() -> None:
         "records": records,
         "search_default": _search_default(),
     }
-    write_results("robust_fidelity", payload, render)
+    js, _ = write_results("robust_fidelity", payload, render)
+    update_readme("robust_fidelity", readme_block(json.loads(js.read_text(encoding="utf-8"))))
+
+
+def readme_block(data: dict) -> str:
+    """The README's summary, rendered from the results file."""
+    lines = [
+        "| model | estimate | policies | Spearman vs strong | strong's best in top 5 | goal met | s / policy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rec in data["records"]:
+        for k, e in rec["estimates"].items():
+            met = e["spearman"] >= 0.9 and e["strong_best_in_top5"]
+            name = f"{k} (search default)" if k == data["search_default"] else k
+            lines.append(
+                f"| {rec['model']} | {name} | {rec['policies']} | {e['spearman']:.3f} | "
+                f"{'yes' if e['strong_best_in_top5'] else 'no'} | {'yes' if met else 'NO'} | "
+                f"{e['seconds_per_policy']:.2f} |"
+            )
+    meta = data["meta"]
+    lines.append(
+        f"\n`{meta['command']}` at {meta['commit'][:8]}, {meta['date'][:10]}, {meta['machine']['cpu']}; strong set: "
+        f"{data['strong_set']}."
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import _cpu_model, _git
+from benchmarks._common import _cpu_model, _git, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -229,7 +229,32 @@ def main() -> None:
         + ", ".join(f"{r['model']} {'yes' if r['same_clean_accuracy_as_before'] else 'NO'}" for r in records),
     ]
     (RESULTS / "search_speed.md").write_text("\n".join(lines) + "\n")
+    update_readme("search_speed", readme_block(json.loads((RESULTS / "search_speed.json").read_text())))
     print("\n".join(lines))
+
+
+def readme_block(data: dict) -> str:
+    """The README's summary, rendered from the results file: per model, seconds per robust evaluation before and
+    after and the speed-up, and the real search's wall time."""
+    lines = [
+        "| model | before: s / evaluation | after: s / evaluation (1 thread / all) | speed-up (1 thread / all) | "
+        "real search: episodes, wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["records"]:
+        sec, up = r["seconds_per_evaluation"], r["speedup_vs_before"]
+        names = [n for n in sec if n != "before"]
+        sr = r.get("search")
+        lines.append(
+            f"| {r['model']} | {sec['before']:.2f} | {' / '.join(f'{sec[n]:.2f}' for n in names)} | "
+            f"{' / '.join(f'{up[n]:.2f}x' for n in names)} | "
+            + (f"{sr['episodes']}, {sr['wall_s']:.0f} |" if sr else "- |")
+        )
+    lines.append(
+        f"\n`{data['command']}` at {data['commit'][:8]}, {data['date'][:10]}, {data['cpu']} ({data['cores']} cores, "
+        f"1-min load {data['load_average_1min']['start']:.1f} at start); {data['setting']}."
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
