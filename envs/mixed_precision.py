@@ -390,7 +390,8 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
 
         A step that would raise the cost is skipped (on a CPU, quantizing only the input of a float layer adds a
         quantize op and saves nothing); a layer whose both steps would is moved to its cheapest choice when a
-        whole pass lowers nothing, so every budget above the cheapest policy is met.
+        whole pass lowers nothing. Where boundary costs make those moves stall above the budget, the last resort
+        is :meth:`cheapest_choice`, so every budget at or above the cheapest policy is met.
         """
         choice = choice.copy()
         metric = self.config.budget.metric
@@ -415,9 +416,22 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
                         choice[i] = cheapest
                         if self.cost_of(choice, metric) <= self.budget_limit:
                             return choice
-                if self.cost_of(choice, metric) > self.budget_limit:  # construction refuses budgets below this
-                    raise BudgetError(f"budget {self.config.budget} cannot be met")
+                if self.cost_of(choice, metric) > self.budget_limit:  # construction refused budgets below this
+                    return self.cheapest_choice()
         return choice
+
+    def cheapest_choice(self) -> np.ndarray:
+        """The policy of least cost in the budget's metric, boundaries included (read forward off the exact
+        least-cost completions the action wall uses), as ``(n_layers, 2)`` choice indices."""
+        metric = self.config.budget.metric
+        cells = self._costs[metric].reshape(self.n_layers, -1)
+        pairs = self._pairs if metric == "latency" else None
+        n_a = len(self.config.a_bits)
+        flat = np.zeros(self.n_layers, dtype=np.int64)
+        for i in range(self.n_layers):
+            into = 0.0 if pairs is None or i == 0 else pairs[i, flat[i - 1]]
+            flat[i] = int(np.argmin(cells[i] + into + self._tail[i]))
+        return np.stack([flat // n_a, flat % n_a], axis=1)
 
     def policy_of(self, choice: np.ndarray) -> Policy:
         wb, ab = self.config.w_bits, self.config.a_bits

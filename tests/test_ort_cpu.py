@@ -3,7 +3,9 @@ non-monotone table, the kernels export style, and verify."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -381,3 +383,49 @@ def test_kernels_style_folds_batch_norm_and_relu_exactly(form: str, tmp_path: Pa
     step = 16 / 255
     w = model[6].weight.detach().abs().sum(dim=1).max().item()
     assert abs(got - ref).max() <= 0.5 * step * w + 1e-4
+
+
+class _RandomBoundaries(_CpuLikeCost):
+    """Seeded arbitrary cells and boundaries: the per-layer cheapest choices need not make the cheapest policy."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def _draw(self, *key: object) -> float:
+        return float(np.random.default_rng([self.seed, zlib.crc32(repr(key).encode())]).uniform(0.2, 1.0))
+
+    def layer_cost(self, ly: object, w: int, a: int) -> FakeCost:
+        return FakeCost(self._draw(ly.name, w, a), None)  # type: ignore[attr-defined]
+
+    def boundary_cost(self, prev: object, prev_bits: tuple[int, int], ly: object, bits: tuple[int, int]) -> float:
+        return self._draw(prev.name, prev_bits, ly.name, bits)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_budget_walk_meets_any_budget_the_cheapest_policy_meets(seed: int) -> None:
+    """HAQ's walk moves one layer at a time by its own cost; with boundaries that can stall above a budget that
+    another policy meets, so its last resort is the exact cheapest policy (which the env checked fits)."""
+    from hwsearch.budget import Budget
+
+    cm = _RandomBoundaries(seed)
+    probe = MixedPrecisionEnv(
+        fake_layers(),
+        FakeEvaluator(),
+        cm,
+        EnvConfig(budget=Budget("latency", 10.0), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS),
+    )
+    cheapest = probe.cheapest_choice()
+    floor = probe.cost_of(cheapest, "latency") / probe.cost_ref
+    cfg = EnvConfig(
+        budget=Budget("latency", floor * (1 + 1e-9)), w_bits=SEARCH_W_BITS, a_bits=SEARCH_A_BITS, enforce="walk"
+    )
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), cm, cfg)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        choice = np.stack([rng.integers(0, 3, env.n_layers), rng.integers(0, 2, env.n_layers)], axis=1)
+        assert env.cost_of(env.enforce_budget(choice), "latency") <= env.budget_limit * (1 + 1e-9)
+    best = min(  # brute force over every policy: the env's cheapest is the cheapest
+        env.cost_of(np.array(c).reshape(-1, 2), "latency")
+        for c in itertools.product(*[[(w, a) for w in range(3) for a in range(2)]] * env.n_layers)
+    )
+    assert env.cost_of(cheapest, "latency") == pytest.approx(best)
