@@ -97,6 +97,16 @@ def write_results(name: str, payload: dict[str, Any], render: Callable[[dict[str
     return js, md
 
 
+def search_estimate() -> tuple[int, int]:
+    """(PGD steps, images) of the attack pair a search runs unless told otherwise: ``SearchJobConfig``'s defaults."""
+    import dataclasses
+
+    from hwsearch.job import SearchJobConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(SearchJobConfig)}
+    return int(fields["steps"]), int(fields["robust_images"])
+
+
 def readme_markers(name: str) -> tuple[str, str]:
     """The comment lines between which ``python -m benchmarks.<name>`` writes its README block."""
     return (

@@ -228,7 +228,7 @@ def kept_runs(path: Path, measured: Sequence[str]) -> tuple[list[dict[str, Any]]
     runs = [{**e, "models": [m for m in e["models"] if m not in measured]} for e in old.get("earlier", [])]
     mine = sorted({r["model"] for r in records} - {m for e in old.get("earlier", []) for m in e["models"]})
     runs.append({"models": mine, "meta": old["meta"], "settings": old["settings"]})
-    return [e for e in runs if e["models"] and any(r["model"] in e["models"] for r in records)], records, budgets
+    return [e for e in runs if e["models"]], records, budgets
 
 
 def _num(value: float | None) -> str:

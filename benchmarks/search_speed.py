@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import _cpu_model, _git, update_readme
+from benchmarks._common import _cpu_model, _git, search_estimate, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,14 +44,6 @@ TIMER = ROOT / "benchmarks" / "_eval_timer.py"
 BASE = "08a29b5"  # main before the evaluation speed work
 MODELS = {"smallcnn": 8, "resnet20": 2}  # epochs of `hwsearch train` for each benchmark checkpoint
 BEFORE_ESTIMATE = (10, 200)  # (PGD steps, images) of the search's attack pair before issue 13
-
-
-def _search_estimate() -> tuple[int, int]:
-    """(PGD steps, images) of the attack pair a search runs today unless told otherwise."""
-    from hwsearch.job import SearchJobConfig
-
-    job = SearchJobConfig(checkpoint="unused.pt")
-    return job.steps, job.robust_images
 
 
 def _checkpoint(model: str, epochs: int) -> Path:
@@ -122,7 +114,7 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         base = _base_tree(args.base, Path(tmp))
-        now = _search_estimate()
+        now = search_estimate()
         configs = [
             ("before", base, 1, BEFORE_ESTIMATE),
             ("after, 1 thread", ROOT, 1, now),

@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from hwsearch.budget import Budget, check_table_size, least_tails
+from hwsearch.budget import Budget, cheapest_choices, check_table_size, least_tails
 from hwsearch.checks import check_choice, check_number
 from hwsearch.errors import BudgetError, ConfigError, PolicyError
 from hwsearch.hardware.base import CostModel
@@ -177,9 +177,8 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.cost_ref = self._reference_cost(metric)
         self.budget_limit = self.config.budget.resolve(self.cost_ref)
         # the action wall's exact least-cost completions (tail[i, c]: layers after i, given i's choice c)
-        self._tail = least_tails(
-            self._costs[metric].reshape(self.n_layers, -1), self._pairs if metric == "latency" else None
-        )
+        self._budget_pairs = self._pairs if metric == "latency" else None  # boundaries count on latency only
+        self._tail = least_tails(self._costs[metric].reshape(self.n_layers, -1), self._budget_pairs)
         # the cheapest policy, boundaries included
         min_cost = float((self._costs[metric][0].reshape(-1) + self._tail[0]).min())
         if self.budget_limit < min_cost * (1 - 1e-9):
@@ -256,10 +255,10 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
     def _pair_row(self, i: int) -> np.ndarray:
         """The boundary cost into layer ``i`` for each of its (flattened) choices, given layer ``i-1``'s choice;
         zeros without a pairwise table, for the first layer, or off the latency metric."""
-        if self._pairs is None or i == 0 or self.config.budget.metric != "latency":
+        if self._budget_pairs is None or i == 0:
             return self._no_pairs
         prev = self._choice[i - 1]
-        return self._pairs[i, prev[0] * len(self.config.a_bits) + prev[1]]
+        return self._budget_pairs[i, prev[0] * len(self.config.a_bits) + prev[1]]
 
     def _lower_bounds(self, layer: int, is_act: int) -> np.ndarray:
         """The least final cost of each choice open at this step (weight or activation choices of ``layer``),
@@ -357,9 +356,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         """A copy of the pairwise boundary costs the budget's metric adds between consecutive layers,
         ``(n_layers, choices, choices)`` with choices flattened w-major (row ``i``: into layer ``i``; row 0 is 0);
         None when there are none (every target but ``ort-cpu``, and any budget but latency)."""
-        if self._pairs is None or self.config.budget.metric != "latency":
-            return None
-        return self._pairs.copy()
+        return None if self._budget_pairs is None else self._budget_pairs.copy()
 
     def choice_of(self, policy: Policy) -> np.ndarray:
         """The bit-choice indices of ``policy`` (the inverse of :meth:`policy_of`); a PolicyError for a layer or
@@ -421,16 +418,11 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         return choice
 
     def cheapest_choice(self) -> np.ndarray:
-        """The policy of least cost in the budget's metric, boundaries included (read forward off the exact
-        least-cost completions the action wall uses), as ``(n_layers, 2)`` choice indices."""
-        metric = self.config.budget.metric
-        cells = self._costs[metric].reshape(self.n_layers, -1)
-        pairs = self._pairs if metric == "latency" else None
+        """The policy of least cost in the budget's metric, boundaries included (the exact least-cost completions
+        the action wall uses, read forward), as ``(n_layers, 2)`` choice indices."""
+        cells = self._costs[self.config.budget.metric].reshape(self.n_layers, -1)
+        flat = cheapest_choices(cells, self._tail, self._budget_pairs)
         n_a = len(self.config.a_bits)
-        flat = np.zeros(self.n_layers, dtype=np.int64)
-        for i in range(self.n_layers):
-            into = 0.0 if pairs is None or i == 0 else pairs[i, flat[i - 1]]
-            flat[i] = int(np.argmin(cells[i] + into + self._tail[i]))
         return np.stack([flat // n_a, flat % n_a], axis=1)
 
     def policy_of(self, choice: np.ndarray) -> Policy:

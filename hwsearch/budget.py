@@ -10,7 +10,16 @@ import numpy as np
 
 from hwsearch.errors import BudgetError, ConfigError
 
-__all__ = ["METRICS", "UNITS", "MAX_TABLE_ENTRIES", "Budget", "parse_budget", "check_table_size", "least_tails"]
+__all__ = [
+    "METRICS",
+    "UNITS",
+    "MAX_TABLE_ENTRIES",
+    "Budget",
+    "parse_budget",
+    "check_table_size",
+    "least_tails",
+    "cheapest_choices",
+]
 
 METRICS = ("latency", "energy", "size")
 UNITS = {"latency": "ms", "energy": "mJ", "size": "bits"}
@@ -93,3 +102,14 @@ def least_tails(cells: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarra
         nxt = cells[i + 1] + tail[i + 1]
         tail[i] = nxt.min() if pairs is None else (pairs[i + 1] + nxt[None, :]).min(axis=1)
     return tail
+
+
+def cheapest_choices(cells: np.ndarray, tail: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarray:
+    """The flat choice per layer of the cheapest whole policy, read forward off :func:`least_tails`' ``tail``
+    (same ``cells`` and ``pairs``): each layer takes the choice whose cell, boundary in and cheapest completion
+    sum least."""
+    flat = np.zeros(len(cells), dtype=np.int64)
+    for i in range(len(cells)):
+        into = 0.0 if pairs is None or i == 0 else pairs[i, flat[i - 1]]
+        flat[i] = int(np.argmin(cells[i] + into + tail[i]))
+    return flat
