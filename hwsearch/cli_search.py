@@ -52,7 +52,11 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episode-finetune-steps", type=int, default=0, help="QAT steps per evaluated policy (0 = off)")
     p.add_argument("--episode-lipschitz-beta", type=float, default=0.0, help="Lipschitz term in those steps")
     p.add_argument(
-        "--n-envs", type=int, default=1, help="environments stepped at once; their evaluations run in parallel"
+        "--n-envs",
+        type=int,
+        default=None,
+        help="environments stepped at once; their evaluations run in parallel (default: one per core when that "
+        "measures faster than threads and the search is long enough to repay starting them, else 1)",
     )
     p.add_argument("--backend", default="subproc", help="serial, subproc (processes on this machine) or ray")
     p.add_argument(

@@ -1,11 +1,15 @@
-"""How many CPU threads a search or comparison uses: every core this process may run on, or one, whichever
-measures faster for the model at hand.
+"""How a search or comparison uses the cores this process may run on: torch threads in one process, or (a
+search) one single-thread environment per core, whichever measures faster for the model at hand.
 
 Convolutions of a small model on a few hundred images gain from a second core on an idle machine, and lose
 badly when another process holds it (each intra-op step waits for the slowest thread), so the choice is
 measured, not assumed: :func:`fastest_threads` times a probe (one clean pass of the model being searched) at
 each candidate count. PyTorch's convolutions split work over outputs, not over the summed inputs, so the thread
 count changes speed, not results; the search's rewards, and so its cache, are the same either way.
+
+A search can instead step one environment per core (:func:`choose_parallelism`): N one-thread processes score N
+policies at once, which beats N threads on one policy unless the threads scale almost perfectly. It is chosen
+only when the search is long enough to repay starting the workers (each imports torch: seconds).
 """
 
 from __future__ import annotations
@@ -13,11 +17,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["available_cores", "thread_candidates", "fastest_threads", "model_probe", "use_threads"]
+__all__ = [
+    "available_cores",
+    "thread_candidates",
+    "probe_seconds",
+    "fastest_threads",
+    "model_probe",
+    "use_threads",
+    "Parallelism",
+    "choose_parallelism",
+]
+
+WORKER_START_S = 20.0  # what starting the worker processes costs, at most (each imports torch and gets the model)
+ENVS_MARGIN = 1.25  # envs must promise this much more throughput than threads: a round waits for its slowest
 
 
 def available_cores() -> int:
@@ -33,16 +50,11 @@ def thread_candidates(cores: int | None = None) -> tuple[int, ...]:
     return (1,) if n == 1 else (1, n)
 
 
-def fastest_threads(probe: Callable[[], object], candidates: Sequence[int] | None = None, repeats: int = 2) -> int:
-    """The candidate thread count under which ``probe()`` runs fastest (best of ``repeats`` after one warm-up).
-
-    Leaves torch's thread count as it found it; ties go to the fewer threads.
-    """
-    counts = tuple(candidates) if candidates is not None else thread_candidates()
-    if len(counts) == 1:
-        return counts[0]
+def probe_seconds(probe: Callable[[], object], counts: Sequence[int], repeats: int = 2) -> dict[int, float]:
+    """Seconds ``probe()`` takes under each thread count (best of ``repeats`` after one warm-up); leaves torch's
+    thread count as it found it."""
     before = torch.get_num_threads()
-    best: tuple[float, int] | None = None
+    seconds: dict[int, float] = {}
     try:
         for n in counts:
             torch.set_num_threads(n)
@@ -52,12 +64,19 @@ def fastest_threads(probe: Callable[[], object], candidates: Sequence[int] | Non
                 t0 = time.perf_counter()
                 probe()
                 times.append(time.perf_counter() - t0)
-            if best is None or min(times) < best[0]:
-                best = (min(times), n)
+            seconds[n] = min(times)
     finally:
         torch.set_num_threads(before)
-    assert best is not None
-    return best[1]
+    return seconds
+
+
+def fastest_threads(probe: Callable[[], object], candidates: Sequence[int] | None = None, repeats: int = 2) -> int:
+    """The candidate thread count under which ``probe()`` runs fastest; ties go to the fewer threads."""
+    counts = tuple(candidates) if candidates is not None else thread_candidates()
+    if len(counts) == 1:
+        return counts[0]
+    seconds = probe_seconds(probe, counts, repeats)
+    return min(counts, key=lambda n: (seconds[n], n))
 
 
 def model_probe(model: nn.Module, x: Tensor, y: Tensor, images: int = 256) -> Callable[[], None]:
@@ -88,3 +107,55 @@ def use_threads(threads: int | None, probe: Callable[[], object]) -> int:
     n = threads if threads is not None else fastest_threads(probe)
     torch.set_num_threads(n)
     return n
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """What :func:`choose_parallelism` chose: ``n_envs`` environments of ``threads`` torch threads each, and why."""
+
+    n_envs: int
+    threads: int
+    reason: str
+
+
+def choose_parallelism(
+    probe: Callable[[], object],
+    evaluation_s: Callable[[int], float],
+    episodes: int,
+    cores: int | None = None,
+    worker_start_s: float = WORKER_START_S,
+) -> Parallelism:
+    """One env per core, or one env on the faster thread count, for a search of ``episodes`` episodes.
+
+    ``probe`` (cheap) is timed at 1 thread and at every core (N); ``evaluation_s(threads)`` is what one real
+    evaluation costs under that thread count, asked first under the probe's faster count, and under the other
+    only when the search is long enough for the choice to matter (the probe, a miniature, understates how the
+    attack's gradient steps scale). N one-thread envs score N policies in the time one thread scores one, less
+    what a round loses waiting for its slowest episode, so they are chosen when N threads are less than
+    N / ``ENVS_MARGIN`` times as fast as one, and the search's evaluations, spread over N workers, save more than
+    ``worker_start_s``.
+    """
+    n = available_cores() if cores is None else max(1, int(cores))
+    if n == 1:
+        return Parallelism(1, 1, "one core")
+    seconds = probe_seconds(probe, (1, n))
+    threads = min((1, n), key=lambda k: (seconds[k], k))
+    if seconds[1] / max(seconds[n], 1e-12) * ENVS_MARGIN >= n:
+        return Parallelism(1, n, f"{n} threads run the probe {seconds[1] / seconds[n]:.2f}x as fast as 1")
+    timed = {threads: evaluation_s(threads)}
+    saved = episodes * timed[threads] * (1.0 - 1.0 / n)
+    if saved < worker_start_s:
+        return Parallelism(
+            1, threads, f"{n} workers would save about {saved:.0f} s of evaluation, less than starting them costs"
+        )
+    other = n if threads == 1 else 1
+    timed[other] = evaluation_s(other)
+    speedup = timed[1] / max(timed[n], 1e-12)
+    if speedup * ENVS_MARGIN >= n:
+        return Parallelism(1, n, f"{n} threads evaluate {speedup:.2f}x as fast as 1")
+    return Parallelism(
+        n,
+        1,
+        f"{n} threads evaluate only {speedup:.2f}x as fast as 1, so {n} one-thread environments score {n} "
+        "policies at once",
+    )

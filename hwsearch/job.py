@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from hwsearch.budget import Budget, parse_budget
 from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.config_json import load_config, save_config
-from hwsearch.cores import model_probe, thread_candidates, use_threads
+from hwsearch.cores import choose_parallelism, model_probe, thread_candidates, use_threads
 from hwsearch.envs import ENFORCE_MODES
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
@@ -110,7 +110,7 @@ class SearchJobConfig:
                 f"{given} initial policies are played as the first warm-up episodes, but the warm-up has {warmup}; "
                 f"raise --warmup (and --episodes) to at least {given}"
             )
-        if self.search.agent == "ilp" and self.parallel.n_envs > 1:
+        if self.search.agent == "ilp" and (self.parallel.n_envs or 1) > 1:
             raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
 
     @property
@@ -236,16 +236,36 @@ def _evaluator(config: SearchJobConfig, ws: Workspace) -> Evaluator:
     return Evaluator(ws.model, ws.calibration, x, y, config.evaluator_config(), train_data=train)
 
 
-def _choose_threads(config: SearchJobConfig, ws: Workspace, evaluator: Evaluator) -> str | None:
-    """Set torch's threads for the job (once: a sweep's searches share them) and say how they were chosen; None
-    for a parallel run, whose workers take their threads from the parallel config."""
-    if config.parallel.n_envs != 1:
-        return None
+def _choose_compute(config: SearchJobConfig, ws: Workspace, evaluator: Evaluator) -> tuple[SearchJobConfig, str]:
+    """The job with its parallelism settled, and a line saying how: ``threads`` / ``n_envs`` as asked, else
+    measured (:func:`hwsearch.cores.choose_parallelism`: one env per core, or one env on the faster thread
+    count). Once per job: a sweep's searches share it, and a resumed run keeps what it started with."""
+    probe = model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y)
+    n_envs = config.parallel.n_envs
+    if n_envs is None and (
+        config.threads is not None or config.search.agent == "ilp" or config.parallel.backend == "ray"
+    ):
+        n_envs = 1  # asked-for threads, the ILP's one-process sensitivity pass, a Ray cluster: no guessing
+    if n_envs is None:
+
+        def evaluation_s(threads: int) -> float:
+            use_threads(threads, lambda: None)
+            return evaluator.seconds_to_evaluate(ws.uniform(8))  # the env's reference: cached for it
+
+        choice = choose_parallelism(probe, evaluation_s, config.search.episodes)
+        use_threads(choice.threads, lambda: None)
+        resolved = replace(config, parallel=replace(config.parallel, n_envs=choice.n_envs))
+        if choice.n_envs > 1:
+            return resolved, f"Parallelism: {choice.n_envs} environments, 1 torch thread each ({choice.reason}).\n"
+        return resolved, f"Parallelism: 1 environment, {choice.threads} torch thread(s) ({choice.reason}).\n"
+    config = replace(config, parallel=replace(config.parallel, n_envs=n_envs))
+    if n_envs != 1:
+        return config, f"Parallelism: {n_envs} environments, as asked (--n-envs).\n"
     if config.threads is not None:
-        return f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n"
-    n = use_threads(None, model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y))
+        return config, f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n"
+    n = use_threads(None, probe)
     among = " and ".join(map(str, thread_candidates()))
-    return f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n"
+    return config, f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n"
 
 
 def _search_into(
@@ -454,10 +474,11 @@ def _run(
 ) -> SearchJobResult | None:
     budget = parse_budget(config.budget)
     try:
-        if not resuming:
-            save_config(out / JOB_CONFIG, config)
         ws = _workspace(config)
         evaluator = _evaluator(config, ws)
+        config, compute_note = _choose_compute(config, ws, evaluator)
+        if not resuming:  # settled: a resumed run keeps the parallelism its replay buffer is laid out for
+            save_config(out / JOB_CONFIG, config)
         result = _search_into(
             out,
             config,
@@ -467,7 +488,7 @@ def _run(
             resuming=resuming,
             stop=should_stop,
             progress=progress or _Silent(),
-            threads_note=_choose_threads(config, ws, evaluator),
+            threads_note=compute_note,
         )
     except HwsearchError:
         if not resuming and not (out / "episodes.csv").exists():  # failed before any episode: leave nothing
@@ -517,7 +538,7 @@ def run_sweep(
     folder = prepare_output(out, overwrite, "pareto.csv")
     ws = _workspace(config)
     evaluator = _evaluator(config, ws)
-    threads_note = _choose_threads(config, ws, evaluator)
+    config, threads_note = _choose_compute(config, ws, evaluator)
     episodes: list[tuple[str, EpisodeRecord]] = []
     for budget in budgets:
         sub = folder / str(budget).replace("=", "-")

@@ -58,10 +58,11 @@ class ParallelConfig:
     two workers share one card); ``cpus_per_env`` also sets each worker's torch threads (at least 1), so workers
     do not oversubscribe the cores. ``ray_address`` joins an existing cluster (``auto`` or ``host:port``);
     without it a local Ray instance starts with ``n_envs * cpus_per_env`` CPUs. ``compute_device`` moves each
-    worker's evaluator there (``cuda`` on a GPU node) after it is built.
+    worker's evaluator there (``cuda`` on a GPU node) after it is built. ``n_envs=None`` leaves the count to the
+    search job, which measures whether one env per core beats threads (:func:`hwsearch.cores.choose_parallelism`).
     """
 
-    n_envs: int = 1
+    n_envs: int | None = 1
     backend: str = "subproc"
     cpus_per_env: float = 1.0
     gpus_per_env: float = 0.0
@@ -70,7 +71,8 @@ class ParallelConfig:
     shared_cache: bool = True
 
     def __post_init__(self) -> None:
-        check_int(self.n_envs, "n_envs", 1)
+        if self.n_envs is not None:
+            check_int(self.n_envs, "n_envs", 1)
         check_choice(self.backend, "backend", BACKENDS)
         check_number(self.cpus_per_env, "cpus_per_env", positive=True)
         check_number(self.gpus_per_env, "gpus_per_env", 0)
@@ -167,6 +169,8 @@ def parallel_env(env: MixedPrecisionEnv, config: ParallelConfig) -> MixedPrecisi
     """``env`` itself for one local env (the unchanged path: a subprocess for one env gains nothing); otherwise a
     ``VecEnv`` of ``n_envs`` copies of it, whose shared cache starts from ``env``'s evaluator cache. One Ray env
     is kept: it runs the evaluation where the cluster has the resources (a GPU node)."""
+    if config.n_envs is None:
+        raise ConfigError("n_envs = None (auto) must be resolved by the search job before its envs are made")
     if config.n_envs == 1 and config.backend != "ray":
         return env
     initial = env.evaluator.cached() if isinstance(env.evaluator, Evaluator) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hwsearch import cores
@@ -56,32 +57,89 @@ def test_thread_count_changes_no_figure(checkpoint) -> None:  # type: ignore[no-
     assert figures[0] == figures[1]
 
 
-def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """``--threads`` unset: the job measures and the summary says what it chose; set: used as given."""
-    import pytest
+@pytest.mark.parametrize(
+    ("cores_n", "probe", "evaluation", "episodes", "expected", "timed"),
+    [
+        (1, {1: 1.0}, {}, 300, (1, 1), []),  # one core: nothing to choose
+        (4, {1: 4.0, 4: 1.05}, {}, 300, (1, 4), []),  # the probe's threads scale almost perfectly: threads
+        (4, {1: 1.0, 4: 0.5}, {4: 1.0, 1: 4.0}, 300, (1, 4), [4, 1]),  # the probe understates the evaluation's
+        (4, {1: 1.0, 4: 0.8}, {1: 1.0, 4: 0.8}, 300, (4, 1), [4, 1]),  # threads barely help: one env per core
+        (4, {1: 1.0, 4: 0.8}, {4: 0.8}, 2, (1, 4), [4]),  # ... unless the search is too short to repay workers
+        (2, {1: 1.0, 2: 1.3}, {1: 1.0}, 1, (1, 1), [1]),  # two threads slower than one (a loaded machine)
+    ],
+)
+def test_choose_parallelism_follows_what_it_measures(  # type: ignore[no-untyped-def]
+    monkeypatch, cores_n, probe, evaluation, episodes, expected, timed
+) -> None:
+    monkeypatch.setattr(cores, "probe_seconds", lambda fn, counts, repeats=2: {n: probe[n] for n in counts})
+    asked: list[int] = []
 
+    def evaluation_s(threads: int) -> float:
+        asked.append(threads)
+        return evaluation[threads]
+
+    choice = cores.choose_parallelism(lambda: None, evaluation_s, episodes, cores=cores_n)
+    assert (choice.n_envs, choice.threads) == expected
+    assert choice.reason
+    assert asked == timed  # the probe's faster count first; the other only when the choice matters
+
+
+def test_probe_seconds_times_each_count_and_restores_torch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    clock = {"t": 0.0}
+    monkeypatch.setattr(cores.time, "perf_counter", lambda: clock["t"])
+
+    def probe() -> None:
+        clock["t"] += {1: 2.0, 2: 1.5}[torch.get_num_threads()]
+
+    before = torch.get_num_threads()
+    assert cores.probe_seconds(probe, (1, 2)) == {1: 2.0, 2: 1.5}
+    assert torch.get_num_threads() == before
+
+
+def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Nothing set: the job measures envs against threads and the summary and job.json say what it chose;
+    ``--threads`` / ``--n-envs`` set: used as given."""
+    import json
+
+    from hwsearch import job
     from hwsearch.cli import main
     from hwsearch.errors import ConfigError
     from hwsearch.job import SearchJobConfig
     from hwsearch.pipelines import CompareConfig, ModelSource
 
+    chosen: list[int] = []
     probed: list[tuple[int, ...]] = []
 
-    def fake_fastest(probe, candidates=None, repeats=2):  # type: ignore[no-untyped-def]
+    def fake_choose(probe, evaluation_s, episodes, cores=None, worker_start_s=0.0):  # type: ignore[no-untyped-def]
         probe()  # the probe runs the model
+        assert evaluation_s(1) >= 0.0 and evaluation_s(2) >= 0.0  # the reference evaluation can be timed
+        chosen.append(episodes)
+        return cores_mod.Parallelism(2, 1, "fake: envs win")
+
+    def fake_fastest(probe, candidates=None, repeats=2):  # type: ignore[no-untyped-def]
         probed.append(tuple(candidates or cores.thread_candidates()))
         return 1
 
+    cores_mod = cores
+    monkeypatch.setattr(job, "choose_parallelism", fake_choose)
     monkeypatch.setattr(cores, "fastest_threads", fake_fastest)
     before = torch.get_num_threads()
     try:
-        args = ["search", "--checkpoint", str(checkpoint), "--episodes", "2", "--warmup", "1", "--quiet"]
-        assert main([*args, "--out", str(tmp_path / "a")]) == 0
-        assert len(probed) == 1
-        assert "Torch threads: 1, the faster of" in (tmp_path / "a" / "summary.md").read_text()
+        args = ["search", "--checkpoint", str(checkpoint), "--episodes", "4", "--warmup", "2", "--quiet"]
+        assert main([*args, "--backend", "serial", "--out", str(tmp_path / "a")]) == 0
+        assert chosen == [4]
+        assert (
+            "Parallelism: 2 environments, 1 torch thread each (fake: envs win)"
+            in (tmp_path / "a" / "summary.md").read_text()
+        )
+        saved = json.loads((tmp_path / "a" / "config" / "job.json").read_text())
+        assert json.dumps(saved).count('"n_envs": 2') == 1  # resolved before it is saved: a resume keeps it
         assert main([*args, "--out", str(tmp_path / "b"), "--threads", "1"]) == 0
-        assert len(probed) == 1  # told: nothing measured
+        assert chosen == [4] and not probed  # told: nothing measured
         assert "Torch threads: 1, as asked (--threads)." in (tmp_path / "b" / "summary.md").read_text()
+        assert main([*args, "--out", str(tmp_path / "c"), "--n-envs", "1"]) == 0
+        assert chosen == [4] and len(probed) == 1  # one env asked for: only the thread count is measured
+        assert "Torch threads: 1, the faster of" in (tmp_path / "c" / "summary.md").read_text()
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="threads"):

@@ -75,3 +75,19 @@ def test_search_estimate_equals_the_report_attack_configured_alike(ws, steps: in
     assert got.robust_accuracy == ref.worst and got.per_attack == ref.per_attack
     again = Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(attacks=attacks, robust_subset=images, seed=3))
     assert again.evaluate(policy) == got  # a fresh evaluator, the same seed: the same reward inputs
+
+
+def test_seconds_to_evaluate_recomputes_and_keeps_the_cached_result(checkpoint) -> None:  # type: ignore[no-untyped-def]
+    """The parallelism choice times a cached policy again; the cache must keep the result it had."""
+    from hwsearch.evaluate import Evaluator, EvaluatorConfig
+    from hwsearch.workflow import prepare
+
+    ws = prepare(checkpoint)
+    x, y = ws.split("val", 200)
+    ev = Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig())
+    policy = ws.uniform(4)
+    first = ev.evaluate(policy)
+    calls = ev.timings.calls
+    assert ev.seconds_to_evaluate(policy) > 0.0
+    assert ev.timings.calls == calls + 1 and ev.timings.hits == 0  # computed, not answered from the cache
+    assert ev.cached()[policy.key()] == first == ev.evaluate(policy)
