@@ -8,8 +8,10 @@ commit, the machine and the date (:func:`provenance`); the markdown beside it is
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -105,6 +107,24 @@ def search_estimate() -> tuple[int, int]:
 
     fields = {f.name: f.default for f in dataclasses.fields(SearchJobConfig)}
     return int(fields["steps"]), int(fields["robust_images"])
+
+
+def faithful_estimate(model: str, fidelity: Path = RESULTS / "robust_fidelity.json") -> tuple[int, int]:
+    """(PGD steps, images) of the cheapest search-time robustness estimate that ``benchmarks.robust_fidelity``
+    found faithful for ``model`` (Spearman >= 0.9 with the strong set and its best policy in the top 5); the
+    search's default when that file has no such estimate for the model."""
+    if not fidelity.is_file():
+        return search_estimate()
+    rec = next((r for r in json.loads(fidelity.read_text())["records"] if r["model"] == model), None)
+    faithful = [
+        (float(e["seconds_per_policy"]), name)
+        for name, e in (rec or {}).get("estimates", {}).items()
+        if e["spearman"] >= 0.9 and e["strong_best_in_top5"]
+    ]
+    if not faithful:
+        return search_estimate()
+    steps, images = re.fullmatch(r"pgd(\d+)x(\d+)", min(faithful)[1]).groups()  # type: ignore[union-attr]
+    return int(steps), int(images)
 
 
 def readme_markers(name: str) -> tuple[str, str]:
