@@ -169,6 +169,7 @@ def run_method(
         init_from_ilp=method == "ddpg+ilp" and ilp_file is None,
         checkpoint_every=max(10, args.episodes),
         enforce="walk" if method == "ddpg-walk" else "step",
+        threads=1 if args.jobs > 1 else None,  # parallel runs: one thread each, as --jobs promises
     )
     done = run_search_job(job, folder, overwrite=True)
     assert done is not None
