@@ -75,8 +75,12 @@ def fastest_threads(probe: Callable[[], object], candidates: Sequence[int] | Non
     counts = tuple(candidates) if candidates is not None else thread_candidates()
     if len(counts) == 1:
         return counts[0]
-    seconds = probe_seconds(probe, counts, repeats)
-    return min(counts, key=lambda n: (seconds[n], n))
+    return _fastest(probe_seconds(probe, counts, repeats))
+
+
+def _fastest(seconds: dict[int, float]) -> int:
+    """The thread count with the fewest seconds; ties go to the fewer threads."""
+    return min(seconds, key=lambda n: (seconds[n], n))
 
 
 def model_probe(model: nn.Module, x: Tensor, y: Tensor, images: int = 256) -> Callable[[], None]:
@@ -135,11 +139,12 @@ def choose_parallelism(
     N / ``ENVS_MARGIN`` times as fast as one, and the search's evaluations, spread over N workers, save more than
     ``worker_start_s``.
     """
-    n = available_cores() if cores is None else max(1, int(cores))
-    if n == 1:
+    counts = thread_candidates(cores)
+    if len(counts) == 1:
         return Parallelism(1, 1, "one core")
-    seconds = probe_seconds(probe, (1, n))
-    threads = min((1, n), key=lambda k: (seconds[k], k))
+    n = counts[-1]
+    seconds = probe_seconds(probe, counts)
+    threads = _fastest(seconds)
     if seconds[1] / max(seconds[n], 1e-12) * ENVS_MARGIN >= n:
         return Parallelism(1, n, f"{n} threads run the probe {seconds[1] / seconds[n]:.2f}x as fast as 1")
     timed = {threads: evaluation_s(threads)}

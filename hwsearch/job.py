@@ -240,7 +240,13 @@ def _choose_compute(config: SearchJobConfig, ws: Workspace, evaluator: Evaluator
     """The job with its parallelism settled, and a line saying how: ``threads`` / ``n_envs`` as asked, else
     measured (:func:`hwsearch.cores.choose_parallelism`: one env per core, or one env on the faster thread
     count). Once per job: a sweep's searches share it, and a resumed run keeps what it started with."""
-    probe = model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y)
+
+    def probe() -> None:  # built only when something is measured (the quantized copy costs a calibration pass)
+        if not cached:
+            cached.append(model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y))
+        cached[0]()
+
+    cached: list[Callable[[], None]] = []
     n_envs = config.parallel.n_envs
     if n_envs is None and (
         config.threads is not None or config.search.agent == "ilp" or config.parallel.backend == "ray"
