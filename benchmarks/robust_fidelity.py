@@ -306,6 +306,11 @@ def readme_block(data: dict) -> str:
         f"\n`{meta['command']}` at {meta['commit'][:8]}, {meta['date'][:10]}, {meta['machine']['cpu']}; strong set: "
         f"{data['strong_set']}."
     )
+    for rec in data["records"]:
+        for what, key in (("record kept from", "kept_from"), ("strong figures from", "strong_from")):
+            src = rec.get(key)
+            if src:
+                lines.append(f"{rec['model']}'s {what} `{src['command']}` at {src['commit'][:8]}, {src['date'][:10]}.")
     return "\n".join(lines)
 
 
