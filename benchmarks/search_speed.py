@@ -117,6 +117,11 @@ def main() -> None:
         default=300,
         help="also time a real robust search of this many episodes per model with today's defaults (0: skip)",
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep search_speed.json's records of the models not measured now (each names the run that measured it)",
+    )
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -176,6 +181,11 @@ def main() -> None:
                     "runs": runs,
                 }
             )
+    if args.merge and (RESULTS / "search_speed.json").is_file():
+        old = json.loads((RESULTS / "search_speed.json").read_text(encoding="utf-8"))
+        run = {k: old[k] for k in ("command", "commit", "date", "load_average_1min")}
+        kept = [{**r, "kept_from": r.get("kept_from", run)} for r in old["records"] if r["model"] not in args.models]
+        records = sorted(kept + records, key=lambda r: list(MODELS).index(r["model"]))
     result = {
         "command": "python -m benchmarks.search_speed " + " ".join(sys.argv[1:]),
         "commit": _git("rev-parse", "HEAD"),
@@ -237,9 +247,20 @@ def main() -> None:
         "Same clean accuracy as before for every policy: "
         + ", ".join(f"{r['model']} {'yes' if r['same_clean_accuracy_as_before'] else 'NO'}" for r in records),
     ]
+    lines += kept_lines(records)
     (RESULTS / "search_speed.md").write_text("\n".join(lines) + "\n")
     update_readme("search_speed", readme_block(json.loads((RESULTS / "search_speed.json").read_text())))
     print("\n".join(lines))
+
+
+def kept_lines(records: list[dict]) -> list[str]:
+    """Where records kept by ``--merge`` come from (their own run, not this one)."""
+    return [
+        f"\n{r['model']}: kept from `{k['command']}` at {k['commit'][:8]}, {k['date'][:10]} (1-min load "
+        f"{k['load_average_1min']['start']:.1f} at start)."
+        for r in records
+        if (k := r.get("kept_from"))
+    ]
 
 
 def readme_block(data: dict) -> str:
@@ -263,6 +284,7 @@ def readme_block(data: dict) -> str:
         f"\n`{data['command']}` at {data['commit'][:8]}, {data['date'][:10]}, {data['cpu']} ({data['cores']} cores, "
         f"1-min load {data['load_average_1min']['start']:.1f} at start); {data['setting']}."
     )
+    lines += kept_lines(data["records"])
     return "\n".join(lines)
 
 

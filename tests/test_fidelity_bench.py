@@ -1,5 +1,5 @@
 """benchmarks.robust_fidelity's inputs: estimate names, and reusing an earlier run's strong figures only when
-that run measured the same thing."""
+that run measured the same thing; search_speed's records kept by --merge."""
 
 from __future__ import annotations
 
@@ -62,3 +62,12 @@ def test_strong_rows_refuses_what_another_run_measured(
     path = _results(tmp_path, _args())
     with pytest.raises(SystemExit, match=message):
         strong_rows(path, model, strong_set(now))
+
+
+def test_search_speed_names_the_run_of_a_kept_record() -> None:
+    from benchmarks.search_speed import kept_lines
+
+    run = {"command": "python -m benchmarks.search_speed", "commit": "a" * 40, "date": "2026-12-02T00:00:00"}
+    records = [{"model": "smallcnn", "kept_from": {**run, "load_average_1min": {"start": 0.9}}}, {"model": "resnet20"}]
+    (line,) = kept_lines(records)
+    assert "smallcnn: kept from `python -m benchmarks.search_speed` at aaaaaaaa, 2026-12-02" in line
