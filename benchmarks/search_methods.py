@@ -216,20 +216,55 @@ def record(
     }
 
 
-def kept_runs(path: Path, measured: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """What ``--merge`` keeps of an earlier results file: its runs' provenance, records and budgets of the models
-    this run does not measure. A missing file keeps nothing; a file of another schema is an error."""
+def kept_runs(
+    path: Path, models: Sequence[str], methods: Sequence[str] = METHODS
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """What ``--merge`` keeps of an earlier results file: every record this run does not remeasure (a record is
+    remeasured when both its model and its method are in this run), the budgets of the models this run does not
+    measure, and the provenance of every kept record, as ``earlier`` entries ``{"runs": {model: [methods]}, "meta",
+    "settings"}`` (an entry of the older ``{"models": [...]}`` form stands for every method of its models). A missing
+    file keeps nothing; a file of another schema is an error."""
     if not path.exists():
         return [], [], {}
     old = json.loads(path.read_text(encoding="utf-8"))
     if old.get("schema") != 1:
         raise SystemExit(f"--merge: {path} has schema {old.get('schema')!r}, not 1; rerun without --merge")
-    records = [r for r in old["records"] if r["model"] not in measured]
-    budgets = {m: b for m, b in old.get("budgets", {}).items() if m not in measured}
-    runs = [{**e, "models": [m for m in e["models"] if m not in measured]} for e in old.get("earlier", [])]
-    mine = sorted({r["model"] for r in records} - {m for e in old.get("earlier", []) for m in e["models"]})
-    runs.append({"models": mine, "meta": old["meta"], "settings": old["settings"]})
-    return [e for e in runs if e["models"]], records, budgets
+    records = [r for r in old["records"] if not (r["model"] in models and r["method"] in methods)]
+    kept: dict[str, set[str]] = {}
+    for r in records:
+        kept.setdefault(r["model"], set()).add(r["method"])
+    budgets = {m: b for m, b in old.get("budgets", {}).items() if m in kept and m not in models}
+    owned: dict[str, set[str]] = {}  # (model, method) pairs an earlier entry accounts for
+    runs = []
+    for e in old.get("earlier", []):
+        claim = {m: set(ms) for m, ms in e["runs"].items()} if "runs" in e else {m: set(METHODS) for m in e["models"]}
+        mine = {m: sorted(ms & kept.get(m, set()), key=METHODS.index) for m, ms in claim.items()}
+        for m, ms in mine.items():
+            owned.setdefault(m, set()).update(ms)
+        runs.append({"runs": mine, "meta": e["meta"], "settings": e["settings"]})
+    last = {m: sorted(ms - owned.get(m, set()), key=METHODS.index) for m, ms in kept.items()}
+    runs.append({"runs": last, "meta": old["meta"], "settings": old["settings"]})
+    for e in runs:
+        e["runs"] = {m: ms for m, ms in sorted(e["runs"].items()) if ms}
+    return [e for e in runs if e["runs"]], records, budgets
+
+
+def describe_runs(runs: dict[str, list[str]]) -> str:
+    """``{"resnet20": [...every method...], "mobilenet_v2": ["ilp"]}`` as "resnet20, mobilenet_v2 (ilp)"."""
+    return ", ".join(m if set(ms) == set(METHODS) else f"{m} ({', '.join(ms)})" for m, ms in runs.items())
+
+
+def kept_ilp(records: Sequence[dict[str, Any]], model: str, objective: str, budget: float, work: Path) -> list[dict]:
+    """Kept ``ilp`` records of this problem whose answer is still in ``work`` (``policy.json`` of the run folder), as
+    the finished runs ``ddpg+ilp`` starts from: a rerun of the other methods need not measure the ILP again."""
+    out = []
+    for r in records:
+        if (r["model"], r["objective"], r["method"]) != (model, objective, "ilp") or abs(r["budget"] - budget) > 1e-9:
+            continue
+        policy = work / model / objective / "ilp" / f"seed{r['seed']}" / "policy.json"
+        if policy.exists():
+            out.append({"record": r, "policy_file": str(policy)})
+    return out
 
 
 def _num(value: float | None) -> str:
@@ -389,7 +424,7 @@ def readme_block(data: dict[str, Any]) -> str:
     )
     for e in data.get("earlier", []):
         lines[-1] += (
-            f" {', '.join(e['models'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
+            f" {describe_runs(e['runs'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
             f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']})."
         )
     return "\n".join(lines)
@@ -445,11 +480,13 @@ def _one_run(p: Problem, run: Run, args: argparse.Namespace, folder: Path, files
 
 
 def plan_runs(
-    objective: str, methods: Sequence[str], seeds: Sequence[int]
+    objective: str, methods: Sequence[str], seeds: Sequence[int], known_ilp: Sequence[dict[str, Any]] = ()
 ) -> tuple[list[Run], Callable[[dict[str, Any]], list[Run]]]:
     """The runs to start, and which to queue when one finishes: each ``ddpg+ilp`` run waits for the ILP run it
     starts from (its own seed's on the robust objective; on the clean one, uniform and the ILP cannot depend on the
-    seed, so they run once and every seed starts from that ILP). The ILP goes first: others wait on it."""
+    seed, so they run once and every seed starts from that ILP). The ILP goes first: others wait on it.
+    ``known_ilp``: finished ILP runs (:func:`kept_ilp`) that ``ddpg+ilp`` starts from at once when this run does
+    not measure ``ilp`` itself; a seed with none is measured."""
     runs = [(m, s) for m in methods for s in seeds]
     if objective == "clean":
         runs = [(m, s) for m, s in runs if m not in ("ilp", "uniform") or s == seeds[0]]
@@ -464,7 +501,9 @@ def plan_runs(
             return []
         return [("ddpg+ilp", s, done) for s in warm if s == rec["seed"] or len(ilp_seeds) == 1]
 
-    first: list[Run] = [("ilp", s, None) for s in ilp_seeds]
+    known = [] if "ilp" in methods else [k for k in known_ilp if k["record"]["seed"] in ilp_seeds]
+    first: list[Run] = [r for k in known for r in follow(k)]
+    first += [("ilp", s, None) for s in ilp_seeds if s not in {k["record"]["seed"] for k in known}]
     first += [(m, s, None) for m, s in runs if m not in ("ilp", "ddpg+ilp")]
     return first, follow
 
@@ -524,8 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--merge",
         action="store_true",
-        help="keep OUT/search_methods.json's records of the models this run does not measure (each keeps its run's "
-        "command, commit and date under 'earlier')",
+        help="keep OUT/search_methods.json's records of the (model, method) pairs this run does not measure (each "
+        "keeps its run's command, commit and date under 'earlier'); ddpg+ilp then starts from a kept ILP run's "
+        "answer when --methods leaves ilp out and its run folder is still under --work",
     )
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -538,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets: dict[str, Any] = {}
     earlier: list[dict[str, Any]] = []
     if args.merge:
-        earlier, records, budgets = kept_runs(out / "search_methods.json", args.models)
+        earlier, records, budgets = kept_runs(out / "search_methods.json", args.models, args.methods)
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
         records.sort(key=lambda r: (r["model"], r["objective"], METHODS.index(r["method"]), r["seed"]))
@@ -551,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = json.loads(js.read_text(encoding="utf-8"))  # the markdown is rendered from the file just written
         md = markdown(data["records"], data["checks"]) + provenance_md(data["meta"])
         for e in data.get("earlier", []):
-            md += f"\nRecords of {', '.join(e['models'])} kept from an earlier run:" + provenance_md(e["meta"])
+            md += f"\nRecords of {describe_runs(e['runs'])} kept from an earlier run:" + provenance_md(e["meta"])
         atomic_write_text(out / "search_methods.md", md)
         if records and out.resolve() == RESULTS.resolve():  # only the project's own results reach the README
             update_readme("search_methods", readme_block(data))
@@ -565,12 +605,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt = _checkpoint(model, work, args.train_epochs)
         ws = prepare(ckpt)
         budget, notes = pick_budget(ws, target, args.min_bits)
+        other = {r["budget"] for r in records if r["model"] == model} - {budget}
+        if other:  # kept records of this model (--merge, other methods) were measured at another budget
+            raise SystemExit(f"--merge: {model}'s kept records have budget {other}, this run picks {budget}; rerun all")
         budgets[model] = {"target": target, "budget": budget, **notes}
         files = _uniform_files(ws, target, budget, args.min_bits, work / model / "uniform")
         del ws
         for objective in objectives:
             p = Problem(model, objective, target, budget, ckpt)
-            first, follow = plan_runs(objective, args.methods, args.seeds)
+            known = kept_ilp(records, model, objective, budget, work)
+            first, follow = plan_runs(objective, args.methods, args.seeds, known)
             for done in _parallel(p, first, args, work, files, follow):
                 if done["record"]["method"] != "ilp" or "ilp" in args.methods:
                     records.append(done["record"])

@@ -65,9 +65,15 @@ class TruncatedNormalNoise(ActionNoise):
 
 class HaqDDPG(DDPG):
     """SB3's DDPG with HAQ's changes: its own critic learning rate, truncated-normal exploration, and (with
-    ``reward_mode="episode"``) every transition of an episode relabelled with the episode's reward minus a
-    moving-average baseline, as its whole target (a done flag on each), so the critic learns E[reward | s, a]
-    directly instead of bootstrapping it back through 2N steps.
+    ``reward_mode="episode"``) every transition of an episode relabelled with the episode's reward as its whole
+    target (a done flag on each), so the critic learns E[reward | s, a] directly instead of bootstrapping it back
+    through 2N steps.
+
+    HAQ's code stores that reward as paid and, at each update, shifts the whole sampled batch by one moving
+    average of batch means: the same shift for every sample, which leaves the actor's gradient of Q unchanged.
+    ``reward_baseline="moving"`` keeps what this project did before instead (each episode stored minus a moving
+    average of the episodes before it, ``baseline_alpha`` 0.5): a policy's target then depends on its
+    predecessors, noise that kept the critic from ranking policies (README, "Does the agent learn?").
 
     Only hooks are overridden; the algorithm is SB3's.
     """
@@ -77,12 +83,14 @@ class HaqDDPG(DDPG):
         *args: Any,
         critic_lr: float | None = None,
         reward_mode: str = "episode",
+        reward_baseline: str = "none",
         episode_steps: int = 1,
         baseline_alpha: float = 0.5,
         **kwargs: Any,
     ) -> None:
         self.critic_lr = critic_lr
         self.reward_mode = reward_mode
+        self.baseline_kind = reward_baseline
         self.episode_steps = int(episode_steps)
         self.baseline_alpha = float(baseline_alpha)
         self.reward_baseline: float | None = None
@@ -92,12 +100,14 @@ class HaqDDPG(DDPG):
         super().__init__(*args, **kwargs)
 
     def _relabel_episode(self, replay_buffer: Any, dones: np.ndarray) -> None:
-        """HAQ: the transitions of a finished episode all get its reward minus the moving average of rewards."""
+        """HAQ: the transitions of a finished episode all get its reward (minus the moving average of the rewards
+        before it, with ``reward_baseline="moving"``)."""
         idx = (replay_buffer.pos - 1 - np.arange(self.episode_steps)) % replay_buffer.buffer_size
         for env_i in np.flatnonzero(dones):
             reward = float(replay_buffer.rewards[idx[0], env_i])
             base = reward if self.reward_baseline is None else self.reward_baseline
-            replay_buffer.rewards[idx, env_i] = reward - base
+            kept = reward - base if getattr(self, "baseline_kind", "moving") == "moving" else reward
+            replay_buffer.rewards[idx, env_i] = kept
             replay_buffer.dones[idx, env_i] = 1.0
             self.reward_baseline = base + (1.0 - self.baseline_alpha) * (reward - base)
 

@@ -40,6 +40,7 @@ __all__ = [
 
 AGENTS = ("ddpg", "random", "ilp")
 REWARD_MODES = ("episode", "sparse")
+REWARD_BASELINES = ("none", "moving")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ class SearchConfig:
 
     ``noise_sigma`` is in the env's action units ([-1, 1]); HAQ's 0.5 on its [0, 1] actions is 1.0 here.
     The replay buffer holds ``replay_episodes`` episodes. ``reward_mode``: ``episode`` (HAQ: every transition
-    gets the episode's reward minus a moving-average baseline, as its whole target) or ``sparse`` (the env's
-    rewards, 0 until the last step, bootstrapped with ``gamma``).
+    gets the episode's reward as its whole target) or ``sparse`` (the env's rewards, 0 until the last step,
+    bootstrapped with ``gamma``). ``reward_baseline``: ``none`` stores the episode's reward as paid; ``moving``
+    (this project's behaviour before 2026-12-06, kept for comparison) stores it minus a moving average of the
+    episodes before, which gives the same policy a different target after a good or a bad predecessor.
     """
 
     episodes: int = 300
@@ -66,11 +69,13 @@ class SearchConfig:
     noise_decay: float = 0.99
     noise_min: float = 0.0
     reward_mode: str = "episode"
+    reward_baseline: str = "none"
     replay_episodes: int = 128
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         check_choice(self.reward_mode, "reward_mode", REWARD_MODES)
+        check_choice(self.reward_baseline, "reward_baseline", REWARD_BASELINES)
         check_int(self.seed, "seed", 0, 2**31)
         check_choice(self.agent, "agent", AGENTS)
         for what in ("episodes", "batch_size", "replay_episodes"):
@@ -255,6 +260,7 @@ def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDP
         learning_rate=config.actor_lr,
         critic_lr=config.critic_lr,
         reward_mode=config.reward_mode,
+        reward_baseline=config.reward_baseline,
         episode_steps=steps,
         buffer_size=max(config.replay_episodes * steps, config.batch_size, n_envs * steps),  # >= a round
         learning_starts=config.warmup_episodes * steps,

@@ -110,21 +110,51 @@ def test_bad_search_config_is_refused(field: str, value: object) -> None:
         SearchConfig(**{field: value})
 
 
-@pytest.mark.parametrize("mode", ["episode", "sparse"])
-def test_reward_mode_labels_the_replay_buffer(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "baseline"), [("episode", "none"), ("episode", "moving"), ("sparse", "none")])
+def test_reward_mode_labels_the_replay_buffer(mode: str, baseline: str) -> None:
     env = make_env()
-    agent = build_agent(env, SearchConfig(reward_mode=mode, **{**TINY, "episodes": 4}))
+    agent = build_agent(env, SearchConfig(reward_mode=mode, reward_baseline=baseline, **{**TINY, "episodes": 4}))
     agent.learn(total_timesteps=4 * env.n_steps)
     rb = agent.replay_buffer
     rewards = rb.rewards[: rb.size(), 0].reshape(4, env.n_steps)
     dones = rb.dones[: rb.size(), 0].reshape(4, env.n_steps)
-    if mode == "episode":  # every step carries its episode's (baselined) reward, and is its own target
-        assert np.allclose(rewards, rewards[:, :1]) and (dones == 1).all()
-        assert rewards[0, 0] == 0.0  # the first episode is its own baseline
-        assert agent.reward_baseline is not None
-    else:  # 0 until the last step, bootstrapped
+    if mode == "sparse":  # 0 until the last step, bootstrapped
         assert (rewards[:, :-1] == 0).all() and (dones[:, :-1] == 0).all() and (dones[:, -1] == 1).all()
         assert (rewards[:, -1] != 0).any()
+        return
+    assert np.allclose(rewards, rewards[:, :1]) and (dones == 1).all()  # each step: its episode's reward, a target
+    if baseline == "none":  # the episode's own reward: the same (s, a) always gets the same target
+        assert rewards[0, 0] != 0.0
+    else:  # minus the moving average of the episodes before (the first is its own baseline)
+        assert rewards[0, 0] == 0.0 and agent.reward_baseline is not None
+
+
+def test_raw_episode_rewards_give_a_policy_the_same_target_whatever_came_before() -> None:
+    """Without a baseline the buffer holds exactly the rewards the env paid; with the store-time moving average the
+    same episode would be stored differently after a good or a bad predecessor (the noise that hid the signal)."""
+    env = make_env()
+    paid: list[float] = []
+
+    class Spy(HaqDDPG):
+        def _store_transition(self, rb, buffer_action, new_obs, reward, dones, infos):  # type: ignore[no-untyped-def]
+            if np.any(dones):
+                paid.append(float(reward[0]))
+            super()._store_transition(rb, buffer_action, new_obs, reward, dones, infos)
+
+    base = build_agent(env, SearchConfig(**{**TINY, "episodes": 5}))
+    agent = Spy(
+        "MlpPolicy",
+        env,
+        learning_starts=10**6,
+        buffer_size=200,
+        seed=0,
+        policy_kwargs=base.policy_kwargs,
+        reward_baseline="none",
+        episode_steps=env.n_steps,
+    )
+    agent.learn(total_timesteps=5 * env.n_steps)
+    stored = agent.replay_buffer.rewards[: agent.replay_buffer.size(), 0].reshape(5, env.n_steps)
+    assert np.allclose(stored[:, 0], paid) and len(set(np.round(paid, 6))) > 1
 
 
 @pytest.mark.parametrize("seed", [0, 1])

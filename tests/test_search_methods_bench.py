@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.search_methods import METHODS, checks, kept_runs, markdown, plan_runs
+from benchmarks.search_methods import METHODS, checks, describe_runs, kept_ilp, kept_runs, markdown, plan_runs
 
 
 def _rec(
@@ -94,14 +94,56 @@ def test_merge_keeps_other_models_with_their_provenance(tmp_path: Path) -> None:
         "settings": {"episodes": 9},
         "budgets": {"m": {"budget": 0.5}, "k": {"budget": 0.7}, "x": {"budget": 0.6}},
         "records": [rec("m"), rec("k"), rec("x")],
-        "earlier": [{"models": ["k"], "meta": first, "settings": {"episodes": 5}}],
+        "earlier": [{"models": ["k"], "meta": first, "settings": {"episodes": 5}}],  # the older form
     }
     path.write_text(json.dumps(doc), encoding="utf-8")
     earlier, records, budgets = kept_runs(path, ["x"])
     assert [r["model"] for r in records] == ["m", "k"] and set(budgets) == {"m", "k"}
-    assert {tuple(e["models"]): e["meta"]["commit"][0] for e in earlier} == {("k",): "a", ("m",): "b"}
+    assert {tuple(e["runs"]): e["meta"]["commit"][0] for e in earlier} == {("k",): "a", ("m",): "b"}
+    assert all(e["runs"] == {m: ["ddpg"]} for e in earlier for m in e["runs"])
     earlier, records, _ = kept_runs(path, ["m", "k"])  # remeasuring every kept model leaves no earlier run
-    assert [r["model"] for r in records] == ["x"] and [e["models"] for e in earlier] == [["x"]]
+    assert [r["model"] for r in records] == ["x"] and [list(e["runs"]) for e in earlier] == [["x"]]
     path.write_text(json.dumps({**doc, "schema": 2}), encoding="utf-8")
     with pytest.raises(SystemExit, match="schema 2"):
         kept_runs(path, ["x"])
+
+
+def test_merge_keeps_the_methods_a_run_does_not_remeasure(tmp_path: Path) -> None:
+    """Rerunning DDPG on a model keeps that model's other methods, each with the provenance of the run that measured
+    it, and the budget of the model is then the one this run picks (not kept)."""
+    old_meta, new_meta = {"commit": "a" * 40, "date": "2026-01-01"}, {"commit": "b" * 40, "date": "2026-01-02"}
+    recs = [_rec(m, 0, 1.0, 5, 0.1, 0.5, [1.0]) for m in ("uniform", "random", "ilp", "ddpg", "ddpg+ilp")]
+    path = tmp_path / "search_methods.json"
+    doc = {"schema": 1, "meta": new_meta, "settings": {}, "budgets": {"m": {"budget": 0.5}}, "records": recs}
+    doc["earlier"] = [{"runs": {"m": ["ilp", "random"]}, "meta": old_meta, "settings": {}}]
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    earlier, records, budgets = kept_runs(path, ["m"], ["ddpg", "ddpg+ilp"])
+    assert [r["method"] for r in records] == ["uniform", "random", "ilp"] and budgets == {}
+    assert [(e["runs"], e["meta"]["commit"][0]) for e in earlier] == [
+        ({"m": ["random", "ilp"]}, "a"),
+        ({"m": ["uniform"]}, "b"),
+    ]
+    assert describe_runs(earlier[0]["runs"]) == "m (random, ilp)"
+    assert describe_runs({"m": list(METHODS)}) == "m"
+
+
+def test_a_kept_ilp_answer_starts_the_warm_starts_at_once(tmp_path: Path) -> None:
+    """Without ilp in --methods, ddpg+ilp starts from the kept ILP run whose answer is still on disk (same budget):
+    nothing waits, and no ILP is measured again; a seed without one still measures its own."""
+    ilp = {**_rec("ilp", 0, 1.5, 0, None, 1.5, [1.5]), "objective": "clean"}
+    folder = tmp_path / "m" / "clean" / "ilp" / "seed0"
+    assert kept_ilp([ilp], "m", "clean", 0.5, tmp_path) == []  # its answer is gone
+    folder.mkdir(parents=True)
+    (folder / "policy.json").write_text("{}", encoding="utf-8")
+    assert kept_ilp([ilp], "m", "clean", 0.6, tmp_path) == []  # another budget
+    known = kept_ilp([ilp], "m", "clean", 0.5, tmp_path)
+    first, _ = plan_runs("clean", ["ddpg", "ddpg+ilp"], [0, 1, 2], known)
+    assert [(m, s) for m, s, _ in first] == [("ddpg+ilp", 0), ("ddpg+ilp", 1), ("ddpg+ilp", 2)] + [
+        ("ddpg", s) for s in (0, 1, 2)
+    ]
+    assert all(done["policy_file"] == str(folder / "policy.json") for m, _, done in first if m == "ddpg+ilp")
+    robust = [{**k, "record": {**k["record"], "objective": "robust"}} for k in known]
+    first, _ = plan_runs("robust", ["ddpg+ilp"], [0, 1], robust)
+    assert [(m, s) for m, s, _ in first] == [("ddpg+ilp", 0), ("ilp", 1)]
+    first, _ = plan_runs("clean", ["ilp", "ddpg+ilp"], [0], known)  # ilp asked for: measured, not reused
+    assert [(m, s) for m, s, _ in first] == [("ilp", 0)]
