@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -226,14 +227,26 @@ def kept_runs(
     file keeps nothing; a file of another schema is an error."""
     if not path.exists():
         return [], [], {}
-    old = json.loads(path.read_text(encoding="utf-8"))
-    if old.get("schema") != 1:
-        raise SystemExit(f"--merge: {path} has schema {old.get('schema')!r}, not 1; rerun without --merge")
+    return kept_from(_load(path), models, methods)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("schema") != 1:
+        raise SystemExit(f"--merge: {path} has schema {doc.get('schema')!r}, not 1; rerun without --merge")
+    return doc
+
+
+def kept_from(
+    old: dict[str, Any], models: Sequence[str], methods: Sequence[str] = METHODS
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """:func:`kept_runs` of a loaded results document; the budgets are those of every model with a kept record
+    (a model this run measures too is then checked against them: :func:`different_problem`)."""
     records = [r for r in old["records"] if not (r["model"] in models and r["method"] in methods)]
     kept: dict[str, set[str]] = {}
     for r in records:
         kept.setdefault(r["model"], set()).add(r["method"])
-    budgets = {m: b for m, b in old.get("budgets", {}).items() if m in kept and m not in models}
+    budgets = {m: b for m, b in old.get("budgets", {}).items() if m in kept}
     owned: dict[str, set[str]] = {}  # (model, method) pairs an earlier entry accounts for
     runs = []
     for e in old.get("earlier", []):
@@ -463,6 +476,55 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
+def different_problem(kept: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """Why records measured under ``kept`` (a model's ``budgets`` entry) cannot sit beside records measured under
+    ``new``, or None: another target or budget, or another checkpoint (FP32's or any uniform policy's search-val
+    accuracy differs: training is not bit-identical across CPUs)."""
+    if kept is None:
+        return None
+    for what in ("target", "budget", "fp32_val_accuracy"):
+        if kept.get(what) != new.get(what):
+            return f"{what} {kept.get(what)!r} vs {new.get(what)!r}"
+    old_u = {u["policy"]: u["val_accuracy"] for u in kept.get("uniform", [])}
+    new_u = {u["policy"]: u["val_accuracy"] for u in new.get("uniform", [])}
+    if old_u != new_u:
+        diff = sorted(k for k in old_u.keys() | new_u.keys() if old_u.get(k) != new_u.get(k))
+        return f"uniform policies' search-val accuracy differs ({', '.join(diff[:3])}...): another checkpoint"
+    return None
+
+
+def merge_results(
+    base: dict[str, Any], new: dict[str, Any], models: Sequence[str] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """``base`` (a results document) with ``new``'s records (of ``models``, default all) in place of its records of
+    the same (model, method) pairs; ``new``'s provenance heads the result, ``base``'s runs move under ``earlier``.
+    Where a model's records in the two were measured on different problems (:func:`different_problem`: another
+    budget, or another checkpoint), ``new``'s replace every record of that model, and the returned lines say which
+    were dropped. Records of a model that are not comparable never sit side by side."""
+    take = [r for r in new["records"] if models is None or r["model"] in models]
+    if not take:
+        return base, []
+    mine = sorted({r["model"] for r in take})
+    methods = sorted({r["method"] for r in take}, key=METHODS.index)
+    _, _, before = kept_from(base, mine, methods)
+    stale = [m for m in mine if different_problem(before.get(m), new["budgets"][m])]
+    dropped = [
+        f"{m}: {', '.join(sorted({r['method'] for r in base['records'] if r['model'] == m} - set(methods)))} dropped "
+        f"({different_problem(before[m], new['budgets'][m])})"
+        for m in stale
+        if {r["method"] for r in base["records"] if r["model"] == m} - set(methods)
+    ]
+    earlier, records, budgets = kept_from(base, mine, [*methods, *(METHODS if stale else ())])
+    records = [r for r in records if r["model"] not in stale]
+    earlier = [{**e, "runs": {m: ms for m, ms in e["runs"].items() if m not in stale}} for e in earlier]
+    doc: dict[str, Any] = {"schema": 1, "meta": new["meta"], "settings": new["settings"]}
+    doc["budgets"] = {**{m: b for m, b in budgets.items() if m not in stale}, **{m: new["budgets"][m] for m in mine}}
+    doc["records"] = records + take
+    kept_new = [{**e, "runs": {m: ms for m, ms in e["runs"].items() if m in mine}} for e in new.get("earlier", [])]
+    doc["earlier"] = [e for e in earlier + kept_new if e["runs"]]
+    return doc, dropped
+
+
 #: one run of a problem: (method, seed, the ILP run's result a ``ddpg+ilp`` run starts from, or None)
 Run = tuple[str, int, dict[str, Any] | None]
 
@@ -545,6 +607,25 @@ def _parallel(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def write_doc(out: Path, doc: dict[str, Any]) -> None:
+    """``OUT/search_methods.json`` (records sorted, the issue's checks computed from them), the markdown rendered from
+    that file, the plot, and the README block when ``out`` is the project's results folder."""
+    doc["records"].sort(key=lambda r: (r["model"], r["objective"], METHODS.index(r["method"]), r["seed"]))
+    doc["checks"] = checks(doc["records"], doc["settings"]["warmup"])
+    if not doc.get("earlier"):
+        doc.pop("earlier", None)
+    js = atomic_write_json(out / "search_methods.json", doc)
+    data = json.loads(js.read_text(encoding="utf-8"))  # the markdown is rendered from the file just written
+    md = markdown(data["records"], data["checks"]) + provenance_md(data["meta"])
+    for e in data.get("earlier", []):
+        md += f"\nRecords of {describe_runs(e['runs'])} kept from an earlier run:" + provenance_md(e["meta"])
+    atomic_write_text(out / "search_methods.md", md)
+    if data["records"] and out.resolve() == RESULTS.resolve():  # only the project's own results reach the README
+        update_readme("search_methods", readme_block(data))
+    if data["records"]:
+        plot(data["records"], out / "search_methods.png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -567,11 +648,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keeps its run's command, commit and date under 'earlier'); ddpg+ilp then starts from a kept ILP run's "
         "answer when --methods leaves ilp out and its run folder is still under --work",
     )
+    ap.add_argument(
+        "--merge-from",
+        nargs="+",
+        metavar="FILE",
+        help="measure nothing: put each FILE's records (a search_methods.json this script wrote to another --out, "
+        "e.g. a run on other models or methods in parallel; only those of --models when given) into OUT's, in place "
+        "of the same (model, method) pairs (of all the model's records when FILE measured it on another checkpoint "
+        "or budget, and says which were dropped)",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: run at least 1 at a time")
     torch.set_num_threads(1)
     out = Path(args.out)
+    if args.merge_from:
+        doc = _load(out / "search_methods.json")
+        asked = args.models if "--models" in (argv if argv is not None else sys.argv) else None
+        for f in args.merge_from:
+            doc, dropped = merge_results(doc, _load(Path(f)), asked)
+            for line in dropped:
+                print(f"--merge-from {f}: {line}")
+        write_doc(out, doc)
+        return 0
     work = Path(args.work)
     meta = provenance(list(argv) if argv is not None else None)
     records: list[dict[str, Any]] = []
@@ -581,22 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         earlier, records, budgets = kept_runs(out / "search_methods.json", args.models, args.methods)
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
-        records.sort(key=lambda r: (r["model"], r["objective"], METHODS.index(r["method"]), r["seed"]))
-        found = checks(records, args.warmup)
         doc = {"schema": 1, "meta": meta, "settings": vars(args), "budgets": budgets, "records": records}
-        doc["checks"] = found
         if earlier:
             doc["earlier"] = earlier
-        js = atomic_write_json(out / "search_methods.json", doc)
-        data = json.loads(js.read_text(encoding="utf-8"))  # the markdown is rendered from the file just written
-        md = markdown(data["records"], data["checks"]) + provenance_md(data["meta"])
-        for e in data.get("earlier", []):
-            md += f"\nRecords of {describe_runs(e['runs'])} kept from an earlier run:" + provenance_md(e["meta"])
-        atomic_write_text(out / "search_methods.md", md)
-        if records and out.resolve() == RESULTS.resolve():  # only the project's own results reach the README
-            update_readme("search_methods", readme_block(data))
-        if records:
-            plot(records, out / "search_methods.png")
+        write_doc(out, doc)
 
     for model in args.models:
         target, objectives = MODELS[model]
@@ -605,10 +692,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpt = _checkpoint(model, work, args.train_epochs)
         ws = prepare(ckpt)
         budget, notes = pick_budget(ws, target, args.min_bits)
-        other = {r["budget"] for r in records if r["model"] == model} - {budget}
-        if other:  # kept records of this model (--merge, other methods) were measured at another budget
-            raise SystemExit(f"--merge: {model}'s kept records have budget {other}, this run picks {budget}; rerun all")
-        budgets[model] = {"target": target, "budget": budget, **notes}
+        entry = {"target": target, "budget": budget, **notes}
+        why = different_problem(budgets.get(model), entry)
+        if why:  # kept records of this model (--merge, other methods) were measured on another problem
+            raise SystemExit(f"--merge: {model}'s kept records come from another problem ({why}); rerun all methods")
+        budgets[model] = entry
         files = _uniform_files(ws, target, budget, args.min_bits, work / model / "uniform")
         del ws
         for objective in objectives:

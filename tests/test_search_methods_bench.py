@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 
-from benchmarks.search_methods import METHODS, checks, describe_runs, kept_ilp, kept_runs, markdown, plan_runs
+from benchmarks.search_methods import (
+    METHODS,
+    checks,
+    describe_runs,
+    different_problem,
+    kept_ilp,
+    kept_runs,
+    markdown,
+    merge_results,
+    plan_runs,
+)
 
 
 def _rec(
@@ -118,13 +128,49 @@ def test_merge_keeps_the_methods_a_run_does_not_remeasure(tmp_path: Path) -> Non
     doc["earlier"] = [{"runs": {"m": ["ilp", "random"]}, "meta": old_meta, "settings": {}}]
     path.write_text(json.dumps(doc), encoding="utf-8")
     earlier, records, budgets = kept_runs(path, ["m"], ["ddpg", "ddpg+ilp"])
-    assert [r["method"] for r in records] == ["uniform", "random", "ilp"] and budgets == {}
+    assert [r["method"] for r in records] == ["uniform", "random", "ilp"]
+    assert budgets == {"m": {"budget": 0.5}}  # kept, so that this run's own budget is checked against it
     assert [(e["runs"], e["meta"]["commit"][0]) for e in earlier] == [
         ({"m": ["random", "ilp"]}, "a"),
         ({"m": ["uniform"]}, "b"),
     ]
     assert describe_runs(earlier[0]["runs"]) == "m (random, ilp)"
     assert describe_runs({"m": list(METHODS)}) == "m"
+
+
+def test_merge_from_replaces_the_pairs_it_measured_and_refuses_another_checkpoint() -> None:
+    """Two runs in parallel (other models or methods, other --out) become one results file; records measured on
+    another checkpoint (a uniform policy scores differently) never sit beside each other."""
+    uniform = [{"policy": "W8A8", "relative_latency": 1.0, "val_accuracy": 0.97}]
+    problem = {"target": "t", "budget": 0.5, "fp32_val_accuracy": 0.98, "uniform": uniform}
+    old_meta, new_meta = {"commit": "a" * 40, "date": "2026-01-01"}, {"commit": "b" * 40, "date": "2026-01-02"}
+    base = {
+        "schema": 1,
+        "meta": old_meta,
+        "settings": {"warmup": 3},
+        "budgets": {"m": problem},
+        "records": [_rec(m, 0, 1.0, 5, 0.1, 0.5, [1.0]) for m in ("random", "ddpg")],
+    }
+    new = {**base, "meta": new_meta, "records": [_rec("ddpg", 0, 2.0, 6, 0.1, 0.9, [2.0])]}
+    doc, dropped = merge_results(base, new)
+    assert sorted((r["method"], r["best_reward"]) for r in doc["records"]) == [("ddpg", 2.0), ("random", 1.0)]
+    assert doc["meta"] == new_meta and [(e["runs"], e["meta"]) for e in doc["earlier"]] == [
+        ({"m": ["random"]}, old_meta)
+    ]
+    assert dropped == []
+    assert different_problem(problem, problem) is None
+    other = {**problem, "uniform": [{**uniform[0], "val_accuracy": 0.96}]}
+    assert "another checkpoint" in (different_problem(problem, other) or "")
+    assert "budget" in (different_problem(problem, {**problem, "budget": 0.6}) or "")
+    doc, dropped = merge_results(base, {**new, "budgets": {"m": other}})  # another checkpoint: m's old records go
+    assert (
+        [(r["method"], r["best_reward"]) for r in doc["records"]] == [("ddpg", 2.0)]
+        and "earlier" not in doc
+        or not doc["earlier"]
+    )
+    assert len(dropped) == 1 and "random dropped" in dropped[0] and "another checkpoint" in dropped[0]
+    assert doc["budgets"]["m"] == other
+    assert merge_results(base, new, models=["k"]) == (base, [])  # only the asked models' records are taken
 
 
 def test_a_kept_ilp_answer_starts_the_warm_starts_at_once(tmp_path: Path) -> None:
