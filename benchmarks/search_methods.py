@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import statistics
 import sys
 import time
@@ -570,6 +571,17 @@ def plan_runs(
     return first, follow
 
 
+def stop_workers(pool: Any) -> None:
+    """Cancel what is queued and SIGTERM the workers of a ``ProcessPoolExecutor``, whose shutdown alone lets each
+    worker finish its run (minutes of a core, orphaned when the driver was killed). A search stops after its
+    current step on SIGTERM (:mod:`hwsearch.job`) and the worker exits."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+
+
 def _parallel(
     p: Problem,
     runs: Sequence[Run],
@@ -603,8 +615,11 @@ def _parallel(
                 done = fut.result()
                 pending |= {pool.submit(_one_run, p, r, args, folder(r), files) for r in follow(done)}
                 yield done
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # a failed run, Ctrl-C or SIGTERM: the workers' runs stop too, not only the queue
+        stop_workers(pool)
+        raise
+    else:
+        pool.shutdown(wait=True)
 
 
 def write_doc(out: Path, doc: dict[str, Any]) -> None:
@@ -624,6 +639,10 @@ def write_doc(out: Path, doc: dict[str, Any]) -> None:
         update_readme("search_methods", readme_block(data))
     if data["records"]:
         plot(data["records"], out / "search_methods.png")
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -658,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or budget, and says which were dropped)",
     )
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds, so _parallel stops its workers (no orphans)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: run at least 1 at a time")
     torch.set_num_threads(1)

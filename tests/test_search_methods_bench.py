@@ -18,6 +18,7 @@ from benchmarks.search_methods import (
     markdown,
     merge_results,
     plan_runs,
+    stop_workers,
 )
 
 
@@ -193,3 +194,31 @@ def test_a_kept_ilp_answer_starts_the_warm_starts_at_once(tmp_path: Path) -> Non
     assert [(m, s) for m, s, _ in first] == [("ddpg+ilp", 0), ("ilp", 1)]
     first, _ = plan_runs("clean", ["ilp", "ddpg+ilp"], [0], known)  # ilp asked for: measured, not reused
     assert [(m, s) for m, s, _ in first] == [("ilp", 0)]
+
+
+def test_stopping_the_pool_ends_the_runs_in_its_workers() -> None:
+    """A killed or failed benchmark must not leave workers running their searches on (orphans burn cores)."""
+    import multiprocessing as mp
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    def gone(pid: int) -> bool:  # the executor's own thread may reap the child first: ask the kernel, not is_alive()
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            return stat.read_text().split()[2] in ("Z", "X")
+        except OSError:
+            return True
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork"))
+    futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+    deadline = time.monotonic() + 10
+    while sum(f.running() for f in futures) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [p.pid for p in pool._processes.values()]
+    assert len(pids) == 2 and not any(gone(pid) for pid in pids)
+    stop_workers(pool)
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(gone(pid) for pid in pids)
+    assert all(f.cancelled() or f.exception(timeout=10) is not None for f in futures)  # none ran its minute out
