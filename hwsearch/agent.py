@@ -106,7 +106,7 @@ class HaqDDPG(DDPG):
         for env_i in np.flatnonzero(dones):
             reward = float(replay_buffer.rewards[idx[0], env_i])
             base = reward if self.reward_baseline is None else self.reward_baseline
-            kept = reward - base if getattr(self, "baseline_kind", "moving") == "moving" else reward
+            kept = reward - base if self.baseline_kind == "moving" else reward
             replay_buffer.rewards[idx, env_i] = kept
             replay_buffer.dones[idx, env_i] = 1.0
             self.reward_baseline = base + (1.0 - self.baseline_alpha) * (reward - base)

@@ -227,6 +227,7 @@ class SearchCheckpoint:
                 "wrote it: start this search afresh with --overwrite"
             ) from None
         agent.load_replay_buffer(path / "replay.pkl")
+        agent.baseline_kind = config.reward_baseline  # the job's settings rule (an older agent.zip has none)
         agent._last_obs = None  # the env is new: SB3 must reset it rather than act on a stale observation
         return agent
 

@@ -35,6 +35,9 @@ def test_stop_then_resume_runs_exactly_the_remaining_episodes(agent: str, tmp_pa
         assert resumed_agent.num_timesteps in (n, n + 1)
         assert resumed_agent.replay_buffer.size() == n
         assert resumed_agent.action_noise.episodes == 4
+        assert resumed_agent.baseline_kind == cfg.reward_baseline == "none"
+        moving = ckpt.load_agent(make_env(), SearchConfig(agent=agent, seed=3, reward_baseline="moving", **TINY))
+        assert moving is not None and moving.baseline_kind == "moving"  # the job's settings rule, not the zip's
     second = run_search(make_env(), cfg, checkpoint=ckpt, history=first.episodes, resume=True)
     assert len(second.episodes) == 7
     assert second.episodes[:4] == first.episodes
