@@ -25,7 +25,6 @@ import itertools
 import json
 import signal
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -218,32 +217,51 @@ def record(
     }
 
 
+Pair = tuple[str, str]  # (model, method)
+
+
+def grid(models: Sequence[str], methods: Sequence[str]) -> set[Pair]:
+    """The (model, method) pairs a run over ``models`` x ``methods`` remeasures."""
+    return {(m, meth) for m in models for meth in methods}
+
+
 def kept_runs(
     path: Path, models: Sequence[str], methods: Sequence[str] = METHODS
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """What ``--merge`` keeps of an earlier results file: every record this run does not remeasure (a record is
-    remeasured when both its model and its method are in this run), the budgets of the models this run does not
-    measure, and the provenance of every kept record, as ``earlier`` entries ``{"runs": {model: [methods]}, "meta",
-    "settings"}`` (an entry of the older ``{"models": [...]}`` form stands for every method of its models). A missing
-    file keeps nothing; a file of another schema is an error."""
+    remeasured when both its model and its method are in this run, whatever its seed or objective), the budgets of
+    every model with a kept record (a model this run measures too is checked against its budget:
+    :func:`different_problem`), and the provenance of every kept record, as ``earlier`` entries
+    ``{"runs": {model: [methods]}, "meta", "settings"}``. A missing file keeps nothing; a file of another schema is
+    an error."""
     if not path.exists():
         return [], [], {}
-    return kept_from(_load(path), models, methods)
+    return kept_from(load_results(path), grid(models, methods))
 
 
-def _load(path: Path) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+def load_results(path: Path) -> dict[str, Any]:
+    """A results file of this script; ``earlier`` entries of the older ``{"models": [...]}`` form (every method of
+    those models) are read as ``{"runs": {model: [methods]}}``."""
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cannot read {path} ({exc}); name a search_methods.json this script wrote") from None
     if doc.get("schema") != 1:
-        raise SystemExit(f"--merge: {path} has schema {doc.get('schema')!r}, not 1; rerun without --merge")
+        raise SystemExit(f"{path} has schema {doc.get('schema')!r}, not 1; rerun without --merge / --merge-from")
+    for e in doc.get("earlier", []):
+        if "runs" not in e:
+            models = e.pop("models")
+            e["runs"] = {
+                m: sorted({r["method"] for r in doc["records"] if r["model"] == m}, key=METHODS.index) for m in models
+            }
     return doc
 
 
 def kept_from(
-    old: dict[str, Any], models: Sequence[str], methods: Sequence[str] = METHODS
+    old: dict[str, Any], remeasured: set[Pair]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """:func:`kept_runs` of a loaded results document; the budgets are those of every model with a kept record
-    (a model this run measures too is then checked against them: :func:`different_problem`)."""
-    records = [r for r in old["records"] if not (r["model"] in models and r["method"] in methods)]
+    """:func:`kept_runs` of a loaded results document (:func:`load_results`), given the pairs remeasured."""
+    records = [r for r in old["records"] if (r["model"], r["method"]) not in remeasured]
     kept: dict[str, set[str]] = {}
     for r in records:
         kept.setdefault(r["model"], set()).add(r["method"])
@@ -251,8 +269,7 @@ def kept_from(
     owned: dict[str, set[str]] = {}  # (model, method) pairs an earlier entry accounts for
     runs = []
     for e in old.get("earlier", []):
-        claim = {m: set(ms) for m, ms in e["runs"].items()} if "runs" in e else {m: set(METHODS) for m in e["models"]}
-        mine = {m: sorted(ms & kept.get(m, set()), key=METHODS.index) for m, ms in claim.items()}
+        mine = {m: sorted(set(ms) & kept.get(m, set()), key=METHODS.index) for m, ms in e["runs"].items()}
         for m, ms in mine.items():
             owned.setdefault(m, set()).update(ms)
         runs.append({"runs": mine, "meta": e["meta"], "settings": e["settings"]})
@@ -268,16 +285,28 @@ def describe_runs(runs: dict[str, list[str]]) -> str:
     return ", ".join(m if set(ms) == set(METHODS) else f"{m} ({', '.join(ms)})" for m, ms in runs.items())
 
 
-def kept_ilp(records: Sequence[dict[str, Any]], model: str, objective: str, budget: float, work: Path) -> list[dict]:
-    """Kept ``ilp`` records of this problem whose answer is still in ``work`` (``policy.json`` of the run folder), as
-    the finished runs ``ddpg+ilp`` starts from: a rerun of the other methods need not measure the ILP again."""
+def kept_ilp(records: Sequence[dict[str, Any]], p: Problem, work: Path) -> list[dict[str, Any]]:
+    """Kept ``ilp`` records of problem ``p`` whose answer is still in ``work`` (the run folder's ``policy.json``, from
+    a job on the same checkpoint, target and budget), as the finished runs ``ddpg+ilp`` starts from: a rerun of the
+    other methods need not measure the ILP again."""
     out = []
     for r in records:
-        if (r["model"], r["objective"], r["method"]) != (model, objective, "ilp") or abs(r["budget"] - budget) > 1e-9:
+        if (r["model"], r["objective"], r["method"]) != (p.model, p.objective, "ilp") or abs(
+            r["budget"] - p.budget
+        ) > 1e-9:
             continue
-        policy = work / model / objective / "ilp" / f"seed{r['seed']}" / "policy.json"
-        if policy.exists():
-            out.append({"record": r, "policy_file": str(policy)})
+        folder = work / p.model / p.objective / "ilp" / f"seed{r['seed']}"
+        try:
+            job = json.loads((folder / "config" / "job.json").read_text(encoding="utf-8"))["fields"]
+        except (OSError, ValueError, KeyError):
+            continue
+        same = (job.get("checkpoint"), job.get("target"), job.get("budget")) == (
+            str(p.checkpoint),
+            p.target,
+            str(Budget("latency", p.budget)),
+        )
+        if same and (folder / "policy.json").exists():
+            out.append({"record": r, "policy_file": str(folder / "policy.json")})
     return out
 
 
@@ -405,6 +434,11 @@ def markdown(records: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]])
     return "\n".join(lines) + "\n"
 
 
+def _baseline(settings: dict[str, Any]) -> str:
+    """The DDPG reward baseline a run's records were measured with (runs before the setting existed: ``moving``)."""
+    return str(settings.get("reward_baseline", "moving"))
+
+
 def readme_block(data: dict[str, Any]) -> str:
     """The README's summary: per problem, each method's median best reward and test figures, then the checks."""
     meta = data["meta"]
@@ -433,13 +467,14 @@ def readme_block(data: dict[str, Any]) -> str:
     s = data["settings"]
     lines.append(
         f"\n`python -m benchmarks.search_methods` at {meta['commit'][:8]}, {meta['date'][:10]}, "
-        f"{meta['machine']['cpu']}: {s['episodes']} episodes ({s['warmup']} warm-up), seeds {s['seeds']}; every "
-        "run's figures are in `benchmarks/results/search_methods.md`."
+        f"{meta['machine']['cpu']}: {s['episodes']} episodes ({s['warmup']} warm-up), seeds {s['seeds']}, DDPG "
+        f"reward baseline {_baseline(s)}; every run's figures are in `benchmarks/results/search_methods.md`."
     )
     for e in data.get("earlier", []):
         lines[-1] += (
             f" {describe_runs(e['runs'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
-            f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']})."
+            f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']}, DDPG reward baseline "
+            f"{_baseline(e['settings'])})."
         )
     return "\n".join(lines)
 
@@ -497,29 +532,28 @@ def different_problem(kept: dict[str, Any] | None, new: dict[str, Any]) -> str |
 def merge_results(
     base: dict[str, Any], new: dict[str, Any], models: Sequence[str] | None = None
 ) -> tuple[dict[str, Any], list[str]]:
-    """``base`` (a results document) with ``new``'s records (of ``models``, default all) in place of its records of
-    the same (model, method) pairs; ``new``'s provenance heads the result, ``base``'s runs move under ``earlier``.
-    Where a model's records in the two were measured on different problems (:func:`different_problem`: another
-    budget, or another checkpoint), ``new``'s replace every record of that model, and the returned lines say which
-    were dropped. Records of a model that are not comparable never sit side by side."""
+    """``base`` with ``new``'s records (of ``models``, default all) in place of its records of the same (model,
+    method) pairs (both loaded by :func:`load_results`); ``new``'s provenance heads the result, ``base``'s runs move
+    under ``earlier``. Where a model's records in the two were measured on different problems
+    (:func:`different_problem`: another budget, or another checkpoint), ``new``'s replace every record of that model,
+    and the returned lines say which were dropped: records that are not comparable never sit side by side."""
     take = [r for r in new["records"] if models is None or r["model"] in models]
     if not take:
         return base, []
-    mine = sorted({r["model"] for r in take})
-    methods = sorted({r["method"] for r in take}, key=METHODS.index)
-    _, _, before = kept_from(base, mine, methods)
-    stale = [m for m in mine if different_problem(before.get(m), new["budgets"][m])]
+    pairs = {(r["model"], r["method"]) for r in take}
+    mine = sorted({m for m, _ in pairs})
+    _, _, before = kept_from(base, pairs)
+    stale = {m: why for m in mine if (why := different_problem(before.get(m), new["budgets"][m]))}
+    remeasured = pairs | {(r["model"], r["method"]) for r in base["records"] if r["model"] in stale}
     dropped = [
-        f"{m}: {', '.join(sorted({r['method'] for r in base['records'] if r['model'] == m} - set(methods)))} dropped "
-        f"({different_problem(before[m], new['budgets'][m])})"
-        for m in stale
-        if {r["method"] for r in base["records"] if r["model"] == m} - set(methods)
+        f"{m}: {', '.join(sorted({meth for mm, meth in remeasured - pairs if mm == m}, key=METHODS.index))} dropped "
+        f"({why})"
+        for m, why in stale.items()
+        if any(mm == m for mm, _ in remeasured - pairs)
     ]
-    earlier, records, budgets = kept_from(base, mine, [*methods, *(METHODS if stale else ())])
-    records = [r for r in records if r["model"] not in stale]
-    earlier = [{**e, "runs": {m: ms for m, ms in e["runs"].items() if m not in stale}} for e in earlier]
+    earlier, records, budgets = kept_from(base, remeasured)
     doc: dict[str, Any] = {"schema": 1, "meta": new["meta"], "settings": new["settings"]}
-    doc["budgets"] = {**{m: b for m, b in budgets.items() if m not in stale}, **{m: new["budgets"][m] for m in mine}}
+    doc["budgets"] = {**budgets, **{m: new["budgets"][m] for m in mine}}
     doc["records"] = records + take
     kept_new = [{**e, "runs": {m: ms for m, ms in e["runs"].items() if m in mine}} for e in new.get("earlier", [])]
     doc["earlier"] = [e for e in earlier + kept_new if e["runs"]]
@@ -573,13 +607,18 @@ def plan_runs(
 
 def stop_workers(pool: Any) -> None:
     """Cancel what is queued and SIGTERM the workers of a ``ProcessPoolExecutor``, whose shutdown alone lets each
-    worker finish its run (minutes of a core, orphaned when the driver was killed). A search stops after its
-    current step on SIGTERM (:mod:`hwsearch.job`) and the worker exits."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        if proc.is_alive():
-            proc.terminate()
+    worker finish its run (minutes of a core, orphaned when the driver was killed): a worker's run ends at once
+    (the benchmark's jobs install no signal handler). A second SIGTERM meanwhile is ignored, so every worker is
+    reached."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _parallel(
@@ -647,7 +686,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help=f"default: {' '.join(MODELS)}")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--episodes", type=int, default=200, help="episodes of every episodic method")
@@ -664,8 +703,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--merge",
         action="store_true",
         help="keep OUT/search_methods.json's records of the (model, method) pairs this run does not measure (each "
-        "keeps its run's command, commit and date under 'earlier'); ddpg+ilp then starts from a kept ILP run's "
-        "answer when --methods leaves ilp out and its run folder is still under --work",
+        "keeps its run's command, commit and date under 'earlier'; a pair this run measures loses all its seeds' and "
+        "objectives' records); ddpg+ilp then starts from a kept ILP run's answer when --methods leaves ilp out and "
+        "its run folder is still under --work",
     )
     ap.add_argument(
         "--merge-from",
@@ -677,34 +717,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         "or budget, and says which were dropped)",
     )
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds, so _parallel stops its workers (no orphans)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: run at least 1 at a time")
-    torch.set_num_threads(1)
     out = Path(args.out)
     if args.merge_from:
-        doc = _load(out / "search_methods.json")
-        asked = args.models if "--models" in (argv if argv is not None else sys.argv) else None
+        doc = load_results(out / "search_methods.json")
         for f in args.merge_from:
-            doc, dropped = merge_results(doc, _load(Path(f)), asked)
+            doc, dropped = merge_results(doc, load_results(Path(f)), args.models)
             for line in dropped:
                 print(f"--merge-from {f}: {line}")
         write_doc(out, doc)
         return 0
+    args.models = args.models or list(MODELS)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwinds, so _parallel stops its workers
+    try:
+        return _measure(args, out, list(argv) if argv is not None else None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _measure(args: argparse.Namespace, out: Path, argv: list[str] | None) -> int:
+    torch.set_num_threads(1)
     work = Path(args.work)
-    meta = provenance(list(argv) if argv is not None else None)
+    meta = provenance(argv)
     records: list[dict[str, Any]] = []
     budgets: dict[str, Any] = {}
     earlier: list[dict[str, Any]] = []
     if args.merge:
         earlier, records, budgets = kept_runs(out / "search_methods.json", args.models, args.methods)
+    settings = {**vars(args), "reward_baseline": SearchConfig().reward_baseline}  # which DDPG measured these
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
-        doc = {"schema": 1, "meta": meta, "settings": vars(args), "budgets": budgets, "records": records}
+        doc = {"schema": 1, "meta": meta, "settings": settings, "budgets": budgets, "records": records}
         if earlier:
             doc["earlier"] = earlier
         write_doc(out, doc)
 
+    problems = []  # every model's problem first: a kept record from another problem stops the run before any work
     for model in args.models:
         target, objectives = MODELS[model]
         if args.robust_everywhere:
@@ -716,13 +765,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = different_problem(budgets.get(model), entry)
         if why:  # kept records of this model (--merge, other methods) were measured on another problem
             raise SystemExit(f"--merge: {model}'s kept records come from another problem ({why}); rerun all methods")
-        budgets[model] = entry
         files = _uniform_files(ws, target, budget, args.min_bits, work / model / "uniform")
+        problems.append((model, entry, files, [Problem(model, o, target, budget, ckpt) for o in objectives]))
         del ws
-        for objective in objectives:
-            p = Problem(model, objective, target, budget, ckpt)
-            known = kept_ilp(records, model, objective, budget, work)
-            first, follow = plan_runs(objective, args.methods, args.seeds, known)
+    for model, entry, files, per_objective in problems:
+        budgets[model] = entry
+        for p in per_objective:
+            known = kept_ilp(records, p, work)
+            first, follow = plan_runs(p.objective, args.methods, args.seeds, known)
             for done in _parallel(p, first, args, work, files, follow):
                 if done["record"]["method"] != "ilp" or "ilp" in args.methods:
                     records.append(done["record"])

@@ -71,9 +71,9 @@ class HaqDDPG(DDPG):
 
     HAQ's code stores that reward as paid and, at each update, shifts the whole sampled batch by one moving
     average of batch means: the same shift for every sample, which leaves the actor's gradient of Q unchanged.
-    ``reward_baseline="moving"`` keeps what this project did before instead (each episode stored minus a moving
+    ``baseline_kind="moving"`` keeps what this project did before instead (each episode stored minus a moving
     average of the episodes before it, ``baseline_alpha`` 0.5): a policy's target then depends on its
-    predecessors, noise that kept the critic from ranking policies (README, "Does the agent learn?").
+    predecessors (README, "Does the agent learn?").
 
     Only hooks are overridden; the algorithm is SB3's.
     """
@@ -83,14 +83,14 @@ class HaqDDPG(DDPG):
         *args: Any,
         critic_lr: float | None = None,
         reward_mode: str = "episode",
-        reward_baseline: str = "none",
+        baseline_kind: str = "none",
         episode_steps: int = 1,
         baseline_alpha: float = 0.5,
         **kwargs: Any,
     ) -> None:
         self.critic_lr = critic_lr
         self.reward_mode = reward_mode
-        self.baseline_kind = reward_baseline
+        self.baseline_kind = baseline_kind  # SearchConfig.reward_baseline (self.reward_baseline is its value)
         self.episode_steps = int(episode_steps)
         self.baseline_alpha = float(baseline_alpha)
         self.reward_baseline: float | None = None

@@ -436,9 +436,12 @@ def load_job_config(folder: str | Path) -> SearchJobConfig:
             )
         raise ConfigError(f"{str(folder)!r} holds no search to resume (no {JOB_CONFIG}); start one with --out")
     try:
-        return load_config(SearchJobConfig, path)
+        config = load_config(SearchJobConfig, path)
     except ConfigError as exc:
         raise ConfigError(f"{str(path)!r} is corrupt ({exc}); start a new search with --out") from None
+    if '"reward_baseline"' not in path.read_text(encoding="utf-8"):  # saved before the setting existed
+        config = replace(config, search=replace(config.search, reward_baseline="moving"))
+    return config
 
 
 def run_search_job(

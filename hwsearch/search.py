@@ -261,7 +261,7 @@ def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDP
         learning_rate=config.actor_lr,
         critic_lr=config.critic_lr,
         reward_mode=config.reward_mode,
-        reward_baseline=config.reward_baseline,
+        baseline_kind=config.reward_baseline,
         episode_steps=steps,
         buffer_size=max(config.replay_episodes * steps, config.batch_size, n_envs * steps),  # >= a round
         learning_starts=config.warmup_episodes * steps,

@@ -140,3 +140,16 @@ def test_load_missing_and_bad_json(tmp_path: Path) -> None:
 def test_to_dict_rejects_non_configs() -> None:
     with pytest.raises(ConfigError, match="not a config dataclass"):
         config_to_dict(TrainConfig)
+
+
+def test_a_job_saved_before_reward_baseline_resumes_with_the_baseline_it_ran_with(tmp_path: Path) -> None:
+    """Before 2026-12-06 every search stored rewards minus a moving baseline; its resume must not switch mid-run."""
+    from hwsearch.job import JOB_CONFIG, SearchJobConfig, load_job_config
+
+    path = tmp_path / JOB_CONFIG
+    save_config(path, SearchJobConfig(checkpoint="c.pt"))
+    assert load_job_config(tmp_path).search.reward_baseline == "none"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    del data["fields"]["search"]["fields"]["reward_baseline"]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert load_job_config(tmp_path).search.reward_baseline == "moving"

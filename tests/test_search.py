@@ -149,7 +149,7 @@ def test_raw_episode_rewards_give_a_policy_the_same_target_whatever_came_before(
         buffer_size=200,
         seed=0,
         policy_kwargs=base.policy_kwargs,
-        reward_baseline="none",
+        baseline_kind="none",
         episode_steps=env.n_steps,
     )
     agent.learn(total_timesteps=5 * env.n_steps)

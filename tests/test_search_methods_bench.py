@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ import pytest
 
 from benchmarks.search_methods import (
     METHODS,
+    Problem,
     checks,
     describe_runs,
     different_problem,
     kept_ilp,
     kept_runs,
+    load_results,
     markdown,
     merge_results,
     plan_runs,
@@ -174,16 +177,67 @@ def test_merge_from_replaces_the_pairs_it_measured_and_refuses_another_checkpoin
     assert merge_results(base, new, models=["k"]) == (base, [])  # only the asked models' records are taken
 
 
+def test_merge_from_touches_only_the_pairs_it_holds_and_the_stale_models() -> None:
+    """Two models, one of them retrained (another checkpoint): the retrained one is replaced whole, the other keeps
+    every record the new file does not hold (a file from a partial run holds only some pairs)."""
+    uniform = [{"policy": "W8A8", "relative_latency": 1.0, "val_accuracy": 0.97}]
+    problem = {"target": "t", "budget": 0.5, "fp32_val_accuracy": 0.98, "uniform": uniform}
+    retrained = {**problem, "fp32_val_accuracy": 0.97}
+    meta = {"commit": "a" * 40, "date": "2026-01-01"}
+    rec = lambda model, method: {**_rec(method, 0, 1.0, 5, 0.1, 0.5, [1.0]), "model": model}  # noqa: E731
+    methods = ("uniform", "random", "ilp", "ddpg")
+    base = {
+        "schema": 1,
+        "meta": meta,
+        "settings": {"warmup": 3},
+        "budgets": {"r": problem, "v": problem},
+        "records": [rec(m, meth) for m in ("r", "v") for meth in methods],
+    }
+    new = {**base, "meta": {**meta, "commit": "b" * 40}, "budgets": {"r": retrained, "v": problem}}
+    new["records"] = [rec("r", "ilp"), rec("v", "ddpg")]
+    doc, dropped = merge_results(base, new)
+    held = sorted((r["model"], r["method"]) for r in doc["records"])
+    assert held == [
+        ("r", "ilp"),
+        ("v", "ddpg"),
+        ("v", "ilp"),
+        ("v", "random"),
+        ("v", "uniform"),
+    ]
+    assert dropped == ["r: uniform, random, ddpg dropped (fp32_val_accuracy 0.98 vs 0.97)"]
+    assert [(e["runs"], e["meta"]["commit"][0]) for e in doc["earlier"]] == [({"v": ["uniform", "random", "ilp"]}, "a")]
+    assert doc["budgets"] == {"r": retrained, "v": problem}
+
+
+def test_an_older_results_file_reads_its_earlier_runs_per_method(tmp_path: Path) -> None:
+    doc = {
+        "schema": 1,
+        "meta": {},
+        "settings": {},
+        "records": [_rec("ddpg", 0, 1.0, 5, 0.1, 0.5, [1.0]), _rec("ilp", 0, 1.0, 0, None, 1.0, [1.0])],
+        "earlier": [{"models": ["m"], "meta": {}, "settings": {}}],
+    }
+    path = tmp_path / "search_methods.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert load_results(path)["earlier"][0]["runs"] == {"m": ["ilp", "ddpg"]}
+    with pytest.raises(SystemExit, match="cannot read"):
+        load_results(tmp_path / "missing.json")
+
+
 def test_a_kept_ilp_answer_starts_the_warm_starts_at_once(tmp_path: Path) -> None:
     """Without ilp in --methods, ddpg+ilp starts from the kept ILP run whose answer is still on disk (same budget):
     nothing waits, and no ILP is measured again; a seed without one still measures its own."""
     ilp = {**_rec("ilp", 0, 1.5, 0, None, 1.5, [1.5]), "objective": "clean"}
     folder = tmp_path / "m" / "clean" / "ilp" / "seed0"
-    assert kept_ilp([ilp], "m", "clean", 0.5, tmp_path) == []  # its answer is gone
-    folder.mkdir(parents=True)
+    problem = Problem("m", "clean", "t", 0.5, tmp_path / "m.pt")
+    assert kept_ilp([ilp], problem, tmp_path) == []  # its answer is gone
+    (folder / "config").mkdir(parents=True)
     (folder / "policy.json").write_text("{}", encoding="utf-8")
-    assert kept_ilp([ilp], "m", "clean", 0.6, tmp_path) == []  # another budget
-    known = kept_ilp([ilp], "m", "clean", 0.5, tmp_path)
+    job = {"fields": {"checkpoint": str(tmp_path / "m.pt"), "target": "t", "budget": "latency=0.5x"}}
+    (folder / "config" / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    assert kept_ilp([ilp], replace(problem, budget=0.6), tmp_path) == []  # another budget
+    assert kept_ilp([ilp], replace(problem, checkpoint=tmp_path / "other.pt"), tmp_path) == []  # another model file
+    known = kept_ilp([ilp], problem, tmp_path)
     first, _ = plan_runs("clean", ["ddpg", "ddpg+ilp"], [0, 1, 2], known)
     assert [(m, s) for m, s, _ in first] == [("ddpg+ilp", 0), ("ddpg+ilp", 1), ("ddpg+ilp", 2)] + [
         ("ddpg", s) for s in (0, 1, 2)
