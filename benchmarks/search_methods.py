@@ -25,6 +25,7 @@ import itertools
 import json
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -434,9 +435,21 @@ def markdown(records: Sequence[dict[str, Any]], found: Sequence[dict[str, Any]])
     return "\n".join(lines) + "\n"
 
 
-def _baseline(settings: dict[str, Any]) -> str:
-    """The DDPG reward baseline a run's records were measured with (runs before the setting existed: ``moving``)."""
-    return str(settings.get("reward_baseline", "moving"))
+#: the commit that made ``SearchConfig.reward_baseline="none"`` the default (before it: ``moving``)
+RAW_REWARD_COMMIT = "7135c55"
+
+
+def _baseline(settings: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The DDPG reward baseline a run's records were measured with: its settings say so since they record it;
+    before, the default at the run's commit (``none`` from :data:`RAW_REWARD_COMMIT` on)."""
+    if "reward_baseline" in settings:
+        return str(settings["reward_baseline"])
+    ancestor = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", RAW_REWARD_COMMIT, meta.get("commit", "")],
+        cwd=RESULTS.parent,
+        capture_output=True,
+    )
+    return {0: "none", 1: "moving"}.get(ancestor.returncode, "unknown")
 
 
 def readme_block(data: dict[str, Any]) -> str:
@@ -468,13 +481,13 @@ def readme_block(data: dict[str, Any]) -> str:
     lines.append(
         f"\n`python -m benchmarks.search_methods` at {meta['commit'][:8]}, {meta['date'][:10]}, "
         f"{meta['machine']['cpu']}: {s['episodes']} episodes ({s['warmup']} warm-up), seeds {s['seeds']}, DDPG "
-        f"reward baseline {_baseline(s)}; every run's figures are in `benchmarks/results/search_methods.md`."
+        f"reward baseline {_baseline(s, meta)}; every run's figures are in `benchmarks/results/search_methods.md`."
     )
     for e in data.get("earlier", []):
         lines[-1] += (
             f" {describe_runs(e['runs'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
             f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']}, DDPG reward baseline "
-            f"{_baseline(e['settings'])})."
+            f"{_baseline(e['settings'], e['meta'])})."
         )
     return "\n".join(lines)
 

@@ -276,3 +276,10 @@ def test_stopping_the_pool_ends_the_runs_in_its_workers() -> None:
         time.sleep(0.05)
     assert all(gone(pid) for pid in pids)
     assert all(f.cancelled() or f.exception(timeout=10) is not None for f in futures)  # none ran its minute out
+
+
+def test_each_run_names_the_reward_baseline_its_ddpg_used() -> None:
+    from benchmarks.search_methods import _baseline
+
+    assert _baseline({"reward_baseline": "none"}, {}) == "none"
+    assert _baseline({}, {"commit": "not-a-commit"}) == "unknown"  # never guessed
