@@ -27,7 +27,7 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -486,8 +486,12 @@ def readme_block(data: dict[str, Any]) -> str:
     for e in data.get("earlier", []):
         lines[-1] += (
             f" {describe_runs(e['runs'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
-            f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']}, DDPG reward baseline "
-            f"{_baseline(e['settings'], e['meta'])})."
+            f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']}"
+            + (
+                f", DDPG reward baseline {_baseline(e['settings'], e['meta'])})."
+                if any(m.startswith("ddpg") for ms in e["runs"].values() for m in ms)
+                else ")."
+            )
         )
     return "\n".join(lines)
 
@@ -590,31 +594,35 @@ def _one_run(p: Problem, run: Run, args: argparse.Namespace, folder: Path, files
 
 
 def plan_runs(
-    objective: str, methods: Sequence[str], seeds: Sequence[int], known_ilp: Sequence[dict[str, Any]] = ()
+    objective: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    known_ilp: Sequence[dict[str, Any]] = (),
+    done: Collection[tuple[str, int]] = (),
 ) -> tuple[list[Run], Callable[[dict[str, Any]], list[Run]]]:
     """The runs to start, and which to queue when one finishes: each ``ddpg+ilp`` run waits for the ILP run it
     starts from (its own seed's on the robust objective; on the clean one, uniform and the ILP cannot depend on the
     seed, so they run once and every seed starts from that ILP). The ILP goes first: others wait on it.
-    ``known_ilp``: finished ILP runs (:func:`kept_ilp`) that ``ddpg+ilp`` starts from at once when this run does
-    not measure ``ilp`` itself; a seed with none is measured."""
+    ``known_ilp``: finished ILP runs (:func:`kept_ilp`) that ``ddpg+ilp`` starts from at once; a seed with none is
+    measured. ``done``: (method, seed) runs already recorded (``--resume``), not run again."""
     runs = [(m, s) for m in methods for s in seeds]
     if objective == "clean":
         runs = [(m, s) for m, s in runs if m not in ("ilp", "uniform") or s == seeds[0]]
     ilp_seeds = [s for m, s in runs if m == "ilp"]
     if "ddpg+ilp" in methods and not ilp_seeds:  # measured for the warm start (the caller need not record it)
         ilp_seeds = list(seeds[:1]) if objective == "clean" else list(seeds)
-    warm = [s for m, s in runs if m == "ddpg+ilp"]
+    warm = [s for m, s in runs if m == "ddpg+ilp" and (m, s) not in done]
 
-    def follow(done: dict[str, Any]) -> list[Run]:
-        rec = done["record"]
+    def follow(finished: dict[str, Any]) -> list[Run]:
+        rec = finished["record"]
         if rec["method"] != "ilp":
             return []
-        return [("ddpg+ilp", s, done) for s in warm if s == rec["seed"] or len(ilp_seeds) == 1]
+        return [("ddpg+ilp", s, finished) for s in warm if s == rec["seed"] or len(ilp_seeds) == 1]
 
-    known = [] if "ilp" in methods else [k for k in known_ilp if k["record"]["seed"] in ilp_seeds]
+    known = [k for k in known_ilp if k["record"]["seed"] in ilp_seeds]
     first: list[Run] = [r for k in known for r in follow(k)]
     first += [("ilp", s, None) for s in ilp_seeds if s not in {k["record"]["seed"] for k in known}]
-    first += [(m, s, None) for m, s in runs if m not in ("ilp", "ddpg+ilp")]
+    first += [(m, s, None) for m, s in runs if m not in ("ilp", "ddpg+ilp") and (m, s) not in done]
     return first, follow
 
 
@@ -721,6 +729,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "its run folder is still under --work",
     )
     ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with OUT/search_methods.json: keep every record in it and run only the (method, seed) runs of "
+        "--models x --methods it lacks (a benchmark stopped midway, or one started by older code: each record keeps "
+        "its run's provenance); ddpg+ilp starts from a kept ILP answer still under --work",
+    )
+    ap.add_argument(
         "--merge-from",
         nargs="+",
         metavar="FILE",
@@ -756,8 +771,9 @@ def _measure(args: argparse.Namespace, out: Path, argv: list[str] | None) -> int
     records: list[dict[str, Any]] = []
     budgets: dict[str, Any] = {}
     earlier: list[dict[str, Any]] = []
-    if args.merge:
-        earlier, records, budgets = kept_runs(out / "search_methods.json", args.models, args.methods)
+    if args.merge or args.resume:
+        remeasured = () if args.resume else args.methods
+        earlier, records, budgets = kept_runs(out / "search_methods.json", args.models, remeasured)
     settings = {**vars(args), "reward_baseline": SearchConfig().reward_baseline}  # which DDPG measured these
 
     def write() -> None:  # after every run: a long benchmark killed midway keeps what it measured
@@ -785,7 +801,8 @@ def _measure(args: argparse.Namespace, out: Path, argv: list[str] | None) -> int
         budgets[model] = entry
         for p in per_objective:
             known = kept_ilp(records, p, work)
-            first, follow = plan_runs(p.objective, args.methods, args.seeds, known)
+            done = {(r["method"], r["seed"]) for r in records if (r["model"], r["objective"]) == (model, p.objective)}
+            first, follow = plan_runs(p.objective, args.methods, args.seeds, known, done if args.resume else ())
             for done in _parallel(p, first, args, work, files, follow):
                 if done["record"]["method"] != "ilp" or "ilp" in args.methods:
                     records.append(done["record"])

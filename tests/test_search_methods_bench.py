@@ -246,8 +246,24 @@ def test_a_kept_ilp_answer_starts_the_warm_starts_at_once(tmp_path: Path) -> Non
     robust = [{**k, "record": {**k["record"], "objective": "robust"}} for k in known]
     first, _ = plan_runs("robust", ["ddpg+ilp"], [0, 1], robust)
     assert [(m, s) for m, s, _ in first] == [("ddpg+ilp", 0), ("ilp", 1)]
-    first, _ = plan_runs("clean", ["ilp", "ddpg+ilp"], [0], known)  # ilp asked for: measured, not reused
-    assert [(m, s) for m, s, _ in first] == [("ilp", 0)]
+    first, _ = plan_runs("clean", ["ilp", "ddpg+ilp"], [0], known)  # --resume keeps the ILP record: reused
+    assert [(m, s) for m, s, _ in first] == [("ddpg+ilp", 0)]
+
+
+def test_resume_runs_only_what_the_results_lack() -> None:
+    """A benchmark stopped midway (or started by older code) goes on: recorded (method, seed) runs are not run again,
+    and a recorded warm start is not queued again when its ILP is kept."""
+    done = {("uniform", 0), ("random", 0), ("random", 1), ("ilp", 0), ("ddpg+ilp", 1)}
+    known = [{"record": {"method": "ilp", "seed": 0}, "policy_file": "ilp.json"}]
+    first, follow = plan_runs("clean", list(METHODS[:5]), [0, 1, 2], known, done)
+    assert sorted((m, s) for m, s, _ in first) == [
+        ("ddpg", 0),
+        ("ddpg", 1),
+        ("ddpg", 2),
+        ("ddpg+ilp", 0),
+        ("ddpg+ilp", 2),
+        ("random", 2),
+    ]
 
 
 def test_stopping_the_pool_ends_the_runs_in_its_workers() -> None:
