@@ -68,7 +68,16 @@ class Problem:
     checkpoint: Path
 
 
+#: checkpoints the committed records were measured on: training is not bit-identical across CPUs, so a run on
+#: another machine (``--resume``, ``--merge``) uses these rather than training a model its records cannot sit beside
+CHECKPOINTS = RESULTS / "checkpoints"
+
+
 def _checkpoint(model: str, work: Path, epochs: int) -> Path:
+    """The committed checkpoint of ``model`` (:data:`CHECKPOINTS`), else one trained here into ``work``."""
+    committed = CHECKPOINTS / f"{model}-e{epochs}.pt"
+    if committed.exists():
+        return committed
     path = work / "checkpoints" / f"{model}-e{epochs}.pt"
     if not path.exists():
         train_baseline(BaselineConfig(model=model, epochs=epochs), path)
