@@ -635,18 +635,22 @@ def plan_runs(
     return first, follow
 
 
-def stop_workers(pool: Any) -> None:
-    """Cancel what is queued and SIGTERM the workers of a ``ProcessPoolExecutor``, whose shutdown alone lets each
-    worker finish its run (minutes of a core, orphaned when the driver was killed): a worker's run ends at once
-    (the benchmark's jobs install no signal handler). A second SIGTERM meanwhile is ignored, so every worker is
-    reached."""
+def stop_workers(pool: Any, grace_s: float = 5.0) -> None:
+    """Cancel what is queued and end the workers of a ``ProcessPoolExecutor``, whose shutdown alone lets each
+    worker finish its run (minutes of a core, orphaned when the driver was killed): SIGTERM, and SIGKILL for any
+    still there after ``grace_s`` (a worker whose code caught SIGTERM). A second SIGTERM to the driver meanwhile is
+    ignored, so every worker is reached."""
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
+            proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            proc.join(timeout=max(deadline - time.monotonic(), 0.0))
+            if proc.exitcode is None:
+                proc.kill()
     finally:
         signal.signal(signal.SIGTERM, previous)
 

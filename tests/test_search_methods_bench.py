@@ -266,6 +266,15 @@ def test_resume_runs_only_what_the_results_lack() -> None:
     ]
 
 
+def _deaf_sleep(seconds: float) -> None:
+    """A run whose code caught SIGTERM (as a search with its own handler would): only SIGKILL ends it."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+
+
 def test_stopping_the_pool_ends_the_runs_in_its_workers() -> None:
     """A killed or failed benchmark must not leave workers running their searches on (orphans burn cores)."""
     import multiprocessing as mp
@@ -280,14 +289,14 @@ def test_stopping_the_pool_ends_the_runs_in_its_workers() -> None:
             return True
 
     pool = ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork"))
-    futures = [pool.submit(time.sleep, 60) for _ in range(4)]
+    futures = [pool.submit(_deaf_sleep, 60), pool.submit(time.sleep, 60), pool.submit(time.sleep, 60)]
     deadline = time.monotonic() + 10
     while sum(f.running() for f in futures) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     pids = [p.pid for p in pool._processes.values()]
     assert len(pids) == 2 and not any(gone(pid) for pid in pids)
-    stop_workers(pool)
-    deadline = time.monotonic() + 10
+    stop_workers(pool, grace_s=2.0)
+    deadline = time.monotonic() + 15
     while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(gone(pid) for pid in pids)
