@@ -224,6 +224,7 @@ def record(
         "wall_s": wall_s + float(before["wall_s"]),
         "target": p.target,
         "best_so_far": [max(r.reward for r in res.episodes[: i + 1]) for i in range(len(res.episodes))],
+        "policy": best.policy.to_dict(),  # the best policy itself: a warm start from a kept ILP needs no run folder
     }
 
 
@@ -296,9 +297,10 @@ def describe_runs(runs: dict[str, list[str]]) -> str:
 
 
 def kept_ilp(records: Sequence[dict[str, Any]], p: Problem, work: Path) -> list[dict[str, Any]]:
-    """Kept ``ilp`` records of problem ``p`` whose answer is still in ``work`` (the run folder's ``policy.json``, from
-    a job on the same checkpoint, target and budget), as the finished runs ``ddpg+ilp`` starts from: a rerun of the
-    other methods need not measure the ILP again."""
+    """Kept ``ilp`` records of problem ``p`` as the finished runs ``ddpg+ilp`` starts from, so that a rerun of the
+    other methods need not measure the ILP again: the answer is the record's own ``policy`` (written into ``work``),
+    or, for a record without one, its run folder's ``policy.json`` from a job on the same checkpoint, target and
+    budget."""
     out = []
     for r in records:
         if (r["model"], r["objective"], r["method"]) != (p.model, p.objective, "ilp") or abs(
@@ -306,6 +308,10 @@ def kept_ilp(records: Sequence[dict[str, Any]], p: Problem, work: Path) -> list[
         ) > 1e-9:
             continue
         folder = work / p.model / p.objective / "ilp" / f"seed{r['seed']}"
+        if "policy" in r:
+            path = save_policy(Policy.from_dict(r["policy"]), folder / "recorded-policy.json")
+            out.append({"record": r, "policy_file": str(path)})
+            continue
         try:
             job = json.loads((folder / "config" / "job.json").read_text(encoding="utf-8"))["fields"]
         except (OSError, ValueError, KeyError):
@@ -814,11 +820,14 @@ def _measure(args: argparse.Namespace, out: Path, argv: list[str] | None) -> int
         budgets[model] = entry
         for p in per_objective:
             known = kept_ilp(records, p, work)
-            done = {(r["method"], r["seed"]) for r in records if (r["model"], r["objective"]) == (model, p.objective)}
-            first, follow = plan_runs(p.objective, args.methods, args.seeds, known, done if args.resume else ())
-            for done in _parallel(p, first, args, work, files, follow):
-                if done["record"]["method"] != "ilp" or "ilp" in args.methods:
-                    records.append(done["record"])
+            had = {(r["method"], r["seed"]) for r in records if (r["model"], r["objective"]) == (model, p.objective)}
+            had = had if args.resume else set()
+            first, follow = plan_runs(p.objective, args.methods, args.seeds, known, had)
+            for finished in _parallel(p, first, args, work, files, follow):
+                rec = finished["record"]
+                # an ILP measured again only for a warm start (its answer was not on disk) is not recorded twice
+                if (rec["method"] != "ilp" or "ilp" in args.methods) and (rec["method"], rec["seed"]) not in had:
+                    records.append(rec)
                     write()
     write()
     return 0

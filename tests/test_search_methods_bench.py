@@ -308,3 +308,15 @@ def test_each_run_names_the_reward_baseline_its_ddpg_used() -> None:
 
     assert _baseline({"reward_baseline": "none"}, {}) == "none"
     assert _baseline({}, {"commit": "not-a-commit"}) == "unknown"  # never guessed
+
+
+def test_a_recorded_ilp_policy_warm_starts_without_its_run_folder(tmp_path: Path) -> None:
+    """Records carry their best policy, so --resume on a fresh checkout (no run folders) need not measure the ILP
+    again for ddpg+ilp."""
+    from hwsearch.policy import Policy, uniform_policy
+
+    answer = uniform_policy(["a", "b"], 4, 8)
+    ilp = {**_rec("ilp", 0, 1.5, 0, None, 1.5, [1.5]), "objective": "clean", "policy": answer.to_dict()}
+    known = kept_ilp([ilp], Problem("m", "clean", "t", 0.5, tmp_path / "m.pt"), tmp_path)
+    assert len(known) == 1
+    assert Policy.from_json(Path(known[0]["policy_file"]).read_text(encoding="utf-8")) == answer
