@@ -492,22 +492,25 @@ def readme_block(data: dict[str, Any]) -> str:
         lines.append(
             f"| {c['model']} | {c['objective']} | {c['check']} | {'yes' if c['ok'] else 'NO'} | {c['detail']} |"
         )
-    s = data["settings"]
-    lines.append(
-        f"\n`python -m benchmarks.search_methods` at {meta['commit'][:8]}, {meta['date'][:10]}, "
-        f"{meta['machine']['cpu']}: {s['episodes']} episodes ({s['warmup']} warm-up), seeds {s['seeds']}, DDPG "
-        f"reward baseline {_baseline(s, meta)}; every run's figures are in `benchmarks/results/search_methods.md`."
-    )
-    for e in data.get("earlier", []):
-        lines[-1] += (
-            f" {describe_runs(e['runs'])}: kept from the run at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]} "
-            f"({e['settings']['episodes']} episodes, seeds {e['settings']['seeds']}"
-            + (
-                f", DDPG reward baseline {_baseline(e['settings'], e['meta'])})."
-                if any(m.startswith("ddpg") for ms in e["runs"].values() for m in ms)
-                else ")."
-            )
+    owned = {(m, meth) for e in data.get("earlier", []) for m, ms in e["runs"].items() for meth in ms}
+    top: dict[str, list[str]] = {}
+    for r in data["records"]:
+        if (r["model"], r["method"]) not in owned and r["method"] not in top.setdefault(r["model"], []):
+            top[r["model"]].append(r["method"])
+    runs = [{"runs": top, "meta": meta, "settings": data["settings"]}, *data.get("earlier", [])]
+    parts = []
+    for e in runs:
+        st, ddpg = e["settings"], any(m.startswith("ddpg") for ms in e["runs"].values() for m in ms)
+        parts.append(
+            f"{describe_runs(e['runs'])}: at {e['meta']['commit'][:8]}, {e['meta']['date'][:10]}, "
+            f"{e['meta'].get('machine', {}).get('cpu', 'unknown CPU')} ({st['episodes']} episodes, {st['warmup']} "
+            f"warm-up, seeds {st['seeds']}" + (f", DDPG reward baseline {_baseline(st, e['meta'])})" if ddpg else ")")
         )
+    lines.append(
+        "\n`python -m benchmarks.search_methods`; "
+        + "; ".join(parts)
+        + ". Every run's figures and command are in `benchmarks/results/search_methods.md`."
+    )
     return "\n".join(lines)
 
 
