@@ -577,7 +577,7 @@ def merge_results(
         return base, []
     pairs = {(r["model"], r["method"]) for r in take}
     mine = sorted({m for m, _ in pairs})
-    _, _, before = kept_from(base, pairs)
+    before = base.get("budgets", {})
     stale = {m: why for m in mine if (why := different_problem(before.get(m), new["budgets"][m]))}
     remeasured = pairs | {(r["model"], r["method"]) for r in base["records"] if r["model"] in stale}
     dropped = [

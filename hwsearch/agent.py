@@ -101,15 +101,17 @@ class HaqDDPG(DDPG):
 
     def _relabel_episode(self, replay_buffer: Any, dones: np.ndarray) -> None:
         """HAQ: the transitions of a finished episode all get its reward (minus the moving average of the rewards
-        before it, with ``reward_baseline="moving"``)."""
+        before it, with ``baseline_kind="moving"``)."""
         idx = (replay_buffer.pos - 1 - np.arange(self.episode_steps)) % replay_buffer.buffer_size
         for env_i in np.flatnonzero(dones):
             reward = float(replay_buffer.rewards[idx[0], env_i])
-            base = reward if self.reward_baseline is None else self.reward_baseline
-            kept = reward - base if self.baseline_kind == "moving" else reward
-            replay_buffer.rewards[idx, env_i] = kept
+            if self.baseline_kind == "moving":
+                base = reward if self.reward_baseline is None else self.reward_baseline
+                replay_buffer.rewards[idx, env_i] = reward - base
+                self.reward_baseline = base + (1.0 - self.baseline_alpha) * (reward - base)
+            else:
+                replay_buffer.rewards[idx, env_i] = reward
             replay_buffer.dones[idx, env_i] = 1.0
-            self.reward_baseline = base + (1.0 - self.baseline_alpha) * (reward - base)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "after_store", "init_actions"]

@@ -8,6 +8,7 @@ settings it started with. See docs/ARCHITECTURE.md, "Data flow".
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from hwsearch.budget import Budget, parse_budget
 from hwsearch.checks import check_choice, check_int, check_number
-from hwsearch.config_json import load_config, save_config
+from hwsearch.config_json import config_from_dict, save_config
 from hwsearch.cores import choose_parallelism, model_probe, thread_candidates, use_threads
 from hwsearch.envs import ENFORCE_MODES
 from hwsearch.errors import ConfigError, HwsearchError
@@ -436,10 +437,13 @@ def load_job_config(folder: str | Path) -> SearchJobConfig:
             )
         raise ConfigError(f"{str(folder)!r} holds no search to resume (no {JOB_CONFIG}); start one with --out")
     try:
-        config = load_config(SearchJobConfig, path)
-    except ConfigError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        config = config_from_dict(SearchJobConfig, data)
+    except (OSError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{str(path)!r} is corrupt ({exc}); start a new search with --out") from None
-    if '"reward_baseline"' not in path.read_text(encoding="utf-8"):  # saved before the setting existed
+    if "reward_baseline" not in data["fields"].get("search", {}).get("fields", {}):
+        # written before the setting existed, when every search stored rewards minus a moving baseline: a resumed
+        # run keeps what it ran with (a fresh config still gets today's default)
         config = replace(config, search=replace(config.search, reward_baseline="moving"))
     return config
 
