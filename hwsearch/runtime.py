@@ -6,17 +6,20 @@ to the *target* (``--target``), the hardware whose cost model prices a policy (:
 
 from __future__ import annotations
 
+import platform
 import random
 
 import numpy as np
 import torch
+from torch import nn
 
 from hwsearch.errors import ConfigError
 
-__all__ = ["COMPUTE_DEVICE_HELP", "check_compute_device", "resolve_compute_device", "set_seed"]
+__all__ = ["COMPUTE_DEVICE_HELP", "check_compute_device", "fast_layout", "resolve_compute_device", "set_seed"]
 
 COMPUTE_DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (cuda when present): where models run"
 _KINDS = ("cpu", "cuda", "mps")
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def check_compute_device(name: object) -> torch.device | None:
@@ -59,3 +62,18 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def fast_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` with its conv weights in the memory layout that runs fastest on ``device``, in place; returned.
+
+    Channels-last (NHWC) on x86 CPUs: oneDNN's NCHW convolutions and max-pooling are its slow path there, and
+    with channels-last weights the forward and backward passes an evaluation repeats run faster on every zoo
+    model (``python -m benchmarks.layout`` measures both layouts: ``benchmarks/results/layout.json``). Inputs may
+    stay NCHW: a conv's output follows its weight. Values agree up to float summation order. Elsewhere (GPUs,
+    other CPUs: not measured) the default contiguous layout.
+    """
+    fmt = torch.channels_last if torch.device(device).type == "cpu" and _X86 else torch.contiguous_format
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=fmt)  # type: ignore[call-overload]  # nn.Module.to takes memory_format
+    return model

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from hwsearch import runtime
 from hwsearch.errors import ConfigError
 from hwsearch.policy import Policy
 from hwsearch.quant import apply_policy, calibrate, gradient_mode, quantizable_names
@@ -110,3 +113,43 @@ def test_robust_accuracy_with_the_callers_clean_verdicts_is_unchanged(setup) -> 
         assert plain == reused
     with pytest.raises(ConfigError, match=r"clean_correct has shape \(47,\); expected \(48,\)"):
         robust_accuracy(qmodel, x, y, attacks, clean_correct=ok[:47])
+
+
+@pytest.mark.skipif(not runtime._X86, reason="fast_layout changes the layout on x86 CPUs only")
+def test_fast_layout_stores_conv_weights_channels_last_and_keeps_the_values(setup) -> None:  # type: ignore[no-untyped-def]
+    model, qmodel, x, _ = setup
+    fast = runtime.fast_layout(copy.deepcopy(qmodel), "cpu")
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), qmodel(x), rtol=1e-4, atol=1e-4)
+    # attacks read gradients through it: the same up to summation order
+    g_ref, _ = _input_grad_of(qmodel, x)
+    g_fast, _ = _input_grad_of(fast, x)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-3, atol=1e-5)
+
+
+def test_fast_layout_leaves_models_without_convs_alone_and_gives_other_devices_the_default_layout() -> None:
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    before = [p.stride() for p in mlp.parameters()]
+    assert runtime.fast_layout(mlp, "cpu") is mlp
+    assert [p.stride() for p in mlp.parameters()] == before
+    conv = nn.Conv2d(1, 8, 3).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    runtime.fast_layout(conv, "meta")  # not a CPU: the default (contiguous) layout, as before this existed
+    assert conv.weight.is_contiguous()
+
+
+@pytest.mark.skipif(not runtime._X86, reason="fast_layout changes the layout on x86 CPUs only")
+def test_zoo_models_are_built_channels_last_on_x86() -> None:
+    from hwsearch.models import build_model
+
+    model = build_model("smallcnn", 10, (1, 28, 28))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+def _input_grad_of(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xg = x.detach().clone().requires_grad_(True)
+    logits = model(xg)
+    (g,) = torch.autograd.grad(nn.functional.cross_entropy(logits, logits.argmax(1)), xg)
+    return g, logits.detach()

@@ -207,3 +207,36 @@ def test_stored_calibration_errors_are_one_line_config_errors(stored: dict, frag
 def test_calibration_round_trips_through_its_dict() -> None:
     cal = Calibration({"a": ActRange(-0.5, 2.0), "b": ActRange(0.0, 1.0)}, "percentile")
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+def _reference_activation(x: torch.Tensor, bits: int, lo: float, hi: float, signed: bool) -> torch.Tensor:
+    """The activation quantizer's value as first written (tensor bounds, clamp, then snap)."""
+    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+    if signed:
+        m = torch.maximum(lo_t.abs(), hi_t.abs()).clamp_min(1e-8)
+        xc, scale = x.clamp(-m, m), m / (2 ** (bits - 1) - 1)
+    else:
+        top = hi_t.clamp_min(1e-8)
+        xc, scale = x.clamp(torch.zeros_like(top), top), top / (2**bits - 1)
+    return (xc / scale).round() * scale
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_activation_ste_value_is_unchanged_and_its_gradient_is_one_on_the_closed_range(bits: int, signed: bool) -> None:
+    g = torch.Generator().manual_seed(bits)
+    lo, hi = (-1.3, 2.1) if signed else (0.0, 2.1)
+    bound = torch.tensor(max(abs(lo), hi) if signed else hi)  # float32, as the quantizer reads it
+    low = -bound if signed else torch.tensor(0.0)
+    x = torch.randn(4, 3, 5, 5, generator=g) * 2
+    x.view(-1)[:4] = torch.stack([bound, low, bound + 1e-3, low - 1e-3])  # on and just past each bound
+    upstream = torch.randn(x.shape, generator=g)
+    xg = x.clone().requires_grad_(True)
+    out = quantize_activation(xg, bits, lo, hi, signed)
+    (gx,) = torch.autograd.grad((out * upstream).sum(), xg)
+    assert torch.equal(out.detach(), _reference_activation(x, bits, lo, hi, signed))  # bit for bit: cached rewards
+    inside = (x >= low) & (x <= bound)  # bounds included (torch's clamp gives 0 or 1/2 there; this is our rule)
+    assert torch.equal(gx, torch.where(inside, upstream, torch.zeros_like(upstream)))
+    assert inside.view(-1)[:4].tolist() == [True, True, False, False]
+    with torch.no_grad():  # the no-gradient path is the same value
+        assert torch.equal(quantize_activation(x, bits, lo, hi, signed), out.detach())
