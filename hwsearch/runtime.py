@@ -67,11 +67,11 @@ def set_seed(seed: int) -> None:
 def fast_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     """``model`` with its conv weights in the memory layout that runs fastest on ``device``, in place; returned.
 
-    Channels-last (NHWC) on x86 CPUs: oneDNN's NCHW convolutions and max-pooling are its slow path there, and
-    with channels-last weights the forward and backward passes an evaluation repeats run faster on every zoo
-    model (``python -m benchmarks.layout`` measures both layouts: ``benchmarks/results/layout.json``). Inputs may
-    stay NCHW: a conv's output follows its weight. Values agree up to float summation order. Elsewhere (GPUs,
-    other CPUs: not measured) the default contiguous layout.
+    Channels-last (NHWC) on x86 CPUs: oneDNN's NCHW convolutions and max-pooling are its slow path there; the
+    forward and backward passes an evaluation repeats are timed in both layouts, per zoo model, by
+    ``python -m benchmarks.layout`` (``benchmarks/results/layout.md``). Inputs may stay NCHW: a conv's output
+    follows its weight. Values agree up to float summation order. Elsewhere (GPUs, other CPUs: not measured)
+    the default contiguous layout.
     """
     fmt = torch.channels_last if torch.device(device).type == "cpu" and _X86 else torch.contiguous_format
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
