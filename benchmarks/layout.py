@@ -52,8 +52,8 @@ def _model(name: str) -> nn.Module:
 
 def measure(name: str, batch: int, repeats: int) -> dict[str, Any]:
     # build_model already picks this CPU's layout: set each one explicitly
-    nchw = _model(name).to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    nhwc = _model(name).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    nchw = _model(name).to(memory_format=torch.contiguous_format)
+    nhwc = _model(name).to(memory_format=torch.channels_last)
     for model, fmt in ((nchw, torch.contiguous_format), (nhwc, torch.channels_last)):
         convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
         assert all(w.is_contiguous(memory_format=fmt) for w in convs), f"{name}: weights not in {fmt}"

@@ -75,5 +75,5 @@ def fast_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
     """
     fmt = torch.channels_last if torch.device(device).type == "cpu" and _X86 else torch.contiguous_format
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=fmt)  # type: ignore[call-overload]  # nn.Module.to takes memory_format
+        model.to(memory_format=fmt)
     return model

@@ -134,7 +134,7 @@ def test_fast_layout_leaves_models_without_convs_alone_and_gives_other_devices_t
     before = [p.stride() for p in mlp.parameters()]
     assert runtime.fast_layout(mlp, "cpu") is mlp
     assert [p.stride() for p in mlp.parameters()] == before
-    conv = nn.Conv2d(1, 8, 3).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    conv = nn.Conv2d(1, 8, 3).to(memory_format=torch.channels_last)
     runtime.fast_layout(conv, "meta")  # not a CPU: the default (contiguous) layout, as before this existed
     assert conv.weight.is_contiguous()
 
