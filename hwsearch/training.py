@@ -112,7 +112,7 @@ def accuracy(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
     dev = resolve_compute_device(device)
-    model.to(dev)
+    fast_layout(model.to(dev), dev)
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

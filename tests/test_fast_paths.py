@@ -153,3 +153,15 @@ def _input_grad_of(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
     logits = model(xg)
     (g,) = torch.autograd.grad(nn.functional.cross_entropy(logits, logits.argmax(1)), xg)
     return g, logits.detach()
+
+
+def test_an_evaluator_moved_to_another_device_gets_that_devices_layout() -> None:
+    from hwsearch.evaluate import Evaluator
+    from hwsearch.models import build_model
+
+    model = build_model("smallcnn", 10, (1, 28, 28)).eval()
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ev = Evaluator(model, calibrate(model, x), x, torch.zeros(8, dtype=torch.long))
+    ev.to("meta")  # stands in for a GPU worker: not a CPU, so the default layout
+    convs = [m.weight for m in ev.model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous() for w in convs)

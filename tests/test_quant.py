@@ -240,3 +240,27 @@ def test_activation_ste_value_is_unchanged_and_its_gradient_is_one_on_the_closed
     assert inside.view(-1)[:4].tolist() == [True, True, False, False]
     with torch.no_grad():  # the no-gradient path is the same value
         assert torch.equal(quantize_activation(x, bits, lo, hi, signed), out.detach())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_activation_ste_with_tensor_bounds_equals_the_scalar_path(seed: int) -> None:
+    """GPUs keep the range as tensors (no device sync); that branch must compute what the CPU's floats do."""
+    from hwsearch.quant.quantizers import _clip_snap
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(20):
+        lo = -float(torch.rand(1, generator=g)) * 3
+        hi = float(torch.rand(1, generator=g)) * 3 + 0.01
+        bits = int(torch.randint(2, 9, (1,), generator=g))
+        lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+        scale_t = (hi_t - lo_t) / (2**bits - 1)
+        x = torch.randn(64, generator=g) * 3
+        x[:2] = torch.stack([lo_t, hi_t])  # values on the bounds
+        outs = []
+        for bounds in ((lo_t, hi_t, scale_t), (float(lo_t), float(hi_t), float(scale_t))):
+            xg = x.clone().requires_grad_(True)
+            out = _clip_snap(xg, *bounds)
+            (gx,) = torch.autograd.grad(out.sum(), xg)
+            outs.append((out.detach(), gx))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        assert outs[0][1][:2].tolist() == [1.0, 1.0]
