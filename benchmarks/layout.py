@@ -1,6 +1,6 @@
 """Why models run channels-last on a CPU: one forward (and forward + backward) pass per layout, per zoo model.
 
-``hwsearch.runtime.fast_layout`` stores conv weights NHWC on CPUs. This times what an evaluation repeats: a
+``hwsearch.runtime.to_device`` stores conv weights NHWC on CPUs. This times what an evaluation repeats: a
 clean forward pass over a batch, and the forward + backward pass an attack step makes, for the fake-quantized
 W8A8 model of each zoo model (randomly initialised: speed does not depend on the weights' values), with NCHW
 weights and with channels-last weights, one torch thread, NCHW inputs (as the data loaders give them), in process
@@ -78,7 +78,7 @@ def render(doc: dict[str, Any]) -> str:
         "# Conv weight layout on this CPU: NCHW vs channels-last (one thread)",
         "",
         f"Fake-quantized W8A8 zoo models, batch {doc['rows'][0]['batch']} of 28x28 images (NCHW inputs), median of "
-        f"{doc['rows'][0]['repeats']} alternating repeats. `hwsearch.runtime.fast_layout` picks channels-last on x86 CPUs.",
+        f"{doc['rows'][0]['repeats']} alternating repeats. `hwsearch.runtime.to_device` picks channels-last on x86 CPUs.",
         "",
         "| model | forward NCHW CPU s | forward channels-last CPU s | speed-up | fwd+bwd NCHW CPU s | fwd+bwd channels-last CPU s "
         "| speed-up | max relative logit difference |",

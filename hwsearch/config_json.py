@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 from hwsearch.errors import ConfigError
 from hwsearch.io import atomic_write_json
 
-__all__ = ["CONFIG_SCHEMA_VERSION", "config_to_dict", "config_from_dict", "save_config", "load_config"]
+__all__ = [
+    "CONFIG_SCHEMA_VERSION",
+    "config_to_dict",
+    "config_from_dict",
+    "save_config",
+    "load_config",
+    "read_config_dict",
+]
 
 CONFIG_SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -95,8 +102,9 @@ def save_config(path: str | os.PathLike[str], cfg: Any) -> Path:
     return atomic_write_json(path, config_to_dict(cfg))
 
 
-def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
-    """Read a config written by :func:`save_config`; every failure is a one-line :class:`ConfigError`."""
+def read_config_dict(path: str | os.PathLike[str]) -> Any:
+    """The raw JSON of a config file written by :func:`save_config` (for a caller that must see which fields
+    the file holds, e.g. an older file lacking a newer field); every failure is a one-line :class:`ConfigError`."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -107,4 +115,9 @@ def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
         data = json.loads(raw)
     except ValueError as exc:
         raise ConfigError(f"config file {os.fspath(path)!r} is not valid JSON ({exc}); fix or rewrite it") from None
-    return config_from_dict(cls, data)
+    return data  # its shape is config_from_dict's to check
+
+
+def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:
+    """Read a config written by :func:`save_config`; every failure is a one-line :class:`ConfigError`."""
+    return config_from_dict(cls, read_config_dict(path))

@@ -16,7 +16,7 @@ from hwsearch.policy import Policy
 from hwsearch.quant import Calibration, apply_policy
 from hwsearch.records import EvalResult
 from hwsearch.robust.attacks import AttackConfig
-from hwsearch.runtime import fast_layout
+from hwsearch.runtime import to_device
 
 __all__ = [
     "EvaluatorConfig",
@@ -201,8 +201,8 @@ class Evaluator:
     def to(self, device: str | torch.device) -> Evaluator:
         """Move the models and every held tensor to ``device`` (a worker on a GPU node); returns ``self``."""
         dev = torch.device(device)
-        fast_layout(self.model.to(dev), dev)
-        fast_layout(self.source_model.to(dev), dev)
+        to_device(self.model, dev)
+        to_device(self.source_model, dev)
         self.x, self.y = self.x.to(dev), self.y.to(dev)
         self.x_rob, self.y_rob = self.x_rob.to(dev), self.y_rob.to(dev)
         self.device = dev

@@ -8,7 +8,6 @@ settings it started with. See docs/ARCHITECTURE.md, "Data flow".
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import threading
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 
 from hwsearch.budget import Budget, parse_budget
 from hwsearch.checks import check_choice, check_int, check_number
-from hwsearch.config_json import config_from_dict, save_config
+from hwsearch.config_json import config_from_dict, read_config_dict, save_config
 from hwsearch.cores import choose_parallelism, model_probe, thread_candidates, use_threads
 from hwsearch.envs import ENFORCE_MODES
 from hwsearch.errors import ConfigError, HwsearchError
@@ -437,9 +436,9 @@ def load_job_config(folder: str | Path) -> SearchJobConfig:
             )
         raise ConfigError(f"{str(folder)!r} holds no search to resume (no {JOB_CONFIG}); start one with --out")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_config_dict(path)
         config = config_from_dict(SearchJobConfig, data)
-    except (OSError, ValueError, ConfigError) as exc:
+    except ConfigError as exc:
         raise ConfigError(f"{str(path)!r} is corrupt ({exc}); start a new search with --out") from None
     if "reward_baseline" not in data["fields"].get("search", {}).get("fields", {}):
         # written before the setting existed, when every search stored rewards minus a moving baseline: a resumed

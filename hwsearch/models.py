@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from hwsearch.errors import ModelError
 from hwsearch.layers import LayerInfo, discover_layers
-from hwsearch.runtime import fast_layout
+from hwsearch.runtime import to_device
 
 __all__ = ["Normalize", "NormalizedModel", "SmallCNN", "ResNet20", "build_model", "model_layers", "list_models"]
 
@@ -263,7 +263,7 @@ def build_model(
 
     ``mean``/``std`` are per channel (one value is broadcast to every channel). Initialisation uses torch's
     global RNG, so call ``runtime.set_seed`` first for a reproducible model. Built on the CPU, in the layout
-    that runs fastest there (:func:`hwsearch.runtime.fast_layout`).
+    that runs fastest there (:func:`hwsearch.runtime.to_device`).
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -286,9 +286,7 @@ def build_model(
         if key not in _ZOO:
             raise ModelError(f"unknown model {name!r}; known: {', '.join(list_models())}, or module:factory")
         net = _ZOO[key](num_classes, shape)
-    model = NormalizedModel(normalize, net)
-    fast_layout(model, "cpu")
-    return model
+    return to_device(NormalizedModel(normalize, net), "cpu")
 
 
 def model_layers(

@@ -418,14 +418,14 @@ def evaluate_policy(config: EvaluateConfig) -> PolicyReport:
         from hwsearch.data import load_dataset, tensors
         from hwsearch.models import model_layers
         from hwsearch.quantized import load_quantized
-        from hwsearch.runtime import fast_layout, resolve_compute_device
+        from hwsearch.runtime import resolve_compute_device, to_device
 
         device = resolve_compute_device(config.source.compute_device)
         qmodel, policy, meta = load_quantized(config.quantized, config.model_factory)
         _, layers = model_layers(meta["model_name"], meta["num_classes"], tuple(meta["input_shape"]))
         splits = load_dataset(meta["dataset"], config.data_root)
         x, y = tensors(splits.test)
-        row = score_policy(config.quantized, fast_layout(qmodel.to(device), device), layers, policy, cost_model, x, y)
+        row = score_policy(config.quantized, to_device(qmodel, device), layers, policy, cost_model, x, y)
         source, dataset = config.quantized, splits.name
     else:
         if not (config.policy and config.checkpoint):

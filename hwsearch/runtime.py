@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import random
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -15,10 +16,11 @@ from torch import nn
 
 from hwsearch.errors import ConfigError
 
-__all__ = ["COMPUTE_DEVICE_HELP", "check_compute_device", "fast_layout", "resolve_compute_device", "set_seed"]
+__all__ = ["COMPUTE_DEVICE_HELP", "check_compute_device", "resolve_compute_device", "set_seed", "to_device"]
 
 COMPUTE_DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (cuda when present): where models run"
 _KINDS = ("cpu", "cuda", "mps")
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
@@ -64,16 +66,18 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fast_layout(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """``model`` with its conv weights in the memory layout that runs fastest on ``device``, in place; returned.
+def to_device(model: _ModuleT, device: torch.device | str) -> _ModuleT:
+    """``model`` moved to ``device`` (in place; returned), its conv weights in the layout that runs fastest there.
 
+    Every place that puts a model where it will run goes through here, so the layout follows the device.
     Channels-last (NHWC) on x86 CPUs: oneDNN's NCHW convolutions and max-pooling are its slow path there; the
     forward and backward passes an evaluation repeats are timed in both layouts, per zoo model, by
     ``python -m benchmarks.layout`` (``benchmarks/results/layout.md``). Inputs may stay NCHW: a conv's output
     follows its weight. Values agree up to float summation order. Elsewhere (GPUs, other CPUs: not measured)
     the default contiguous layout.
     """
-    fmt = torch.channels_last if torch.device(device).type == "cpu" and _X86 else torch.contiguous_format
+    dev = torch.device(device)
+    model.to(dev)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model.to(memory_format=fmt)
+        model.to(memory_format=torch.channels_last if dev.type == "cpu" and _X86 else torch.contiguous_format)
     return model

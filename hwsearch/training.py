@@ -14,7 +14,7 @@ from hwsearch.checks import check_int, check_number
 from hwsearch.data import _tensor_source, make_loader, tensors
 from hwsearch.errors import ConfigError
 from hwsearch.evaluate import count_correct
-from hwsearch.runtime import check_compute_device, fast_layout, resolve_compute_device, set_seed
+from hwsearch.runtime import check_compute_device, resolve_compute_device, set_seed, to_device
 
 __all__ = ["TrainConfig", "train", "accuracy"]
 
@@ -58,7 +58,7 @@ def train(
     """
     device = resolve_compute_device(config.device)
     set_seed(config.seed)
-    fast_layout(model.to(device), device)
+    to_device(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters")
@@ -112,7 +112,7 @@ def accuracy(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
     dev = resolve_compute_device(device)
-    fast_layout(model.to(dev), dev)
+    to_device(model, dev)
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

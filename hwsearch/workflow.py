@@ -23,7 +23,7 @@ from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import Policy, uniform_policy
 from hwsearch.quant import Calibration, apply_policy, calibrate, remove_quantizers
 from hwsearch.records import CompareRow
-from hwsearch.runtime import fast_layout, resolve_compute_device
+from hwsearch.runtime import resolve_compute_device, to_device
 from hwsearch.training import TrainConfig
 
 __all__ = [
@@ -82,7 +82,7 @@ def prepare(
     dev = resolve_compute_device(device)
     model, meta = model_from_checkpoint(checkpoint, model_name)
     splits = load_dataset(meta["dataset"], data_root)
-    model = fast_layout(model.to(dev), dev).eval()
+    model = to_device(model, dev).eval()
     layers = discover_layers(model, splits.input_shape)
     stored = meta.get("extra", {}).get("calibration")
     if stored is not None:  # a fine-tuned (defended) model keeps the ranges it was trained with

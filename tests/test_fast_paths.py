@@ -115,10 +115,10 @@ def test_robust_accuracy_with_the_callers_clean_verdicts_is_unchanged(setup) -> 
         robust_accuracy(qmodel, x, y, attacks, clean_correct=ok[:47])
 
 
-@pytest.mark.skipif(not runtime._X86, reason="fast_layout changes the layout on x86 CPUs only")
-def test_fast_layout_stores_conv_weights_channels_last_and_keeps_the_values(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.skipif(not runtime._X86, reason="to_device changes the layout on x86 CPUs only")
+def test_to_device_stores_conv_weights_channels_last_and_keeps_the_values(setup) -> None:  # type: ignore[no-untyped-def]
     model, qmodel, x, _ = setup
-    fast = runtime.fast_layout(copy.deepcopy(qmodel), "cpu")
+    fast = runtime.to_device(copy.deepcopy(qmodel), "cpu")
     convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     with torch.inference_mode():
@@ -129,17 +129,17 @@ def test_fast_layout_stores_conv_weights_channels_last_and_keeps_the_values(setu
     torch.testing.assert_close(g_fast, g_ref, rtol=1e-3, atol=1e-5)
 
 
-def test_fast_layout_leaves_models_without_convs_alone_and_gives_other_devices_the_default_layout() -> None:
+def test_to_device_leaves_models_without_convs_alone_and_gives_other_devices_the_default_layout() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
     before = [p.stride() for p in mlp.parameters()]
-    assert runtime.fast_layout(mlp, "cpu") is mlp
+    assert runtime.to_device(mlp, "cpu") is mlp
     assert [p.stride() for p in mlp.parameters()] == before
     conv = nn.Conv2d(1, 8, 3).to(memory_format=torch.channels_last)
-    runtime.fast_layout(conv, "meta")  # not a CPU: the default (contiguous) layout, as before this existed
+    runtime.to_device(conv, "meta")  # not a CPU: the default (contiguous) layout, as before this existed
     assert conv.weight.is_contiguous()
 
 
-@pytest.mark.skipif(not runtime._X86, reason="fast_layout changes the layout on x86 CPUs only")
+@pytest.mark.skipif(not runtime._X86, reason="to_device changes the layout on x86 CPUs only")
 def test_zoo_models_are_built_channels_last_on_x86() -> None:
     from hwsearch.models import build_model
 

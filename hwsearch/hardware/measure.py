@@ -389,7 +389,7 @@ def measure_layers(
                 if not isinstance(mod, (nn.Conv2d, nn.Linear)):
                     raise TableError(f"layer {layer.name!r} is not a Conv2d/Linear of this model; list it again")
                 x = _layer_input(layer, gen)
-                # NCHW, as every stored table was timed (models are built channels-last on x86 for the search)
+                # NCHW, as every stored table was timed (runtime.to_device gives models channels-last on x86 CPUs)
                 mod = copy.deepcopy(mod).float().eval().to(memory_format=torch.contiguous_format)
                 why = reasons.setdefault(sig, {})
                 runners = (
