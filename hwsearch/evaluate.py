@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from hwsearch.checks import check_int, check_number
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.policy import Policy
-from hwsearch.quant import Calibration, apply_policy
+from hwsearch.quant import Calibration, apply_policy, fold_batch_norms
 from hwsearch.records import EvalResult
 from hwsearch.robust.attacks import AttackConfig
 from hwsearch.runtime import to_device
@@ -112,6 +112,9 @@ class EvaluatorConfig:
     ``attacks`` empty means no robustness figure. The attack runs on a fixed, seeded subset of
     ``robust_subset`` images, so every policy faces the same images and the same random starts.
     ``batch_size=None``: the clean pass's batch follows the device (:func:`default_batch`).
+    ``fold_batch_norms``: score policies on the model with its batch norms folded into their convolutions
+    (:mod:`hwsearch.quant.fold`; the same function up to float rounding, cheaper per attack step); never while
+    fine-tuning per episode, which trains the batch norms.
     """
 
     batch_size: int | None = None
@@ -123,6 +126,7 @@ class EvaluatorConfig:
     finetune_lr: float = 5e-4
     finetune_batch: int = 64
     lipschitz_beta: float = 0.0
+    fold_batch_norms: bool = True
 
     def __post_init__(self) -> None:
         check_int(self.finetune_steps, "finetune_steps", 0)
@@ -193,6 +197,7 @@ class Evaluator:
         self.train_data = train_data
         self.cache: dict[tuple, EvalResult] = {}
         self.timings = EvalTimings()
+        self._folded: nn.Module | None = None  # built on first use (quant.fold)
 
     @property
     def attacks(self) -> Sequence[AttackConfig]:
@@ -203,6 +208,8 @@ class Evaluator:
         dev = torch.device(device)
         to_device(self.model, dev)
         to_device(self.source_model, dev)
+        if self._folded is not None:
+            to_device(self._folded, dev)
         self.x, self.y = self.x.to(dev), self.y.to(dev)
         self.x_rob, self.y_rob = self.x_rob.to(dev), self.y_rob.to(dev)
         self.device = dev
@@ -227,10 +234,19 @@ class Evaluator:
 
     def quantize(self, policy: Policy) -> nn.Module:
         """The policy's fake-quantized model, after the short per-episode fine-tune when one is configured."""
-        qmodel = apply_policy(self.model, policy, self.calibration)
         if self.config.finetune_steps:
+            qmodel = apply_policy(self.model, policy, self.calibration)
             self._finetune(qmodel)
-        return qmodel.eval()
+            return qmodel.eval()
+        return apply_policy(self.scoring_model(), policy, self.calibration).eval()
+
+    def scoring_model(self) -> nn.Module:
+        """The float model policies are applied to: with batch norms folded unless the config says otherwise."""
+        if not self.config.fold_batch_norms or self.config.finetune_steps:
+            return self.model
+        if self._folded is None:
+            self._folded = fold_batch_norms(self.model, tuple(self.x.shape[1:]), self.x[:8])
+        return self._folded
 
     def _finetune(self, qmodel: nn.Module) -> None:
         """A few QAT steps on fixed, seeded batches (HAQ fine-tunes one epoch; this is the cheap version)."""

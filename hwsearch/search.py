@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3 import DDPG
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecEnv
 
 from hwsearch.agent import HaqDDPG, TruncatedNormalNoise
@@ -27,6 +29,7 @@ from hwsearch.runtime import set_seed
 
 __all__ = [
     "AGENTS",
+    "REWARD_DECIMALS",
     "SearchConfig",
     "EpisodeRecord",
     "SearchResult",
@@ -41,6 +44,7 @@ __all__ = [
 AGENTS = ("ddpg", "random", "ilp")
 REWARD_MODES = ("episode", "sparse")
 REWARD_BASELINES = ("none", "moving")
+REWARD_DECIMALS = 9  # rewards equal to this many places are a tie (SearchResult.best)
 
 
 @dataclass(frozen=True)
@@ -140,10 +144,14 @@ class SearchResult:
 
     @property
     def best(self) -> EpisodeRecord:
-        """Highest reward; ties go to the earlier episode, so the result does not depend on list order."""
+        """Highest reward; ties go to the earlier episode, so the result does not depend on list order.
+
+        Rewards are compared to :data:`REWARD_DECIMALS` places: two policies with the same accuracy and robustness
+        counts tie even when float arithmetic summed their terms to neighbouring doubles (1.08 vs 1.0800000000000002).
+        """
         if not self.episodes:
             raise ValueError("the search recorded no episode")
-        return max(self.episodes, key=lambda r: (r.reward, -r.episode))
+        return max(self.episodes, key=lambda r: (round(r.reward, REWARD_DECIMALS), -r.episode))
 
 
 class _Recorder(BaseCallback):
@@ -244,6 +252,18 @@ def episode_steps(env: MixedPrecisionEnv | VecEnv) -> int:
     return int(env.n_steps)
 
 
+def adam_kwargs(device: torch.device) -> dict[str, bool]:
+    """Adam's multi-tensor form for the agent's nets: fused on CPU (torch >= 2.4) and CUDA, else ``foreach``.
+
+    SB3's default is torch's one-tensor-at-a-time loop, which spent a third of a 150-episode resnet20 search's
+    agent time (43.7 s) in Adam steps; fused took it to 32.8 s, foreach (the same arithmetic) to 39.0 s.
+    """
+    fused_cpu = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 4)
+    if device.type == "cuda" or (device.type == "cpu" and fused_cpu):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDPG:
     """HAQ's DDPG. One env trains after every episode on as many gradient steps as it collected transitions.
     SB3 refuses episodic ``train_freq`` with several envs; as they all end episodes on the same step, training
@@ -271,7 +291,10 @@ def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDP
         train_freq=train_freq,
         gradient_steps=-1,
         action_noise=noise,
-        policy_kwargs={"net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)}},
+        policy_kwargs={
+            "net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)},
+            "optimizer_kwargs": adam_kwargs(get_device(config.device)),
+        },
         seed=config.seed,
         device=config.device,
         verbose=0,

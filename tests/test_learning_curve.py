@@ -98,3 +98,17 @@ def test_a_real_search_logs_what_the_curve_needs(tmp_path: Path) -> None:
     assert [r.requested_relative_cost for r in back] == pytest.approx(
         [r.requested_relative_cost for r in result.episodes], abs=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    ("rewards", "best"),
+    [
+        # the demo's tie: 10 * 0.005 + 5 * -0.01 and friends sum to neighbouring doubles, not one value
+        ([0.5, 1.0800000000000001, 1.0799999999999998], 1),
+        ([0.5, 1.0799999999999998, 1.0800000000000001], 1),
+        ([1.08, 1.0800001], 1),  # a real difference above the tolerance still wins
+        ([2.0, 2.0, 1.0], 0),
+    ],
+)
+def test_best_breaks_float_noise_ties_towards_the_earlier_episode(rewards: list[float], best: int) -> None:
+    assert _fake_result(rewards, 0).best.episode == best

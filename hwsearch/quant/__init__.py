@@ -10,6 +10,7 @@ from hwsearch.quant.apply import (
     remove_quantizers,
 )
 from hwsearch.quant.calibration import ActRange, Calibration, calibrate
+from hwsearch.quant.fold import fold_batch_norms
 from hwsearch.quant.quantizers import activation_levels, quantize_activation, quantize_weight, weight_levels
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "activation_levels",
     "apply_policy",
     "calibrate",
+    "fold_batch_norms",
     "gradient_mode",
     "quant_wrappers",
     "quantizable_names",
