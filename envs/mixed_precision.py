@@ -61,7 +61,9 @@ class EnvConfig:
     """Bit choices, budget and reward weights.
 
     Reward at episode end: ``w_acc * (acc - acc_ref) + w_rob * (rob - rob_ref) - w_cost * cost / cost_ref``
-    with accuracies as fractions, ``cost_ref`` the fixed 8-bit cost of the budget metric.
+    with accuracies as fractions, ``cost_ref`` the fixed 8-bit cost of the budget metric. With ``max_acc_drop``
+    (a fraction) an accuracy floor ``acc_ref - max_acc_drop`` also charges ``w_floor`` per unit of accuracy below
+    it: robustness bought with more clean accuracy than the user allows costs more than it earns.
 
     ``enforce``: how requests are brought under the budget. ``step`` (AMC's action wall, the default) bounds each
     step's choice so the layers still to choose can fit at their cheapest, and the choice made is the one the
@@ -78,6 +80,8 @@ class EnvConfig:
     acc_ref: float = 0.0
     rob_ref: float = 0.0
     enforce: str = "step"
+    max_acc_drop: float | None = None
+    w_floor: float = 100.0
 
     def __post_init__(self) -> None:
         check_choice(self.enforce, "enforce", ENFORCE_MODES)
@@ -86,8 +90,15 @@ class EnvConfig:
             if not bits or any(isinstance(b, bool) or not isinstance(b, int) or b not in VALID_BITS for b in bits):
                 raise ConfigError(f"{what} = {getattr(self, what)!r}: choose bit widths among 1..8 and 32 (float)")
             object.__setattr__(self, what, bits)
-        for what in ("w_acc", "w_rob", "w_cost", "acc_ref", "rob_ref"):
+        for what in ("w_acc", "w_rob", "w_cost", "w_floor", "acc_ref", "rob_ref"):
             check_number(getattr(self, what), what, 0 if what.startswith("w_") else None)
+        if self.max_acc_drop is not None:
+            check_number(self.max_acc_drop, "max_acc_drop", 0)
+
+    @property
+    def acc_floor(self) -> float | None:
+        """The accuracy below which the floor's charge starts (None: no floor)."""
+        return None if self.max_acc_drop is None else self.acc_ref - self.max_acc_drop
 
 
 def action_to_index(action: float, n: int) -> int:
@@ -441,6 +452,8 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         if rob is not None:
             reward += cfg.w_rob * (rob - cfg.rob_ref)
         reward -= cfg.w_cost * cost[cfg.budget.metric] / self.cost_ref
+        if cfg.acc_floor is not None:
+            reward -= cfg.w_floor * max(0.0, cfg.acc_floor - result.accuracy)
         requested_cost = self.cost_of(self._asked, cfg.budget.metric)
         info = {
             "policy": policy,

@@ -41,6 +41,14 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acc-weight", type=float, default=10.0)
     p.add_argument("--robust-weight", type=float, default=0.0)
     p.add_argument("--cost-weight", type=float, default=0.0)
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="accuracy floor: search-val accuracy more than POINTS percentage points below fixed 8-bit's costs "
+        "100 reward per unit fraction below it, on top of --acc-weight (default: no floor)",
+    )
     p.add_argument("--attack", default=None, help="pgd or fgsm (robustness in the reward)")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=10)
@@ -134,6 +142,7 @@ def job_config(args: argparse.Namespace) -> Any:
         init_policies=tuple(args.init_policy),
         init_from_ilp=args.init_from_ilp,
         enforce=args.enforce,
+        max_accuracy_drop=args.max_accuracy_drop,
     )
 
 

@@ -89,9 +89,12 @@ class SearchJobConfig:
     init_policies: tuple[str, ...] = ()
     init_from_ilp: bool = False
     enforce: str = "step"
+    max_accuracy_drop: float | None = None  # percentage points of search-val accuracy below fixed 8-bit's
 
     def __post_init__(self) -> None:
         check_choice(self.enforce, "enforce", ENFORCE_MODES)
+        if self.max_accuracy_drop is not None:
+            check_number(self.max_accuracy_drop, "max_accuracy_drop", 0)
         object.__setattr__(self, "checkpoint", str(self.checkpoint))
         object.__setattr__(self, "init_policies", tuple(str(p) for p in self.init_policies))
         if self.threads is not None:
@@ -295,6 +298,8 @@ def _search_into(
         "w_cost": config.cost_weight,
         "enforce": config.enforce,
     }
+    if config.max_accuracy_drop is not None:
+        env_kwargs["max_acc_drop"] = config.max_accuracy_drop / 100
     t_start = evaluator.timings.copy()  # a sweep shares the evaluator: report this search's part
     env, _ = build_env(
         ws,
@@ -376,6 +381,8 @@ def _search_into(
             "total": total,
         }
     ref = {"accuracy": env.config.acc_ref, "robust_accuracy": env.config.rob_ref if evaluator.attacks else None}
+    if env.config.acc_floor is not None:
+        ref["accuracy_floor"] = round(env.config.acc_floor, 6)
     summary = search_summary(
         result, device=config.target, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
     )

@@ -449,6 +449,7 @@ CASES: list[Case] = [
     Case("eps-above-1-amplify", lambda t, c: ["amplify", "--checkpoint", str(c), "--eps", "2", "--out", "amp"], "eps"),
     Case("eps-negative-search", lambda t, c: _search(c, "--attack", "pgd", "--eps", "-0.1"), "eps"),
     Case("eps-above-1-search", lambda t, c: _search(c, "--robust-weight", "1", "--eps", "1.01"), "eps"),
+    Case("accuracy-drop-negative", lambda t, c: _search(c, "--max-accuracy-drop", "-1"), "max_accuracy_drop"),
     Case("eps-nan-search", lambda t, c: _search(c, "--attack", "fgsm", "--eps", "nan"), "eps"),
     # --- other numbers
     Case("threads-zero", lambda t, c: ["compare", "--checkpoint", str(c), "--threads", "0"], "threads"),

@@ -33,7 +33,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 def test_search_writes_policy_episodes_and_summary(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "search"
     args = ["search", "--checkpoint", str(checkpoint), "--out", str(out), "--budget", "latency=0.8x"]
-    assert main(args + SEARCH_FAST) == 0
+    assert main(args + SEARCH_FAST + ["--max-accuracy-drop", "0.5"]) == 0
     policy = load_policy(out / "policy.json")
     assert policy.names() == [
         "net.features.conv1",
@@ -45,9 +45,13 @@ def test_search_writes_policy_episodes_and_summary(checkpoint: Path, tmp_path: P
     assert policy.meta["relative_cost"] <= 0.8 + 1e-9
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert len(rows) == 4 and rows[0]["net.features.conv1"].count("/") == 1
-    assert "Where time went" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Where time went" in summary
+    ref = json.loads(summary.split("fixed 8-bit reference (search-val): ")[1].split("\n")[0])
+    assert ref["accuracy_floor"] == pytest.approx(ref["accuracy"] - 0.005)
     # the one saved job config reloads as the settings the search ran with (what --resume reads)
     job = load_config(SearchJobConfig, out / "config" / "job.json")
+    assert job.max_accuracy_drop == 0.5
     assert job.search.episodes == 4 and parse_budget(job.budget) == Budget("latency", 0.8, relative=True)
     assert job.checkpoint == str(checkpoint) and job.target == "bitfusion-edge" and job.parallel.n_envs == 1
     assert sorted(p.name for p in (out / "config").iterdir()) == ["job.json"] and not (out / "run.json").exists()

@@ -92,6 +92,23 @@ def test_reward_combines_accuracy_robustness_and_cost() -> None:
     assert math.isclose(reward, expected, rel_tol=1e-9)
 
 
+@pytest.mark.parametrize("drop", [None, 0.0, 0.05, 0.5])
+def test_accuracy_floor_charges_only_below_it(drop: float | None) -> None:
+    base = {"budget": 0.5, "w_acc": 2.0, "w_rob": 3.0, "acc_ref": 0.99, "rob_ref": 0.4}
+    env = make_env(**base)
+    plain, info = run_episode(env, [0.0] * env.n_steps)
+    floored, _ = run_episode(make_env(**base, max_acc_drop=drop, w_floor=50.0), [0.0] * env.n_steps)
+    below = 0.0 if drop is None else max(0.0, 0.99 - drop - info["accuracy"])
+    assert math.isclose(floored, plain - 50.0 * below, rel_tol=1e-12, abs_tol=1e-12)
+    assert (floored < plain) == (drop is not None and info["accuracy"] < 0.99 - drop)
+
+
+@pytest.mark.parametrize("bad", [-0.01, math.nan, math.inf])
+def test_a_negative_or_non_finite_accuracy_drop_is_refused(bad: float) -> None:
+    with pytest.raises(ConfigError, match="max_acc_drop"):
+        EnvConfig(budget=Budget(), max_acc_drop=bad)
+
+
 def test_same_seed_same_episodes_and_no_state_leaks() -> None:
     env = make_env()
     actions = list(np.random.default_rng(3).uniform(-1, 1, env.n_steps))
