@@ -44,3 +44,19 @@ def test_faithful_estimate_is_the_cheapest_that_meets_the_bar(tmp_path, estimate
     assert faithful_estimate("m", path) == (expected or search_estimate())
     assert faithful_estimate("other", path) == search_estimate()  # a model the file does not hold
     assert faithful_estimate("m", tmp_path / "missing.json") == search_estimate()
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        ([0.95, 0.50], (0.0, 0, 4)),
+        ([0.95, 0.559], (5.9, 2, 4)),  # both after-configurations moved the second policy by 5.9 points
+    ],
+)
+def test_search_speed_reports_how_far_clean_accuracy_moved(after: list[float], expected: tuple) -> None:
+    from benchmarks.search_speed import clean_drift
+
+    rows = lambda accs: [{"rows": [{"accuracy": a} for a in accs]}]  # noqa: E731
+    rec = {"runs": {"before": rows([0.95, 0.50]), "after, 1 thread": rows(after), "after, 2 threads": rows(after)}}
+    worst, n_diff, n = clean_drift(rec)
+    assert (round(worst, 6), n_diff, n) == expected
