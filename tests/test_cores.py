@@ -61,7 +61,8 @@ def test_thread_count_changes_no_figure(checkpoint) -> None:  # type: ignore[no-
     ("cores_n", "probe", "evaluation", "episodes", "expected", "timed"),
     [
         (1, {1: 1.0}, {}, 300, (1, 1), []),  # one core: nothing to choose
-        (4, {1: 4.0, 4: 1.05}, {}, 300, (1, 4), []),  # the probe's threads scale almost perfectly: threads
+        (4, {1: 4.0, 4: 1.05}, {4: 1.0, 1: 3.9}, 300, (1, 4), [4, 1]),  # threads scale almost perfectly
+        (2, {1: 1.73, 2: 1.0}, {2: 2.61, 1: 3.95}, 300, (2, 1), [2, 1]),  # the probe overstates them (resnet20)
         (4, {1: 1.0, 4: 0.5}, {4: 1.0, 1: 4.0}, 300, (1, 4), [4, 1]),  # the probe understates the evaluation's
         (4, {1: 1.0, 4: 0.8}, {1: 1.0, 4: 0.8}, 300, (4, 1), [4, 1]),  # threads barely help: one env per core
         (4, {1: 1.0, 4: 0.8}, {4: 0.8}, 2, (1, 4), [4]),  # ... unless the search is too short to repay workers
