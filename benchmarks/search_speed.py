@@ -74,15 +74,20 @@ def _time(tree: Path, ckpt: Path, threads: int, policies: int, estimate: tuple[i
     cmd = [sys.executable, str(TIMER), "--checkpoint", str(ckpt), "--threads", str(threads), "--policies"]
     cmd += [str(policies), "--steps", str(estimate[0]), "--robust-images", str(estimate[1])]
     procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tree)
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tree)
         for _ in range(processes)
     ]
     outs = []
-    for p in procs:
-        stdout, _ = p.communicate()
-        if p.returncode:
-            raise subprocess.CalledProcessError(p.returncode, cmd)
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate()
+            if p.returncode:
+                raise subprocess.CalledProcessError(p.returncode, cmd, stdout, stderr)
+            outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     if processes == 1:
         return outs[0]
     slowest = max(outs, key=lambda o: o["median_s"])
@@ -291,9 +296,9 @@ def render(result: dict) -> str:
             )
     lines += [
         "",
-        "Clean accuracy of the same policies, after against before (float summation order differs: "
-        "channels-last convolutions, batch norms folded into them; a flipped rounding on a 2-3-bit grid moves "
-        "an image):",
+        "Clean accuracy of the same policies, after against before. Only float summation order differs "
+        "(channels-last convolutions since 2026-12-07, batch norms folded into them since), but on a 2-3-bit grid "
+        "one flipped rounding changes every layer after it, so low-bit policies of a deep model move by points:",
         "",
     ]
     for r in records:
@@ -326,14 +331,16 @@ def kept_lines(records: list[dict]) -> list[str]:
 def readme_block(data: dict) -> str:
     """The README's summary, rendered from the results file: per model, seconds per robust evaluation before and
     after and the speed-up, and the real search's wall time."""
+    after = list(dict.fromkeys(n for r in data["records"] for n in r["seconds_per_evaluation"] if n != "before"))
+    labels = " / ".join(n.removeprefix("after, ") for n in after)
     lines = [
-        "| model | before: s / evaluation | after: s / evaluation (1 thread / all threads / a one-thread process "
-        "per core) | speed-up (same order) | real search: episodes, wall s |",
+        f"| model | before: s / evaluation | after: s / evaluation ({labels}) | speed-up (same order) | "
+        "real search: episodes, wall s |",
         "|---|---|---|---|---|",
     ]
     for r in data["records"]:
         sec, up = r["seconds_per_evaluation"], r["speedup_vs_before"]
-        names = [n for n in sec if n != "before"]
+        names = [n for n in after if n in sec]
         sr = r.get("search")
         lines.append(
             f"| {r['model']} | {sec['before']:.2f} | {' / '.join(f'{sec[n]:.2f}' for n in names)} | "

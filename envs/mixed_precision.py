@@ -63,7 +63,7 @@ class EnvConfig:
     Reward at episode end: ``w_acc * (acc - acc_ref) + w_rob * (rob - rob_ref) - w_cost * cost / cost_ref``
     with accuracies as fractions, ``cost_ref`` the fixed 8-bit cost of the budget metric. With ``max_acc_drop``
     (a fraction) an accuracy floor ``acc_ref - max_acc_drop`` also charges ``w_floor`` per unit of accuracy below
-    it: robustness bought with more clean accuracy than the user allows costs more than it earns.
+    it: a steep penalty (not a hard limit) on robustness bought with more clean accuracy than the user allows.
 
     ``enforce``: how requests are brought under the budget. ``step`` (AMC's action wall, the default) bounds each
     step's choice so the layers still to choose can fit at their cheapest, and the choice made is the one the

@@ -46,8 +46,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="POINTS",
-        help="accuracy floor: search-val accuracy more than POINTS percentage points below fixed 8-bit's costs "
-        "100 reward per unit fraction below it, on top of --acc-weight (default: no floor)",
+        help="accuracy floor, a steep penalty: search-val accuracy more than POINTS percentage points below fixed "
+        "8-bit's costs 100 reward per unit fraction below it, on top of --acc-weight (default: no floor)",
     )
     p.add_argument("--attack", default=None, help="pgd or fgsm (robustness in the reward)")
     p.add_argument("--eps", type=float, default=0.1)

@@ -137,6 +137,8 @@ class EvaluatorConfig:
         if self.batch_size is not None:
             check_int(self.batch_size, "batch_size", 1)
         check_int(self.robust_subset, "robust_subset", 1)
+        if not isinstance(self.fold_batch_norms, bool):
+            raise ConfigError(f"fold_batch_norms = {self.fold_batch_norms!r} must be True or False")
         object.__setattr__(self, "attacks", tuple(self.attacks))
 
 

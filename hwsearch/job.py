@@ -90,6 +90,7 @@ class SearchJobConfig:
     init_from_ilp: bool = False
     enforce: str = "step"
     max_accuracy_drop: float | None = None  # percentage points of search-val accuracy below fixed 8-bit's
+    fold_batch_norms: bool = True  # score on the batch-norm-folded model (EvaluatorConfig.fold_batch_norms)
 
     def __post_init__(self) -> None:
         check_choice(self.enforce, "enforce", ENFORCE_MODES)
@@ -113,6 +114,11 @@ class SearchJobConfig:
                 f"{given} initial policies are played as the first warm-up episodes, but the warm-up has {warmup}; "
                 f"raise --warmup (and --episodes) to at least {given}"
             )
+        if self.search.agent == "ilp" and self.max_accuracy_drop is not None:
+            raise ConfigError(
+                "--agent ilp sums per-layer reward terms and cannot keep an accuracy floor; drop --max-accuracy-drop "
+                "or search with --agent ddpg (--init-from-ilp starts it from the ILP's answer)"
+            )
         if self.search.agent == "ilp" and (self.parallel.n_envs or 1) > 1:
             raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
 
@@ -130,6 +136,7 @@ class SearchJobConfig:
             seed=self.search.seed,
             finetune_steps=self.episode_finetune_steps,
             lipschitz_beta=self.episode_lipschitz_beta,
+            fold_batch_norms=self.fold_batch_norms,
         )
 
     def check(self) -> None:
@@ -451,6 +458,8 @@ def load_job_config(folder: str | Path) -> SearchJobConfig:
         # written before the setting existed, when every search stored rewards minus a moving baseline: a resumed
         # run keeps what it ran with (a fresh config still gets today's default)
         config = replace(config, search=replace(config.search, reward_baseline="moving"))
+    if "fold_batch_norms" not in data["fields"]:
+        config = replace(config, fold_batch_norms=False)  # its episodes were scored on the unfolded model
     return config
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "AGENTS",
     "REWARD_DECIMALS",
     "SearchConfig",
+    "adam_kwargs",
     "EpisodeRecord",
     "SearchResult",
     "TruncatedNormalNoise",
@@ -226,7 +227,9 @@ class SearchCheckpoint:
         if path is None or not (path / "agent.zip").is_file():
             return None
         try:
-            agent = HaqDDPG.load(path / "agent.zip", env=env, device=config.device)
+            # this machine's optimizer form, not the saver's (its torch may refuse fused Adam)
+            custom = {"policy_kwargs": policy_kwargs(config)}
+            agent = HaqDDPG.load(path / "agent.zip", env=env, device=config.device, custom_objects=custom)
         except ValueError as exc:  # SB3: the saved agent's spaces are not the env's (another hwsearch wrote it)
             if "spaces do not match" not in str(exc):
                 raise
@@ -234,6 +237,7 @@ class SearchCheckpoint:
                 f"the agent in {path} was saved for another observation or action space ({exc}); an older hwsearch "
                 "wrote it: start this search afresh with --overwrite"
             ) from None
+        _set_adam_form(agent)
         agent.load_replay_buffer(path / "replay.pkl")
         agent.baseline_kind = config.reward_baseline  # the job's settings rule (an older agent.zip has none)
         agent._last_obs = None  # the env is new: SB3 must reset it rather than act on a stale observation
@@ -252,16 +256,41 @@ def episode_steps(env: MixedPrecisionEnv | VecEnv) -> int:
     return int(env.n_steps)
 
 
-def adam_kwargs(device: torch.device) -> dict[str, bool]:
-    """Adam's multi-tensor form for the agent's nets: fused on CPU (torch >= 2.4) and CUDA, else ``foreach``.
+def adam_kwargs(device: torch.device, version: str | None = None) -> dict[str, bool]:
+    """Adam's multi-tensor form for the agent's nets: fused on CPU and CUDA from torch 2.4, else ``foreach``.
 
     SB3's default is torch's one-tensor-at-a-time loop, which spent a third of a 150-episode resnet20 search's
-    agent time (43.7 s) in Adam steps; fused took it to 32.8 s, foreach (the same arithmetic) to 39.0 s.
+    agent time (43.7 s) in Adam steps; fused took it to 32.8 s, foreach (the same arithmetic) to 39.0 s. Before
+    2.4 torch refuses fused Adam on CPU tensors, and SB3 builds the optimizers before it moves the nets to CUDA.
     """
-    fused_cpu = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 4)
-    if device.type == "cuda" or (device.type == "cpu" and fused_cpu):
+    parts = (version or torch.__version__).split("+")[0].split(".")[:2]
+    major_minor = tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in parts)
+    if major_minor >= (2, 4) and device.type in ("cpu", "cuda"):
         return {"fused": True}
     return {"foreach": True}
+
+
+def policy_kwargs(config: SearchConfig) -> dict[str, Any]:
+    """SB3's ``policy_kwargs`` for the agent: HAQ's hidden layers, and Adam's form for this machine."""
+    return {
+        "net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)},
+        "optimizer_kwargs": adam_kwargs(get_device(config.device)),
+    }
+
+
+def _set_adam_form(agent: HaqDDPG) -> None:
+    """The optimizer form for this machine, on an agent loaded from a checkpoint (its saved groups carry the form
+    of the machine that saved it)."""
+    kwargs = adam_kwargs(agent.device)
+    fused = bool(kwargs.get("fused"))
+    for optimizer in (agent.actor.optimizer, agent.critic.optimizer):
+        for group in optimizer.param_groups:
+            group["fused"] = kwargs.get("fused", None)
+            group["foreach"] = kwargs.get("foreach", None)
+            for p in group["params"]:  # fused keeps its step counts where the parameters are, the others on the CPU
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
 
 
 def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDPG:
@@ -291,10 +320,7 @@ def build_agent(env: MixedPrecisionEnv | VecEnv, config: SearchConfig) -> HaqDDP
         train_freq=train_freq,
         gradient_steps=-1,
         action_noise=noise,
-        policy_kwargs={
-            "net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)},
-            "optimizer_kwargs": adam_kwargs(get_device(config.device)),
-        },
+        policy_kwargs=policy_kwargs(config),
         seed=config.seed,
         device=config.device,
         verbose=0,

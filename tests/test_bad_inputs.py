@@ -450,6 +450,11 @@ CASES: list[Case] = [
     Case("eps-negative-search", lambda t, c: _search(c, "--attack", "pgd", "--eps", "-0.1"), "eps"),
     Case("eps-above-1-search", lambda t, c: _search(c, "--robust-weight", "1", "--eps", "1.01"), "eps"),
     Case("accuracy-drop-negative", lambda t, c: _search(c, "--max-accuracy-drop", "-1"), "max_accuracy_drop"),
+    Case(
+        "accuracy-floor-with-ilp",
+        lambda t, c: _search(c, "--agent", "ilp", "--max-accuracy-drop", "0.5"),
+        "cannot keep an accuracy floor",
+    ),
     Case("eps-nan-search", lambda t, c: _search(c, "--attack", "fgsm", "--eps", "nan"), "eps"),
     # --- other numbers
     Case("threads-zero", lambda t, c: ["compare", "--checkpoint", str(c), "--threads", "0"], "threads"),

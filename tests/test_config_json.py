@@ -153,3 +153,16 @@ def test_a_job_saved_before_reward_baseline_resumes_with_the_baseline_it_ran_wit
     del data["fields"]["search"]["fields"]["reward_baseline"]
     path.write_text(json.dumps(data), encoding="utf-8")
     assert load_job_config(tmp_path).search.reward_baseline == "moving"
+
+
+def test_a_job_saved_before_batch_norm_folding_resumes_unfolded(tmp_path: Path) -> None:
+    """Its logged episodes were scored on the unfolded model; the rest of the run must be scored alike."""
+    from hwsearch.job import JOB_CONFIG, SearchJobConfig, load_job_config
+
+    path = tmp_path / JOB_CONFIG
+    save_config(path, SearchJobConfig(checkpoint="c.pt"))
+    assert load_job_config(tmp_path).evaluator_config().fold_batch_norms is True
+    data = json.loads(path.read_text(encoding="utf-8"))
+    del data["fields"]["fold_batch_norms"]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert load_job_config(tmp_path).evaluator_config().fold_batch_norms is False

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from hwsearch.errors import ConfigError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.models import build_model
 from hwsearch.policy import uniform_policy
@@ -99,3 +100,50 @@ def test_the_evaluator_scores_the_folded_model_except_when_fine_tuning() -> None
     assert abs(folding.evaluate(policy).accuracy - plain.evaluate(policy).accuracy) <= 2 / 64
     tuned = Evaluator(model, cal, x, y, EvaluatorConfig(finetune_steps=1), train_data=(x, y))
     assert tuned.scoring_model() is model  # QAT trains the batch norms
+
+
+def test_folding_handles_a_biased_convolution_and_a_non_affine_batch_norm() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=True),
+        nn.BatchNorm2d(4, affine=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 26 * 26, 10),
+    )
+    model[1].running_mean.copy_(torch.randn(4))
+    model[1].running_var.copy_(torch.rand(4) + 0.5)
+    model.eval()
+    folded = fold_batch_norms(model, (1, 28, 28))
+    assert isinstance(folded[1], nn.Identity) and folded[0].bias is not None
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert model.training is False and foldable_pairs(model.train(), (1, 28, 28)) == [("0", "1")]
+    assert model.training and torch.equal(model[1].num_batches_tracked, torch.tensor(0))  # no statistics moved
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_low_bit_models_score_alike_folded_or_not(bits: int) -> None:
+    """Folding moves values by float rounding only; at 3-4 bits a rare flipped rounding may move a prediction."""
+    torch.manual_seed(1)
+    model = _with_stats(build_model("resnet20", 10, (1, 28, 28)))
+    x = torch.rand(128, 1, 28, 28)
+    cal = calibrate(model, x)
+    policy = uniform_policy(quantizable_names(model), bits)
+    with torch.no_grad():
+        plain = apply_policy(model, policy, cal).eval()(x).argmax(1)
+        folded = apply_policy(fold_batch_norms(model, (1, 28, 28)), policy, cal).eval()(x).argmax(1)
+    assert float((plain == folded).float().mean()) >= 0.95
+
+
+def test_a_moved_evaluator_keeps_its_folded_model() -> None:
+    torch.manual_seed(0)
+    model = _with_stats(build_model("resnet20", 10, (1, 28, 28)))
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    ev = Evaluator(model, calibrate(model, x), x, y)
+    folded = ev.scoring_model()
+    assert ev.to("cpu").scoring_model() is folded  # moved with the evaluator, not rebuilt
+    assert next(folded.parameters()).device.type == "cpu"
+    with pytest.raises(ConfigError, match="fold_batch_norms"):
+        EvaluatorConfig(fold_batch_norms=1)  # type: ignore[arg-type]

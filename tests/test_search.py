@@ -9,7 +9,7 @@ from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 
 from hwsearch.budget import Budget
 from hwsearch.errors import ConfigError
-from hwsearch.search import HaqDDPG, SearchConfig, TruncatedNormalNoise, build_agent, run_search
+from hwsearch.search import HaqDDPG, SearchConfig, TruncatedNormalNoise, adam_kwargs, build_agent, run_search
 from tests.fakes import FakeCostModel, FakeEvaluator, fake_layers
 
 TINY = {"episodes": 8, "warmup_episodes": 3, "hidden": (16, 16), "batch_size": 8}
@@ -193,3 +193,26 @@ def test_replay_buffer_holds_the_applied_actions_not_the_requested_ones() -> Non
     stored = agent.replay_buffer.actions[: agent.replay_buffer.size(), 0, 0]
     assert np.allclose(stored, applied)
     assert not np.allclose(applied, requested)  # the wall moved some of them
+
+
+@pytest.mark.parametrize(
+    ("device", "version", "expected"),
+    [
+        ("cpu", "2.14.1+cu130", {"fused": True}),
+        ("cpu", "2.4.0a0+git1234", {"fused": True}),
+        ("cuda", "2.5.1", {"fused": True}),
+        ("cpu", "2.3.1", {"foreach": True}),  # torch refuses fused Adam on CPU tensors before 2.4
+        ("cuda", "2.2.0+cu121", {"foreach": True}),  # SB3 builds the optimizers before moving the nets to CUDA
+        ("mps", "2.14.1", {"foreach": True}),
+    ],
+)
+def test_adam_form_follows_what_this_torch_runs(device: str, version: str, expected: dict) -> None:
+    assert adam_kwargs(torch.device(device), version) == expected
+
+
+def test_the_agent_trains_with_this_machines_adam_form() -> None:
+    env = MixedPrecisionEnv(fake_layers(), FakeEvaluator(), FakeCostModel(), EnvConfig(budget=Budget("latency", 0.5)))
+    agent = build_agent(env, SearchConfig(episodes=4, warmup_episodes=2))
+    want = adam_kwargs(torch.device("cpu"))
+    for optimizer in (agent.actor.optimizer, agent.critic.optimizer):
+        assert all(bool(g.get(k)) == bool(want.get(k)) for g in optimizer.param_groups for k in ("fused", "foreach"))

@@ -45,11 +45,14 @@ def foldable_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[s
         for n, m in model.named_modules()
         if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
     ]
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()  # a training-mode pass would move the batch norms' running statistics
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
+            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     readers: dict[int, list[tuple[str, nn.Module]]] = {}
@@ -81,7 +84,8 @@ def fold_batch_norms(model: nn.Module, input_shape: Sequence[int], probe: Tensor
 
     The copy's output on ``probe`` (default: seeded uniform images) must match the model's within
     :data:`FOLD_TOLERANCE` of the largest logit; otherwise the model is returned unfolded (a copy), since a
-    convolution's output is read somewhere the hooks did not see.
+    convolution's output is read somewhere the hooks did not see. So is a model torch cannot fuse (a convolution
+    with parametrizations, say): folding only ever saves time.
     """
     was_training = model.training
     model.eval()
@@ -90,20 +94,22 @@ def fold_batch_norms(model: nn.Module, input_shape: Sequence[int], probe: Tensor
         pairs = foldable_pairs(folded, input_shape)
         if not pairs:
             return folded
-        for conv_name, bn_name in pairs:
-            conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-            assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-            fused = fuse_conv_bn_eval(conv, bn)
-            _set(folded, conv_name, fused)
-            _set(folded, bn_name, nn.Identity())
-        device = next(model.parameters()).device
-        to_device(folded, device)  # the fused weights in the device's layout, as the model's were
-        if probe is None:
-            g = torch.Generator().manual_seed(0)
-            probe = torch.rand((8, *input_shape), generator=g)
-        with torch.no_grad():
-            want = model(probe.to(device))
-            got = folded(probe.to(device))
+        param = next(model.parameters())
+        try:
+            for conv_name, bn_name in pairs:
+                conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+                assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                _set(folded, conv_name, fuse_conv_bn_eval(conv, bn))
+                _set(folded, bn_name, nn.Identity())
+            to_device(folded, param.device)  # the fused weights in the device's layout, as the model's were
+            if probe is None:
+                g = torch.Generator().manual_seed(0)
+                probe = torch.rand((8, *input_shape), generator=g)
+            probe = probe.to(device=param.device, dtype=param.dtype)
+            with torch.no_grad():
+                want, got = model(probe), folded(probe)
+        except (RuntimeError, TypeError, ValueError, AttributeError):
+            return copy.deepcopy(model)
         scale = float(want.abs().max()) or 1.0
         if not torch.isfinite(got).all() or float((got - want).abs().max()) > FOLD_TOLERANCE * scale:
             return copy.deepcopy(model)
