@@ -110,7 +110,7 @@ def _search(ckpt: Path, episodes: int, folder: Path, estimate: tuple[int, int], 
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
     wall = time.perf_counter() - t0
     text = (folder / "summary.md").read_text(encoding="utf-8")
-    parts = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| ([a-z :+]+) \| ([0-9.]+) \|", text, re.M)}
+    parts = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| ([a-z0-9 ,:+]+) \| ([0-9.]+) \|", text, re.M)}
     cache = re.search(r"Evaluation cache: (\d+) hits of (\d+) evaluations", text)
     threads = re.search(r"^Torch threads: (\d+)", text, re.M) or re.search(
         r"^Parallelism: .*?(\d+) torch thread", text, re.M
@@ -275,30 +275,44 @@ def render(result: dict) -> str:
             )
     searches = [r for r in records if r["search"]]
     if searches:
+        summed = any("summed over" in k for r in searches for k in r["search"]["parts_s"])
         lines += [
             "",
             "A real robust search with today's defaults (`hwsearch search --target bitfusion-edge --robust-weight 5 "
             "--eps 0.1`, the model's faithful estimate, budget "
             + ", ".join(f"{r['model']} {r['search']['budget']}" for r in searches)
-            + "), timed end to end in a fresh process:",
+            + "), timed end to end in a fresh process"
+            + (
+                ". With one environment per core a summary sums the workers' evaluation seconds (CPU seconds, more "
+                "than the wall time) and has no agent figure:"
+                if summed
+                else ":"
+            ),
             "",
             "| model | episodes | wall s | evaluations (cache hits) | quantize + accuracy s | attack s | agent and other s "
             "| cores used |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in searches:
-            sr, parts = r["search"], r["search"]["parts_s"]
+            sr = r["search"]
+            parts = {
+                re.sub(r"^evaluation, summed over \d+ workers: ", "evaluation: ", k): v
+                for k, v in sr["parts_s"].items()
+            }
             lines.append(
                 f"| {r['model']} | {sr['episodes']} | {sr['wall_s']:.0f} | {sr['evaluations']} ({sr['cache_hits']}) | "
-                f"{parts.get('evaluation: quantize + accuracy', float('nan')):.0f} | "
-                f"{parts.get('evaluation: attack', float('nan')):.0f} | {parts.get('agent and other', float('nan')):.0f} | "
-                f"{sr.get('parallelism') or sr['torch_threads']} |"
+                + " | ".join(
+                    f"{parts[k]:.0f}" if k in parts else "-"
+                    for k in ("evaluation: quantize + accuracy", "evaluation: attack", "agent and other")
+                )
+                + f" | {sr.get('parallelism') or sr['torch_threads']} |"
             )
     lines += [
         "",
-        "Clean accuracy of the same policies, after against before. Only float summation order differs "
-        "(channels-last convolutions since 2026-12-07, batch norms folded into them since), but on a 2-3-bit grid "
-        "one flipped rounding changes every layer after it, so low-bit policies of a deep model move by points:",
+        "Clean accuracy of the same policies, after against before. Before calibrated the activation ranges on "
+        "the first 512 training images, all zeros and ones until the splits were shuffled (d17214d), so its grids "
+        "differ; the other changes (channels-last convolutions, folded batch norms) move values by float rounding "
+        "only, which at 2-3 bits can still flip a rounding that every later layer inherits:",
         "",
     ]
     for r in records:
