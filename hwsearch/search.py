@@ -228,7 +228,7 @@ class SearchCheckpoint:
             return None
         try:
             # this machine's optimizer form, not the saver's (its torch may refuse fused Adam)
-            custom = {"policy_kwargs": policy_kwargs(config)}
+            custom = {"policy_kwargs": {**policy_kwargs(config), "n_critics": 1}}  # DDPG: SB3 adds n_critics
             agent = HaqDDPG.load(path / "agent.zip", env=env, device=config.device, custom_objects=custom)
         except ValueError as exc:  # SB3: the saved agent's spaces are not the env's (another hwsearch wrote it)
             if "spaces do not match" not in str(exc):
