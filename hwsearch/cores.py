@@ -135,8 +135,7 @@ def choose_parallelism(
     evaluation costs under that thread count, asked first under the probe's faster count, and under the other
     only when the search is long enough for the choice to matter. The choice then follows the real evaluations,
     not the probe: a miniature, it misjudges how the attack's gradient steps scale either way (resnet20 on 2
-    cores: the probe ran 1.73x as fast on 2 threads, its evaluations 1.51x, and two one-thread processes
-    evaluated at 1.35x the throughput of one two-thread process). N one-thread envs score N policies in the time
+    cores: the probe ran 1.73x as fast on 2 threads, its evaluations 1.46-1.51x). N one-thread envs score N policies in the time
     one thread scores one, less what a round loses waiting for its slowest episode, so they are chosen when N
     threads are less than N / ``ENVS_MARGIN`` times as fast as one, and the search's evaluations, spread over N
     workers, save more than ``worker_start_s``.
