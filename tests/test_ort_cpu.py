@@ -429,3 +429,21 @@ def test_budget_walk_meets_any_budget_the_cheapest_policy_meets(seed: int) -> No
         for c in itertools.product(*[[(w, a) for w in range(3) for a in range(2)]] * env.n_layers)
     )
     assert env.cost_of(cheapest, "latency") == pytest.approx(best)
+
+
+@pytest.mark.parametrize("w", [1, 4, 8])
+def test_integer_weights_on_float_inputs_share_the_float_cell(w: int, cache: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Their export is the float graph: one measurement, so noise cannot price the same graph twice."""
+    timed: list[str] = []
+
+    def fake(self: OrtCpuCostModel, ly: object, wb: int, ab: int) -> dict[str, float]:
+        timed.append(f"W{wb}A{ab}")
+        return {"median_ms": 1.0 + 0.1 * len(timed), "iqr_ms": 0.0}
+
+    monkeypatch.setattr(OrtCpuCostModel, "_measure_cell", fake)
+    monkeypatch.setattr(OrtCpuCostModel, "call_overhead_ms", 0.0)
+    conv = layer("c", 1, 8, 8, 8)
+    cm = _model()
+    assert cm.layer_cost(conv, w, FLOAT_BITS) == cm.layer_cost(conv, FLOAT_BITS, FLOAT_BITS)
+    assert cm.measure([conv], [(w, FLOAT_BITS), (FLOAT_BITS, FLOAT_BITS), (8, 8)]) == 1  # only W8A8 was missing
+    assert timed == ["W32A32", "W8A8"]
