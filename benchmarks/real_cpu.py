@@ -17,7 +17,9 @@ alternates float and W8A8 layers; :mod:`hwsearch.hardware.ort_cpu`), so their pr
     python -m benchmarks.real_cpu [--models smallcnn resnet20 mobilenet_v2] [--episodes 60]
 
 Writes benchmarks/results/real_cpu.json (``rows``: model, policy, threads, predicted_ms, measured_ms, fp32_ms,
-agreement, ...) and real_cpu.md. Run it on a quiet machine: the figures are wall-clock times of ~0.1-1 ms.
+agreement, ...) and real_cpu.md. Run it on a quiet machine: the figures are wall-clock times of ~0.1-1 ms. It
+measures every cell and calibration anew in a temporary cache (``--reuse-cache`` prices from ``$HWSEARCH_CACHE``):
+cells timed minutes or days earlier, when a shared host ran faster or slower, would skew every prediction.
 """
 
 from __future__ import annotations
@@ -259,12 +261,21 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=60)
     ap.add_argument("--threads", nargs="+", default=["1", "all"], help="thread counts to time (all = every core)")
     ap.add_argument("--render-only", action="store_true", help="re-render real_cpu.md and the README table")
+    ap.add_argument(
+        "--reuse-cache",
+        action="store_true",
+        help="price with the cells and calibrations already in $HWSEARCH_CACHE (default: measure them all in this "
+        "run, so predictions and measurements see the machine in the same state)",
+    )
     args = ap.parse_args()
     if args.render_only:
         rerender()
         return
     counts = sorted({available_cores() if t == "all" else int(t) for t in args.threads})
-    payload = {"meta": provenance(), **run(args.models, args.episodes, counts)}
+    with tempfile.TemporaryDirectory() as fresh:
+        if not args.reuse_cache:  # a shared host's speed drifts by tens of percent over minutes
+            os.environ["HWSEARCH_CACHE"] = fresh
+        payload = {"meta": provenance(), **run(args.models, args.episodes, counts)}
     js, _ = write_results("real_cpu", payload, render)
     import json
 
