@@ -14,6 +14,7 @@ the largest relative difference between their logits is recorded (float summatio
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from typing import Any
@@ -53,7 +54,7 @@ def _model(name: str) -> nn.Module:
 def measure(name: str, batch: int, repeats: int) -> dict[str, Any]:
     # build_model already picks this CPU's layout: set each one explicitly
     nchw = _model(name).to(memory_format=torch.contiguous_format)
-    nhwc = _model(name).to(memory_format=torch.channels_last)
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
     for model, fmt in ((nchw, torch.contiguous_format), (nhwc, torch.channels_last)):
         convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
         assert all(w.is_contiguous(memory_format=fmt) for w in convs), f"{name}: weights not in {fmt}"

@@ -61,6 +61,7 @@ from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 from hwsearch.policy_formats import plain_policy_dict
 from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
 from hwsearch.quant.calibration import Calibration
+from hwsearch.quant.trace import trace_calls
 from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 
 __all__ = ["EXPORT_STYLES", "ONNX_OPSET", "calibrate_output_ranges", "export_onnx", "int_kernel_layer"]
@@ -95,58 +96,22 @@ def layer_chains(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Cha
     """For each integer-kernel layer of a quantized ``model``, the batch norm and activation modules that consume
     its output and nothing else (found by one forward pass: a module whose input is the very tensor the layer
     returned, called once). Activations used twice (torchvision's shared ``relu``) are not folded."""
-    calls: dict[str, int] = {}
-    seen: list[tuple[str, nn.Module, int, int]] = []  # (name, module, id(input), id(output)) in call order
-    keep: list[Tensor] = []  # holds every tensor so no id is reused during the pass
-
-    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
-        calls[name] = calls.get(name, 0) + 1
-        keep.extend([inp[0], out])
-        seen.append((name, mod, id(inp[0]), id(out)))
-
-    kinds = (QuantWrapper, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6)
-    handles = [
-        m.register_forward_hook(functools.partial(hook, name=n))
-        for n, m in model.named_modules()
-        if isinstance(m, kinds)
-    ]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    consumers: dict[int, list[tuple[int, str, nn.Module, int]]] = {}  # tensor id -> (call index, name, module, out)
-    for k, (name, mod, in_id, out_id) in enumerate(seen):
-        consumers.setdefault(in_id, []).append((k, name, mod, out_id))
-
-    def only_reader(producer: int, tensor_id: int, types: tuple[type, ...]) -> tuple[int, str, nn.Module, int] | None:
-        """The one module called after call ``producer`` that reads ``tensor_id`` (an in-place reader's own
-        readers read its output, not this tensor), if it is of ``types`` and called once."""
-        users = [u for u in consumers.get(tensor_id, []) if u[0] > producer]
-        if users and users[0][3] == tensor_id:
-            users = users[:1]
-        if len(users) == 1 and isinstance(users[0][2], types) and calls[users[0][1]] == 1:
-            return users[0]
-        return None
-
+    graph = trace_calls(model, input_shape, (QuantWrapper, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6))
     chains: dict[str, _Chain] = {}
-    for k, (name, mod, _, out_id) in enumerate(seen):
-        if not isinstance(mod, QuantWrapper) or not int_kernel_layer(mod.w_bits, mod.a_bits) or calls[name] != 1:
+    for call in graph.calls:
+        mod = call.module
+        if not isinstance(mod, QuantWrapper) or not int_kernel_layer(mod.w_bits, mod.a_bits):
             continue
-        bn = only_reader(k, out_id, (nn.BatchNorm2d, nn.BatchNorm1d))
-        tail = (bn[0], bn[3]) if bn is not None else (k, out_id)
-        act = only_reader(*tail, (nn.ReLU, nn.ReLU6))
-        reader = only_reader(*((act[0], act[3]) if act is not None else tail), (QuantWrapper,))
-        chains[name] = _Chain(
-            bn=bn[1] if bn is not None else None,
-            act=act[1] if act is not None else None,
-            act_kind=None if act is None else ("relu6" if isinstance(act[2], nn.ReLU6) else "relu"),
-            feeds=reader[1] if reader is not None else None,
+        if graph.counts[call.name] != 1:
+            continue
+        bn = graph.only_reader(call, (nn.BatchNorm2d, nn.BatchNorm1d))
+        act = graph.only_reader(bn or call, (nn.ReLU, nn.ReLU6))
+        reader = graph.only_reader(act or bn or call, (QuantWrapper,))
+        chains[call.name] = _Chain(
+            bn=bn.name if bn is not None else None,
+            act=act.name if act is not None else None,
+            act_kind=None if act is None else ("relu6" if isinstance(act.module, nn.ReLU6) else "relu"),
+            feeds=reader.name if reader is not None else None,
         )
     return chains
 

@@ -228,7 +228,7 @@ class SearchCheckpoint:
             return None
         try:
             # this machine's optimizer form, not the saver's (its torch may refuse fused Adam)
-            custom = {"policy_kwargs": {**policy_kwargs(config), "n_critics": 1}}  # DDPG: SB3 adds n_critics
+            custom = {"policy_kwargs": policy_kwargs(config)}
             agent = HaqDDPG.load(path / "agent.zip", env=env, device=config.device, custom_objects=custom)
         except ValueError as exc:  # SB3: the saved agent's spaces are not the env's (another hwsearch wrote it)
             if "spaces do not match" not in str(exc):
@@ -271,8 +271,10 @@ def adam_kwargs(device: torch.device, version: str | None = None) -> dict[str, b
 
 
 def policy_kwargs(config: SearchConfig) -> dict[str, Any]:
-    """SB3's ``policy_kwargs`` for the agent: HAQ's hidden layers, and Adam's form for this machine."""
+    """SB3's ``policy_kwargs`` for the agent: DDPG's one critic, HAQ's hidden layers, and Adam's form for this
+    machine (a loaded agent gets them too, so it builds what this machine runs)."""
     return {
+        "n_critics": 1,
         "net_arch": {"pi": list(config.hidden), "qf": list(config.hidden)},
         "optimizer_kwargs": adam_kwargs(get_device(config.device)),
     }

@@ -13,13 +13,14 @@ Only eval-mode scoring uses it: training and QAT need the batch norms' own stati
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from hwsearch.quant.apply import _set_submodule
+from hwsearch.quant.trace import trace_calls
 from hwsearch.runtime import to_device
 
 __all__ = ["FOLD_TOLERANCE", "fold_batch_norms", "foldable_pairs"]
@@ -29,78 +30,43 @@ FOLD_TOLERANCE = 1e-4  # largest output change, relative to the largest logit, a
 
 def foldable_pairs(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, str]]:
     """``(conv, batch norm)`` names where the batch norm is the one module reading the convolution's output and
-    each is called once (found by one forward pass, as :func:`hwsearch.onnx_export.layer_chains` finds its
-    chains). A functional read the hooks cannot see is caught by :func:`fold_batch_norms`' output check."""
-    seen: list[tuple[str, nn.Module, int, int]] = []  # (name, module, id(input), id(output)) in call order
-    calls: dict[str, int] = {}
-    keep: list[Tensor] = []  # holds every tensor so no id is reused during the pass
-
-    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
-        calls[name] = calls.get(name, 0) + 1
-        keep.extend([inp[0], out])
-        seen.append((name, mod, id(inp[0]), id(out)))
-
-    handles = [
-        m.register_forward_hook(functools.partial(hook, name=n))
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
-    ]
-    param = next(model.parameters())
-    was_training = model.training
-    model.eval()  # a training-mode pass would move the batch norms' running statistics
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    readers: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, mod, in_id, _ in seen:
-        readers.setdefault(in_id, []).append((name, mod))
+    each is called once (:func:`hwsearch.quant.trace.trace_calls`). A functional read the hooks cannot see is
+    caught by :func:`fold_batch_norms`' output check."""
+    graph = trace_calls(model, input_shape, (nn.Conv2d, nn.BatchNorm2d))
     pairs = []
-    for name, mod, _, out_id in seen:
-        users = readers.get(out_id, [])
-        if (
-            isinstance(mod, nn.Conv2d)
-            and calls[name] == 1
-            and len(users) == 1
-            and isinstance(users[0][1], nn.BatchNorm2d)
-            and calls[users[0][0]] == 1
-            and users[0][1].track_running_stats
-        ):
-            pairs.append((name, users[0][0]))
+    for call in graph.calls:
+        if not isinstance(call.module, nn.Conv2d) or graph.counts[call.name] != 1:
+            continue
+        bn = graph.only_reader(call, (nn.BatchNorm2d,))
+        if bn is not None and bn.module.track_running_stats:
+            pairs.append((call.name, bn.name))
     return pairs
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def fold_batch_norms(model: nn.Module, input_shape: Sequence[int], probe: Tensor | None = None) -> nn.Module:
     """An eval-mode copy of ``model`` with every foldable batch norm folded into its convolution (which keeps its
-    name, so policies and calibration ranges still apply) and replaced by ``nn.Identity``.
+    name, so policies and calibration ranges still apply) and replaced by ``nn.Identity``; ``model`` itself (its
+    mode untouched) when nothing folds.
 
     The copy's output on ``probe`` (default: seeded uniform images) must match the model's within
-    :data:`FOLD_TOLERANCE` of the largest logit; otherwise the model is returned unfolded (a copy), since a
-    convolution's output is read somewhere the hooks did not see. So is a model torch cannot fuse (a convolution
-    with parametrizations, say): folding only ever saves time.
+    :data:`FOLD_TOLERANCE` of the largest logit; otherwise ``model`` itself is returned, since a convolution's
+    output is read somewhere the hooks did not see. So it is when nothing folds, or torch cannot fuse (a
+    convolution with parametrizations, say): folding only ever saves time, and no copy is kept for nothing.
     """
+    pairs = foldable_pairs(model, input_shape)
+    if not pairs:
+        return model
     was_training = model.training
     model.eval()
     try:
         folded = copy.deepcopy(model)
-        pairs = foldable_pairs(folded, input_shape)
-        if not pairs:
-            return folded
         param = next(model.parameters())
         try:
             for conv_name, bn_name in pairs:
                 conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
                 assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-                _set(folded, conv_name, fuse_conv_bn_eval(conv, bn))
-                _set(folded, bn_name, nn.Identity())
+                _set_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn))
+                _set_submodule(folded, bn_name, nn.Identity())
             to_device(folded, param.device)  # the fused weights in the device's layout, as the model's were
             if probe is None:
                 g = torch.Generator().manual_seed(0)
@@ -109,10 +75,10 @@ def fold_batch_norms(model: nn.Module, input_shape: Sequence[int], probe: Tensor
             with torch.no_grad():
                 want, got = model(probe), folded(probe)
         except (RuntimeError, TypeError, ValueError, AttributeError):
-            return copy.deepcopy(model)
+            return model
         scale = float(want.abs().max()) or 1.0
         if not torch.isfinite(got).all() or float((got - want).abs().max()) > FOLD_TOLERANCE * scale:
-            return copy.deepcopy(model)
+            return model
         return folded
     finally:
         model.train(was_training)
