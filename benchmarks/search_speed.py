@@ -7,7 +7,12 @@ accuracy on 1,000), in three configurations, interleaved round by round so that 
 
 - ``before``: the code at ``--base`` (default: the last commit before this work), 1 thread: today's settings;
 - ``after, 1 thread``: this tree, 1 thread (the code's own gain);
-- ``after, N threads``: this tree with every core this process may use (``os.sched_getaffinity``).
+- ``after, N threads``: this tree with every core this process may use (``os.sched_getaffinity``);
+- ``after, N shards``: this tree, each policy scored by N one-thread processes on 1/N of the images each
+  (:mod:`hwsearch.evaluate_shards`, what a search chooses when threads scale poorly); its figures must equal
+  ``after, 1 thread``'s;
+- ``after, N one-thread processes``: N identical one-thread timers at once, the machine's throughput with one
+  environment per core (``--n-envs N``), for comparison.
 
 Each run is a fresh process (``benchmarks/_eval_timer.py``) on the tree under test. Wall seconds are what a user
 waits; on a machine that other processes load, the process's CPU seconds measure the code's own cost more
@@ -67,12 +72,23 @@ def _base_tree(commit: str, into: Path) -> Path:
     return into
 
 
-def _time(tree: Path, ckpt: Path, threads: int, policies: int, estimate: tuple[int, int], processes: int = 1) -> dict:
-    """One timer process, or ``processes`` identical one-thread timers at once (what one environment per core
-    does): then a policy's seconds are the slowest process's median over ``processes``, the machine's throughput."""
+def _time(
+    tree: Path,
+    ckpt: Path,
+    threads: int,
+    policies: int,
+    estimate: tuple[int, int],
+    processes: int = 1,
+    shards: int = 1,
+) -> dict:
+    """One timer process (whose evaluator may split each policy over ``shards`` worker processes), or
+    ``processes`` identical one-thread timers at once (what one environment per core does): then a policy's
+    seconds are the slowest process's median over ``processes``, the machine's throughput."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, str(TIMER), "--checkpoint", str(ckpt), "--threads", str(threads), "--policies"]
     cmd += [str(policies), "--steps", str(estimate[0]), "--robust-images", str(estimate[1])]
+    if shards > 1:
+        cmd += ["--shards", str(shards)]
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tree)
         for _ in range(processes)
@@ -162,22 +178,22 @@ def main() -> None:
         for model in args.models:
             now = faithful_estimate(model)
             configs = [
-                ("before", base, 1, BEFORE_ESTIMATE, 1),
-                ("after, 1 thread", ROOT, 1, now, 1),
-                (f"after, {cores} threads", ROOT, cores, now, 1),
+                ("before", base, 1, BEFORE_ESTIMATE, 1, 1),
+                ("after, 1 thread", ROOT, 1, now, 1, 1),
+                (f"after, {cores} threads", ROOT, cores, now, 1, 1),
             ]
-            if cores > 1:  # one single-thread environment per core (cores.choose_parallelism's other answer)
-                configs.append((f"after, {cores} one-thread processes", ROOT, 1, now, cores))
+            if cores > 1:  # one shard per core (cores.choose_parallelism's other answer); one env per core
+                configs.append((f"after, {cores} shards", ROOT, 1, now, 1, cores))
+                configs.append((f"after, {cores} one-thread processes", ROOT, 1, now, cores, 1))
             ckpt = _checkpoint(model, MODELS[model])
             runs: dict[str, list[dict]] = {name: [] for name, *_ in configs}
             for _ in range(args.rounds):
-                for name, tree, threads, estimate, processes in configs:
-                    runs[name].append(_time(tree, ckpt, threads, args.policies, estimate, processes))
+                for name, tree, threads, estimate, processes, shards in configs:
+                    runs[name].append(_time(tree, ckpt, threads, args.policies, estimate, processes, shards))
                     last = runs[name][-1]
+                    cpu_s = "-" if last["median_cpu_s"] is None else f"{last['median_cpu_s']:.2f}"
                     print(
-                        f"{model:9s} {name:18s} {last['median_s']:.2f} s wall, {last['median_cpu_s']:.2f} s CPU "
-                        "per evaluation",
-                        flush=True,
+                        f"{model:9s} {name:18s} {last['median_s']:.2f} s wall, {cpu_s} s CPU per evaluation", flush=True
                     )
             same = all(  # the clean figure must not move; the robust one is the estimate robust_fidelity proves
                 [r["accuracy"] for r in runs[name][0]["rows"]] == [r["accuracy"] for r in runs["before"][0]["rows"]]
@@ -193,8 +209,17 @@ def main() -> None:
                     f"{model:9s} a {search['episodes']}-episode robust search: {search['wall_s']:.0f} s wall",
                     flush=True,
                 )
+            sharded = [name for name in runs if name.endswith(" shards")]
+            figures = {  # (clean, robust) per policy, first round: shards must give one process's figures
+                name: [(r["accuracy"], r["robust_accuracy"]) for r in runs[name][0]["rows"]] for name in runs
+            }
+            same_as_one_process = all(figures[name] == figures["after, 1 thread"] for name in sharded)
             seconds = {name: statistics.median(r["median_s"] for r in rs) for name, rs in runs.items()}
-            cpu = {name: statistics.median(r["median_cpu_s"] for r in rs) for name, rs in runs.items()}
+            cpu = {
+                name: statistics.median(r["median_cpu_s"] for r in rs)
+                for name, rs in runs.items()
+                if rs[0]["median_cpu_s"] is not None
+            }
             before = seconds["before"]
             records.append(
                 {
@@ -204,6 +229,7 @@ def main() -> None:
                     "cpu_seconds_per_evaluation": cpu,
                     "speedup_vs_before": {name: before / s for name, s in seconds.items()},
                     "cpu_speedup_vs_before": {name: cpu["before"] / c for name, c in cpu.items()},
+                    "shards_same_figures_as_one_process": same_as_one_process if sharded else None,
                     "projected_300_episode_search_s": {name: 300 * s for name, s in seconds.items()},
                     "same_clean_accuracy_as_before": same,
                     "search": search,
@@ -231,8 +257,10 @@ def main() -> None:
         "default then), after the cheapest estimate benchmarks.robust_fidelity found faithful for the model ("
         + ", ".join(f"{r['model']} {r['estimate']}" for r in records)
         + "); "
-        "W8A8 + seeded random W2-8/A2-8 policies; median over policies, then over rounds; 'one-thread processes': "
-        "that many identical timers at once, the slowest one's seconds divided by their number (throughput)",
+        "W8A8 + seeded random W2-8/A2-8 policies; median over policies, then over rounds; 'shards': each policy "
+        "scored by that many one-thread processes, 1/N of the images each (a search's default when threads scale "
+        "poorly); 'one-thread processes': that many identical timers at once, the slowest one's seconds divided "
+        "by their number (the throughput of one environment per core)",
         "records": records,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -267,12 +295,25 @@ def render(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for rec in records:
+        cpu, cpu_up = rec["cpu_seconds_per_evaluation"], rec["cpu_speedup_vs_before"]
         for name, s in rec["seconds_per_evaluation"].items():
             lines.append(
                 f"| {rec['model']} | {name} | {s:.2f} | {rec['speedup_vs_before'][name]:.2f}x | "
-                f"{rec['cpu_seconds_per_evaluation'][name]:.2f} | {rec['cpu_speedup_vs_before'][name]:.2f}x | "
-                f"{rec['projected_300_episode_search_s'][name]:.0f} |"
+                + (f"{cpu[name]:.2f} | {cpu_up[name]:.2f}x | " if name in cpu else "- | - | ")
+                + f"{rec['projected_300_episode_search_s'][name]:.0f} |"
             )
+    checked = [r for r in records if r.get("shards_same_figures_as_one_process") is not None]
+    if checked:
+        lines += [
+            "",
+            "Shards' CPU seconds are not measured (the workers' are not the timer's). Their clean and robust "
+            "figures, policy by policy, against one process's: "
+            + ", ".join(
+                f"{r['model']} {'identical' if r['shards_same_figures_as_one_process'] else 'DIFFERENT'}"
+                for r in checked
+            )
+            + ".",
+        ]
     searches = [r for r in records if r["search"]]
     if searches:
         summed = any("summed over" in k for r in searches for k in r["search"]["parts_s"])

@@ -63,8 +63,16 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         "--n-envs",
         type=int,
         default=None,
-        help="environments stepped at once; their evaluations run in parallel (default: one per core when that "
-        "measures faster than threads and the search is long enough to repay starting them, else 1)",
+        help="environments stepped at once; their evaluations run in parallel, but a round waits for its slowest "
+        "and the episodes differ from one env's (default 1)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="processes that score each policy together, each on its share of the images, 1 torch thread each; "
+        "the same episodes as one process (default, without --n-envs: one per core when that measures faster "
+        "than threads and the search is long enough to repay starting them, else 1)",
     )
     p.add_argument("--backend", default="subproc", help="serial, subproc (processes on this machine) or ray")
     p.add_argument(
@@ -104,7 +112,8 @@ def job_config(args: argparse.Namespace) -> Any:
     from hwsearch.search import SearchConfig
 
     parallel = ParallelConfig(
-        n_envs=args.n_envs,
+        n_envs=1 if args.n_envs is None and args.shards is not None else args.n_envs,  # given shards: no guessing
+        shards=1 if args.shards is None else args.shards,
         backend=args.backend,
         cpus_per_env=args.cpus_per_env,
         gpus_per_env=args.gpus_per_env,

@@ -7,9 +7,11 @@ measured, not assumed: :func:`fastest_threads` times a probe (one clean pass of 
 each candidate count. PyTorch's convolutions split work over outputs, not over the summed inputs, so the thread
 count changes speed, not results; the search's rewards, and so its cache, are the same either way.
 
-A search can instead step one environment per core (:func:`choose_parallelism`): N one-thread processes score N
-policies at once, which beats N threads on one policy unless the threads scale almost perfectly. It is chosen
-only when the search is long enough to repay starting the workers (each imports torch: seconds).
+A search can instead split each evaluation over one single-thread process per core (:func:`choose_parallelism`,
+:mod:`hwsearch.evaluate_shards`): N processes each score 1/N of the images, which beats N threads on all of them
+unless the threads scale almost perfectly. It is chosen only when the search is long enough to repay starting
+the workers (each imports torch: seconds). Shards, unlike parallel environments (``--n-envs``), keep the search
+the one-environment search: the same episodes on any number of cores.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ __all__ = [
 ]
 
 WORKER_START_S = 20.0  # what starting the worker processes costs, at most (each imports torch and gets the model)
-ENVS_MARGIN = 1.25  # envs must promise this much more throughput than threads: a round waits for its slowest
+#: processes must promise this much more throughput than threads: each shard quantizes the policy again and
+#: attacks smaller batches, and the evaluation waits for its slowest shard
+PROCESSES_MARGIN = 1.25
 
 
 def available_cores() -> int:
@@ -115,11 +119,13 @@ def use_threads(threads: int | None, probe: Callable[[], object]) -> int:
 
 @dataclass(frozen=True)
 class Parallelism:
-    """What :func:`choose_parallelism` chose: ``n_envs`` environments of ``threads`` torch threads each, and why."""
+    """What :func:`choose_parallelism` chose: ``n_envs`` environments of ``threads`` torch threads each, each
+    evaluation split over ``shards`` one-thread processes when ``shards > 1``, and why."""
 
     n_envs: int
     threads: int
     reason: str
+    shards: int = 1
 
 
 def choose_parallelism(
@@ -129,16 +135,16 @@ def choose_parallelism(
     cores: int | None = None,
     worker_start_s: float = WORKER_START_S,
 ) -> Parallelism:
-    """One env per core, or one env on the faster thread count, for a search of ``episodes`` episodes.
+    """One shard per core, or one process on the faster thread count, for a search of ``episodes`` episodes.
 
     ``probe`` (cheap) is timed at 1 thread and at every core (N); ``evaluation_s(threads)`` is what one real
     evaluation costs under that thread count, asked first under the probe's faster count, and under the other
     only when the search is long enough for the choice to matter. The choice then follows the real evaluations,
     not the probe: a miniature, it misjudges how the attack's gradient steps scale either way (resnet20 on 2
-    cores: the probe ran 1.73x as fast on 2 threads, its evaluations 1.46-1.51x). N one-thread envs score N policies in the time
-    one thread scores one, less what a round loses waiting for its slowest episode, so they are chosen when N
-    threads are less than N / ``ENVS_MARGIN`` times as fast as one, and the search's evaluations, spread over N
-    workers, save more than ``worker_start_s``.
+    cores: the probe ran 1.73x as fast on 2 threads, its evaluations 1.46-1.51x). N one-thread shards score a
+    policy in about 1/N of the time one thread takes, so they are chosen when N threads are less than
+    N / ``PROCESSES_MARGIN`` times as fast as one, and the search's evaluations, spread over N workers, save more
+    than ``worker_start_s``.
     """
     counts = thread_candidates(cores)
     if len(counts) == 1:
@@ -155,11 +161,12 @@ def choose_parallelism(
     other = n if threads == 1 else 1
     timed[other] = evaluation_s(other)
     speedup = timed[1] / max(timed[n], 1e-12)
-    if speedup * ENVS_MARGIN >= n:
+    if speedup * PROCESSES_MARGIN >= n:
         return Parallelism(1, n, f"{n} threads evaluate {speedup:.2f}x as fast as 1")
     return Parallelism(
-        n,
         1,
-        f"{n} threads evaluate only {speedup:.2f}x as fast as 1, so {n} one-thread environments score {n} "
-        "policies at once",
+        1,
+        f"{n} threads evaluate only {speedup:.2f}x as fast as 1, so {n} one-thread processes score each policy, "
+        f"1/{n} of the images each",
+        shards=n,
     )

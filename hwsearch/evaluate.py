@@ -19,6 +19,7 @@ from hwsearch.robust.attacks import AttackConfig
 from hwsearch.runtime import to_device
 
 __all__ = [
+    "Counts",
     "EvaluatorConfig",
     "EvalTimings",
     "Evaluator",
@@ -181,7 +182,12 @@ class Evaluator:
         *,
         source_model: nn.Module | None = None,
         train_data: tuple[Tensor, Tensor] | None = None,
+        robust_index: Tensor | None = None,
+        sample_ids: Tensor | None = None,
     ) -> None:
+        """``robust_index`` (positions in ``x`` of the images the attacks run on; default a seeded random subset of
+        ``config.robust_subset``) and ``sample_ids`` (each image's id, which seeds its random starts; default its
+        position in ``x``) let a shard of a larger split score its images exactly as the whole split would."""
         self.model = model
         self.calibration = calibration
         self.config = config or EvaluatorConfig()
@@ -189,10 +195,16 @@ class Evaluator:
         self.x = x.to(self.device)
         self.y = y.to(self.device)
         self.source_model = source_model if source_model is not None else model
-        n = min(self.config.robust_subset, len(x))
-        g = torch.Generator().manual_seed(self.config.seed)
-        idx = torch.randperm(len(x), generator=g)[:n]
+        if robust_index is None:
+            n = min(self.config.robust_subset, len(x))
+            robust_index = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.config.seed))[:n]
+        idx = robust_index.long().cpu()
+        if sample_ids is None:
+            sample_ids = torch.arange(len(x))
+        if tuple(sample_ids.shape) != (len(x),):
+            raise ConfigError(f"sample_ids has shape {tuple(sample_ids.shape)}; expected ({len(x)},)")
         self._rob_idx = idx  # the clean pass's verdicts on these images are reused by the attack
+        self.robust_ids = sample_ids.long().cpu()[idx]  # what seeds the attacked images' random starts
         self.x_rob, self.y_rob = self.x[idx.to(self.device)], self.y[idx.to(self.device)]
         if self.config.finetune_steps and train_data is None:
             raise ConfigError("episode fine-tuning needs train_data=(x, y)")
@@ -289,14 +301,19 @@ class Evaluator:
         if self.config.cache and key in self.cache:
             self.timings.hits += 1
             return self.cache[key]
+        result = self._score(policy).result()
+        if self.config.cache:
+            self.cache[key] = result
+        return result
+
+    def _score(self, policy: Policy) -> Counts:
+        """The policy's hit counts on this evaluator's images (a shard's part of a sharded evaluation)."""
         t0 = time.perf_counter()
         qmodel = self.quantize(policy)
         t1 = time.perf_counter()
         hits = correct_mask(qmodel, self.x, self.y, self.config.batch_size)
-        acc = int(hits.sum()) / max(len(self.x), 1)
         t2 = time.perf_counter()
-        rob: float | None = None
-        per_attack: dict[str, float] = {}
+        counts = Counts(correct=int(hits.sum()), images=len(self.x))
         if self.attacks:
             from hwsearch.robust import robust_accuracy
 
@@ -309,13 +326,47 @@ class Evaluator:
                 seed=self.config.seed,
                 cascade=True,  # the search needs only the worst case: attack only what still stands
                 clean_correct=hits[self._rob_idx],
+                sample_ids=self.robust_ids,
             )
-            rob, per_attack = float(res.worst), {k: float(v) for k, v in res.per_attack.items()}
+            n = res.n
+            counts.robust_images = n
+            counts.robust = round(res.worst * n)
+            counts.per_attack = {k: round(v * n) for k, v in res.per_attack.items()}
         t3 = time.perf_counter()
         self.timings.quantize += t1 - t0
         self.timings.accuracy += t2 - t1
         self.timings.attack += t3 - t2
-        result = EvalResult(accuracy=acc, robust_accuracy=rob, per_attack=per_attack)
-        if self.config.cache:
-            self.cache[key] = result
-        return result
+        return counts
+
+
+@dataclass
+class Counts:
+    """Hits of one policy on some images: clean ``correct`` of ``images``; ``robust`` (worst case) and each
+    attack's survivors of ``robust_images`` (``robust`` None without attacks). Shards' counts add up."""
+
+    correct: int
+    images: int
+    robust: int | None = None
+    robust_images: int = 0
+    per_attack: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __add__(self, other: Counts) -> Counts:
+        robust = None if self.robust is None or other.robust is None else self.robust + other.robust
+        return Counts(
+            self.correct + other.correct,
+            self.images + other.images,
+            robust,
+            self.robust_images + other.robust_images,
+            {k: v + other.per_attack.get(k, 0) for k, v in self.per_attack.items()},
+        )
+
+    def result(self) -> EvalResult:
+        """Fractions, as one process over all these images would have computed them."""
+        if self.robust is None:
+            return EvalResult(accuracy=self.correct / max(self.images, 1), robust_accuracy=None, per_attack={})
+        denom = max(self.robust_images, 1)
+        return EvalResult(
+            accuracy=self.correct / max(self.images, 1),
+            robust_accuracy=self.robust / denom,
+            per_attack={k: v / denom for k, v in self.per_attack.items()},
+        )

@@ -20,12 +20,12 @@ from typing import Any, Protocol
 from hwsearch.budget import Budget, parse_budget
 from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.config_json import config_from_dict, read_config_dict, save_config
-from hwsearch.cores import choose_parallelism, model_probe, thread_candidates, use_threads
 from hwsearch.envs import ENFORCE_MODES
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
 from hwsearch.io import atomic_write_text
+from hwsearch.job_compute import choose_compute, close_evaluator, sharded
 from hwsearch.parallel import ParallelConfig, merge_worker_stats, parallel_env, require_ray
 from hwsearch.policy import Policy
 from hwsearch.policy_formats import save_policy
@@ -119,8 +119,18 @@ class SearchJobConfig:
                 "--agent ilp sums per-layer reward terms and cannot keep an accuracy floor; drop --max-accuracy-drop "
                 "or search with --agent ddpg (--init-from-ilp starts it from the ILP's answer)"
             )
-        if self.search.agent == "ilp" and (self.parallel.n_envs or 1) > 1:
-            raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1")
+        if self.search.agent == "ilp" and ((self.parallel.n_envs or 1) > 1 or self.parallel.shards > 1):
+            raise ConfigError("--agent ilp evaluates its sensitivities in one process; use --n-envs 1 --shards 1")
+        if self.parallel.shards > 1 and self.compute_device not in ("cpu", "auto"):
+            raise ConfigError(
+                f"--shards {self.parallel.shards} runs CPU processes; use --shards 1 with --compute-device"
+            )
+        if self.parallel.shards > 1 and self.episode_finetune_steps:
+            raise ConfigError(
+                "per-episode fine-tuning runs in one process; use --shards 1 with --episode-finetune-steps"
+            )
+        if self.parallel.shards > 1 and self.attack == "square":
+            raise ConfigError("Square draws its noise per batch, so shards would change it; use --shards 1")
 
     @property
     def attacks(self) -> tuple[AttackConfig, ...]:
@@ -244,44 +254,6 @@ def _evaluator(config: SearchJobConfig, ws: Workspace) -> Evaluator:
     x, y = ws.split("val")
     train = ws.split("train") if config.episode_finetune_steps else None
     return Evaluator(ws.model, ws.calibration, x, y, config.evaluator_config(), train_data=train)
-
-
-def _choose_compute(config: SearchJobConfig, ws: Workspace, evaluator: Evaluator) -> tuple[SearchJobConfig, str]:
-    """The job with its parallelism settled, and a line saying how: ``threads`` / ``n_envs`` as asked, else
-    measured (:func:`hwsearch.cores.choose_parallelism`: one env per core, or one env on the faster thread
-    count). Once per job: a sweep's searches share it, and a resumed run keeps what it started with."""
-
-    def probe() -> None:  # built only when something is measured (the quantized copy costs a calibration pass)
-        if not cached:
-            cached.append(model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y))
-        cached[0]()
-
-    cached: list[Callable[[], None]] = []
-    n_envs = config.parallel.n_envs
-    if n_envs is None and (
-        config.threads is not None or config.search.agent == "ilp" or config.parallel.backend == "ray"
-    ):
-        n_envs = 1  # asked-for threads, the ILP's one-process sensitivity pass, a Ray cluster: no guessing
-    if n_envs is None:
-
-        def evaluation_s(threads: int) -> float:
-            use_threads(threads, lambda: None)
-            return evaluator.seconds_to_evaluate(ws.uniform(8))  # the env's reference: cached for it
-
-        choice = choose_parallelism(probe, evaluation_s, config.search.episodes)
-        use_threads(choice.threads, lambda: None)
-        resolved = replace(config, parallel=replace(config.parallel, n_envs=choice.n_envs))
-        if choice.n_envs > 1:
-            return resolved, f"Parallelism: {choice.n_envs} environments, 1 torch thread each ({choice.reason}).\n"
-        return resolved, f"Parallelism: 1 environment, {choice.threads} torch thread(s) ({choice.reason}).\n"
-    config = replace(config, parallel=replace(config.parallel, n_envs=n_envs))
-    if n_envs != 1:
-        return config, f"Parallelism: {n_envs} environments, as asked (--n-envs).\n"
-    if config.threads is not None:
-        return config, f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n"
-    n = use_threads(None, probe)
-    among = " and ".join(map(str, thread_candidates()))
-    return config, f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n"
 
 
 def _search_into(
@@ -504,20 +476,24 @@ def _run(
     try:
         ws = _workspace(config)
         evaluator = _evaluator(config, ws)
-        config, compute_note = _choose_compute(config, ws, evaluator)
+        config, compute_note = choose_compute(config, ws, evaluator)
         if not resuming:  # settled: a resumed run keeps the parallelism its replay buffer is laid out for
             save_config(out / JOB_CONFIG, config)
-        result = _search_into(
-            out,
-            config,
-            ws,
-            evaluator,
-            budget,
-            resuming=resuming,
-            stop=should_stop,
-            progress=progress or _Silent(),
-            threads_note=compute_note,
-        )
+        evaluator = sharded(config, evaluator)
+        try:
+            result = _search_into(
+                out,
+                config,
+                ws,
+                evaluator,
+                budget,
+                resuming=resuming,
+                stop=should_stop,
+                progress=progress or _Silent(),
+                threads_note=compute_note,
+            )
+        finally:
+            close_evaluator(evaluator)
     except HwsearchError:
         if not resuming and not (out / "episodes.csv").exists():  # failed before any episode: leave nothing
             if existed:
@@ -566,25 +542,29 @@ def run_sweep(
     folder = prepare_output(out, overwrite, "pareto.csv")
     ws = _workspace(config)
     evaluator = _evaluator(config, ws)
-    config, threads_note = _choose_compute(config, ws, evaluator)
+    config, threads_note = choose_compute(config, ws, evaluator)
+    evaluator = sharded(config, evaluator)
     episodes: list[tuple[str, EpisodeRecord]] = []
-    for budget in budgets:
-        sub = folder / str(budget).replace("=", "-")
-        sub.mkdir(parents=True, exist_ok=True)
-        result = _search_into(
-            sub,
-            replace(config, budget=str(budget)),
-            ws,
-            evaluator,
-            budget,
-            resuming=False,
-            stop=should_stop,
-            progress=progress or _Silent(),
-            threads_note=threads_note,
-        )
-        if result is None:
-            return SweepResult({}, stopped_during=budget)
-        episodes += [(str(budget), rec) for rec in result.episodes]
-        if on_budget is not None:
-            on_budget(budget, result)
+    try:
+        for budget in budgets:
+            sub = folder / str(budget).replace("=", "-")
+            sub.mkdir(parents=True, exist_ok=True)
+            result = _search_into(
+                sub,
+                replace(config, budget=str(budget)),
+                ws,
+                evaluator,
+                budget,
+                resuming=False,
+                stop=should_stop,
+                progress=progress or _Silent(),
+                threads_note=threads_note,
+            )
+            if result is None:
+                return SweepResult({}, stopped_during=budget)
+            episodes += [(str(budget), rec) for rec in result.episodes]
+            if on_budget is not None:
+                on_budget(budget, result)
+    finally:
+        close_evaluator(evaluator)
     return SweepResult(write_pareto(folder, episodes))

@@ -59,7 +59,9 @@ class ParallelConfig:
     do not oversubscribe the cores. ``ray_address`` joins an existing cluster (``auto`` or ``host:port``);
     without it a local Ray instance starts with ``n_envs * cpus_per_env`` CPUs. ``compute_device`` moves each
     worker's evaluator there (``cuda`` on a GPU node) after it is built. ``n_envs=None`` leaves the count to the
-    search job, which measures whether one env per core beats threads (:func:`hwsearch.cores.choose_parallelism`).
+    search job, which measures whether one-thread processes beat threads (:func:`hwsearch.cores.choose_parallelism`).
+    ``shards > 1`` keeps one env and scores each of its policies on that many one-thread processes, each on its share
+    of the images (:class:`~hwsearch.evaluate_shards.ShardedEvaluator`); local only, and not with several envs.
     """
 
     n_envs: int | None = 1
@@ -69,10 +71,18 @@ class ParallelConfig:
     ray_address: str | None = None
     compute_device: str | None = None
     shared_cache: bool = True
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if self.n_envs is not None:
             check_int(self.n_envs, "n_envs", 1)
+        check_int(self.shards, "shards", 1)
+        if self.shards > 1 and (self.n_envs or 1) > 1:
+            raise ConfigError(
+                f"--shards {self.shards} splits one env's evaluations; it cannot go with --n-envs {self.n_envs}: pick one"
+            )
+        if self.shards > 1 and self.backend == "ray":
+            raise ConfigError(f"--shards {self.shards} runs local processes; with --backend ray use --n-envs instead")
         check_choice(self.backend, "backend", BACKENDS)
         check_number(self.cpus_per_env, "cpus_per_env", positive=True)
         check_number(self.gpus_per_env, "gpus_per_env", 0)

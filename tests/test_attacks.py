@@ -257,7 +257,7 @@ class _ReadsMarker(nn.Module):
 def _fooling(parity: int, n: int):  # type: ignore[no-untyped-def]
     """A fake attack that fools exactly the images whose index has this parity (and only those)."""
 
-    def fake(model, x, y, cfg, *, source_model=None, generator=None):  # type: ignore[no-untyped-def]
+    def fake(model, x, y, cfg, *, source_model=None, generator=None, starts=None):  # type: ignore[no-untyped-def]
         idx = torch.round(x[:, 1] * n).long()
         out = x.clone()
         out[idx % 2 == parity, 0] = 0.0

@@ -60,13 +60,13 @@ def test_thread_count_changes_no_figure(checkpoint) -> None:  # type: ignore[no-
 @pytest.mark.parametrize(
     ("cores_n", "probe", "evaluation", "episodes", "expected", "timed"),
     [
-        (1, {1: 1.0}, {}, 300, (1, 1), []),  # one core: nothing to choose
-        (4, {1: 4.0, 4: 1.05}, {4: 1.0, 1: 3.9}, 300, (1, 4), [4, 1]),  # threads scale almost perfectly
-        (2, {1: 1.73, 2: 1.0}, {2: 2.61, 1: 3.95}, 300, (2, 1), [2, 1]),  # the probe overstates them (resnet20)
-        (4, {1: 1.0, 4: 0.5}, {4: 1.0, 1: 4.0}, 300, (1, 4), [4, 1]),  # the probe understates the evaluation's
-        (4, {1: 1.0, 4: 0.8}, {1: 1.0, 4: 0.8}, 300, (4, 1), [4, 1]),  # threads barely help: one env per core
-        (4, {1: 1.0, 4: 0.8}, {4: 0.8}, 2, (1, 4), [4]),  # ... unless the search is too short to repay workers
-        (2, {1: 1.0, 2: 1.3}, {1: 1.0}, 1, (1, 1), [1]),  # two threads slower than one (a loaded machine)
+        (1, {1: 1.0}, {}, 300, (1, 1, 1), []),  # one core: nothing to choose
+        (4, {1: 4.0, 4: 1.05}, {4: 1.0, 1: 3.9}, 300, (1, 4, 1), [4, 1]),  # threads scale almost perfectly
+        (2, {1: 1.73, 2: 1.0}, {2: 2.61, 1: 3.95}, 300, (1, 1, 2), [2, 1]),  # the probe overstates them (resnet20)
+        (4, {1: 1.0, 4: 0.5}, {4: 1.0, 1: 4.0}, 300, (1, 4, 1), [4, 1]),  # the probe understates the evaluation's
+        (4, {1: 1.0, 4: 0.8}, {1: 1.0, 4: 0.8}, 300, (1, 1, 4), [4, 1]),  # threads barely help: a shard per core
+        (4, {1: 1.0, 4: 0.8}, {4: 0.8}, 2, (1, 4, 1), [4]),  # ... unless the search is too short to repay workers
+        (2, {1: 1.0, 2: 1.3}, {1: 1.0}, 1, (1, 1, 1), [1]),  # two threads slower than one (a loaded machine)
     ],
 )
 def test_choose_parallelism_follows_what_it_measures(  # type: ignore[no-untyped-def]
@@ -80,7 +80,7 @@ def test_choose_parallelism_follows_what_it_measures(  # type: ignore[no-untyped
         return evaluation[threads]
 
     choice = cores.choose_parallelism(lambda: None, evaluation_s, episodes, cores=cores_n)
-    assert (choice.n_envs, choice.threads) == expected
+    assert (choice.n_envs, choice.threads, choice.shards) == expected
     assert choice.reason
     assert asked == timed  # the probe's faster count first; the other only when the choice matters
 
@@ -98,11 +98,11 @@ def test_probe_seconds_times_each_count_and_restores_torch(monkeypatch) -> None:
 
 
 def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Nothing set: the job measures envs against threads and the summary and job.json say what it chose;
+    """Nothing set: the job measures shards against threads and the summary and job.json say what it chose;
     ``--threads`` / ``--n-envs`` set: used as given."""
     import json
 
-    from hwsearch import job
+    from hwsearch import job_compute
     from hwsearch.cli import main
     from hwsearch.errors import ConfigError
     from hwsearch.job import SearchJobConfig
@@ -115,14 +115,14 @@ def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, mon
         probe()  # the probe runs the model
         assert evaluation_s(1) >= 0.0 and evaluation_s(2) >= 0.0  # the reference evaluation can be timed
         chosen.append(episodes)
-        return cores_mod.Parallelism(2, 1, "fake: envs win")
+        return cores_mod.Parallelism(1, 1, "fake: shards win", shards=2)
 
     def fake_fastest(probe, candidates=None, repeats=2):  # type: ignore[no-untyped-def]
         probed.append(tuple(candidates or cores.thread_candidates()))
         return 1
 
     cores_mod = cores
-    monkeypatch.setattr(job, "choose_parallelism", fake_choose)
+    monkeypatch.setattr(job_compute, "choose_parallelism", fake_choose)
     monkeypatch.setattr(cores, "fastest_threads", fake_fastest)
     before = torch.get_num_threads()
     try:
@@ -130,11 +130,11 @@ def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, mon
         assert main([*args, "--backend", "serial", "--out", str(tmp_path / "a")]) == 0
         assert chosen == [4]
         assert (
-            "Parallelism: 2 environments, 1 torch thread each (fake: envs win)"
+            "Parallelism: 2 shards, 1 torch thread each (fake: shards win)"
             in (tmp_path / "a" / "summary.md").read_text()
         )
         saved = json.loads((tmp_path / "a" / "config" / "job.json").read_text())
-        assert json.dumps(saved).count('"n_envs": 2') == 1  # resolved before it is saved: a resume keeps it
+        assert json.dumps(saved).count('"shards": 2') == 1  # resolved before it is saved: a resume keeps it
         assert main([*args, "--out", str(tmp_path / "b"), "--threads", "1"]) == 0
         assert chosen == [4] and not probed  # told: nothing measured
         assert "Torch threads: 1, as asked (--threads)." in (tmp_path / "b" / "summary.md").read_text()

@@ -71,7 +71,9 @@ def test_search_estimate_equals_the_report_attack_configured_alike(ws, steps: in
     policy = ws.uniform(4)
     got = ev.evaluate(policy)
     q = apply_policy(ws.model, policy, ws.calibration).eval()
-    ref = robust_accuracy(q, ev.x_rob, ev.y_rob, list(attacks), source_model=ws.model, seed=3, cascade=True)
+    ref = robust_accuracy(
+        q, ev.x_rob, ev.y_rob, list(attacks), source_model=ws.model, seed=3, cascade=True, sample_ids=ev.robust_ids
+    )
     assert got.robust_accuracy == ref.worst and got.per_attack == ref.per_attack
     again = Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(attacks=attacks, robust_subset=images, seed=3))
     assert again.evaluate(policy) == got  # a fresh evaluator, the same seed: the same reward inputs

@@ -39,6 +39,7 @@ __all__ = [
     "RobustResult",
     "attack",
     "attack_with_outcome",
+    "image_starts",
     "robust_accuracy",
     "search_attacks",
     "report_attacks",
@@ -203,16 +204,49 @@ def _step(x_adv: Tensor, g: Tensor, size: float, norm: str) -> Tensor:
     return x_adv + size * g / _flat_norm(g)
 
 
-def _random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
-    gen_dev = generator.device if generator is not None else x.device
+def _start_delta(
+    shape: Sequence[int],
+    eps: float,
+    norm: str,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """A random start's offset for a batch of ``shape``: uniform in the L-inf ball, or a random direction at a
+    uniform radius for L2 (before projection onto [0, 1])."""
+    gen_dev = generator.device if generator is not None else device
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=gen_dev, dtype=x.dtype).to(x.device)
-        delta = (2 * u - 1) * eps
-    else:
-        d = torch.randn(x.shape, generator=generator, device=gen_dev, dtype=x.dtype).to(x.device)
-        r = torch.rand((x.shape[0],), generator=generator, device=gen_dev, dtype=x.dtype).to(x.device)
-        delta = d / _flat_norm(d) * (eps * r).view(-1, *([1] * (x.dim() - 1)))
-    return _project(x + delta, x, eps, norm)
+        u = torch.rand(tuple(shape), generator=generator, device=gen_dev, dtype=dtype).to(device)
+        return (2 * u - 1) * eps
+    d = torch.randn(tuple(shape), generator=generator, device=gen_dev, dtype=dtype).to(device)
+    r = torch.rand((shape[0],), generator=generator, device=gen_dev, dtype=dtype).to(device)
+    return d / _flat_norm(d) * (eps * r).view(-1, *([1] * (len(shape) - 1)))
+
+
+def _random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator | None) -> Tensor:
+    return _project(x + _start_delta(x.shape, eps, norm, generator, x.dtype, x.device), x, eps, norm)
+
+
+#: odd multiplier that spreads (seed, image id) over the 63-bit seed space of :func:`image_starts`
+_ID_STRIDE = 0x9E3779B97F4A7C15 >> 1
+
+
+def image_starts(ids: Tensor, restarts: int, shape: Sequence[int], cfg: AttackConfig, seed: int) -> Tensor:
+    """Random-start offsets ``(restarts, len(ids), *shape)``, each image's drawn from its own generator seeded
+    by ``(seed, id)``.
+
+    An image's start then depends on nothing but its id: not on the batch it is attacked in, nor on which other
+    images are still being attacked. That is what lets a sharded evaluation (:mod:`hwsearch.evaluate_shards`)
+    give the same figures as one process. The offsets do not depend on the attack either, so two attacks that
+    differ only in gradient route start from the same points.
+    """
+    rows = []
+    for i in ids.tolist():
+        g = torch.Generator(device="cpu").manual_seed((int(seed) * _ID_STRIDE + int(i) + 1) % (2**63))
+        rows.append(_start_delta((restarts, *shape), cfg.eps, cfg.norm, g, torch.float32, torch.device("cpu")))
+    if not rows:
+        return torch.zeros((restarts, 0, *shape))
+    return torch.stack(rows, dim=1)
 
 
 def _input_grad(
@@ -238,6 +272,7 @@ def _run_once(
     cfg: AttackConfig,
     generator: torch.Generator | None,
     freeze: bool,
+    start: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One restart crafted on ``source``. Returns (x_adv, frozen).
 
@@ -251,7 +286,12 @@ def _run_once(
         g, _ = _input_grad(source, x, y, loss)
         return _project(_step(x, g, cfg.eps, cfg.norm), x, cfg.eps, cfg.norm), frozen
 
-    x_adv = _random_start(x, cfg.eps, cfg.norm, generator) if cfg.random_start else x.clone()
+    if not cfg.random_start:
+        x_adv = x.clone()
+    elif start is not None:
+        x_adv = _project(x + start.to(device=x.device, dtype=x.dtype), x, cfg.eps, cfg.norm)
+    else:
+        x_adv = _random_start(x, cfg.eps, cfg.norm, generator)
     active = torch.arange(x.shape[0], device=x.device)
     for _ in range(cfg.steps):
         xa, ya, x0 = x_adv[active], y[active], x[active]
@@ -290,6 +330,7 @@ def attack_with_outcome(
     *,
     source_model: nn.Module | None = None,
     generator: torch.Generator | None = None,
+    starts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Adversarial examples for ``model`` within ``cfg.eps`` of ``x`` (inputs and outputs in [0, 1]).
 
@@ -297,7 +338,8 @@ def attack_with_outcome(
     ``grad="transfer"`` crafts on ``source_model`` (the FP32 model) with plain gradients. With several
     restarts each sample keeps the first example that ``model`` misclassifies (restarts after the first only
     attack the samples not yet fooled); a sample never fooled gets the last restart's final iterate.
-    Random starts draw from ``generator`` (any device) for reproducibility.
+    Random starts draw from ``generator`` (any device) for reproducibility, or are given: ``starts`` holds one
+    offset per restart and image, ``(restarts, N, ...)`` (:func:`image_starts`); Square ignores it.
 
     Also returns whether ``model`` misclassifies each example (a bool mask on ``x``'s device), which the attack
     has already computed: callers need no second forward pass to score it.
@@ -315,6 +357,13 @@ def attack_with_outcome(
         )
     if cfg.grad == "transfer" and source_model is None:
         raise ConfigError(f"attack {cfg.label} transfers from the FP32 model; pass source_model=")
+    restarts = 1 if cfg.method == "fgsm" else cfg.restarts
+    if starts is not None and (
+        starts.dim() != x.dim() + 1 or starts.shape[0] < restarts or starts.shape[1:] != x.shape
+    ):
+        raise ConfigError(
+            f"starts has shape {tuple(starts.shape)}; expected ({restarts}, {', '.join(map(str, x.shape))})"
+        )
     if cfg.eps == 0 or x.shape[0] == 0:
         with _eval_mode(model):
             return x.clone(), _wrong(model, x.to(_device_of(model, x.device)), y.to(_device_of(model, x.device))).to(
@@ -334,7 +383,6 @@ def attack_with_outcome(
 
     best = xd.clone()
     done = torch.zeros(xd.shape[0], dtype=torch.bool, device=device)
-    restarts = 1 if cfg.method == "fgsm" else cfg.restarts
     if cfg.method in GRADIENT_FREE_METHODS:
         from hwsearch.robust.square import square_attack
 
@@ -345,12 +393,13 @@ def attack_with_outcome(
             fooled = _wrong(model, best, yd)
         return best.to(device=x.device, dtype=x.dtype), fooled.to(x.device)
     with _eval_mode(model, source), gradient_mode(source, mode):
-        for _ in range(restarts):
+        for r in range(restarts):
             todo = (~done).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             xs, ys = xd[todo], yd[todo]
-            x_adv, fooled = _run_once(source, xs.to(src_device), ys.to(src_device), cfg, generator, freeze)
+            start = None if starts is None else starts[r][todo.to(starts.device)]
+            x_adv, fooled = _run_once(source, xs.to(src_device), ys.to(src_device), cfg, generator, freeze, start)
             x_adv, fooled = x_adv.to(device), fooled.to(device)
             rest = (~fooled).nonzero().squeeze(1)
             if rest.numel():
@@ -371,13 +420,16 @@ def robust_accuracy(
     seed: int = 0,
     cascade: bool = False,
     clean_correct: Tensor | None = None,
+    sample_ids: Tensor | None = None,
 ) -> RobustResult:
     """Clean accuracy and per-sample worst-case robust accuracy of ``model`` over ``attacks``.
 
     An image counts robust only if it is correct clean and correct under every attack; each attack's own
     column counts images correct clean and under that attack. Images misclassified clean are never attacked.
-    Each attack draws its random starts from its own generator seeded with ``seed``, so two attacks that
-    differ only in gradient route start from the same points. It runs where ``model`` is.
+    Each image's random starts come from a generator seeded by ``seed`` and the image's id (:func:`image_starts`;
+    ``sample_ids``, default its position in ``x``): the same for every attack, and independent of batches and of
+    which images are attacked, so any split of the images gives the same per-image verdicts. Square draws from
+    its own generator seeded with ``seed``. It runs where ``model`` is.
 
     ``cascade=True`` attacks an image only while it is still robust, in list order: the same worst case for
     a fraction of the cost (most images fall to the first attack at large eps), but then each column is the
@@ -397,6 +449,11 @@ def robust_accuracy(
         raise ConfigError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
     if clean_correct is not None and tuple(clean_correct.shape) != (x.shape[0],):
         raise ConfigError(f"clean_correct has shape {tuple(clean_correct.shape)}; expected ({x.shape[0]},)")
+    if sample_ids is None:
+        sample_ids = torch.arange(x.shape[0])
+    elif tuple(sample_ids.shape) != (x.shape[0],):
+        raise ConfigError(f"sample_ids has shape {tuple(sample_ids.shape)}; expected ({x.shape[0]},)")
+    sample_ids = sample_ids.cpu()
     dev = _device_of(model, x.device)
     n = int(x.shape[0])
     gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in attacks]
@@ -416,8 +473,12 @@ def robust_accuracy(
                 idx = (alive if cascade else ok).nonzero().squeeze(1)
                 survived = torch.zeros_like(ok)
                 if idx.numel():
+                    starts = None
+                    if cfg.method == "pgd" and cfg.random_start:
+                        ids = sample_ids[lo : lo + batch_size][idx.cpu()]
+                        starts = image_starts(ids, cfg.restarts, tuple(x.shape[1:]), cfg, seed)
                     _, fooled = attack_with_outcome(
-                        model, xb[idx], yb[idx], cfg, source_model=source_model, generator=gens[i]
+                        model, xb[idx], yb[idx], cfg, source_model=source_model, generator=gens[i], starts=starts
                     )
                     survived[idx] = ~fooled.to(dev)
                 alive &= survived

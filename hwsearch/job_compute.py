@@ -1,0 +1,106 @@
+"""How a search job uses the machine: threads, evaluation shards or parallel environments, settled once per job.
+
+Apart from :mod:`hwsearch.job` because it is the one place that measures (``hwsearch.cores``) and the one that
+owns worker processes of the evaluation (``hwsearch.evaluate_shards``), which the job must close however it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from hwsearch.cores import choose_parallelism, model_probe, thread_candidates, use_threads
+from hwsearch.evaluate import Evaluator
+from hwsearch.parallel import ParallelConfig
+from hwsearch.workflow import Workspace
+
+
+class _Job(Protocol):
+    """What this module reads of :class:`hwsearch.job.SearchJobConfig` (which imports it): a dataclass."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def parallel(self) -> ParallelConfig: ...
+    @property
+    def threads(self) -> int | None: ...
+    @property
+    def search(self) -> Any: ...
+    @property
+    def episode_finetune_steps(self) -> int: ...
+    @property
+    def attack(self) -> str | None: ...
+
+
+Job = TypeVar("Job", bound=_Job)
+
+__all__ = ["can_shard", "choose_compute", "close_evaluator", "sharded"]
+
+
+def can_shard(config: _Job, ws: Workspace) -> bool:
+    """Whether :class:`~hwsearch.evaluate_shards.ShardedEvaluator` can score this job: CPU, no per-episode
+    fine-tuning (each shard would repeat it), no Square (its noise is drawn per batch)."""
+    return ws.device.type == "cpu" and not config.episode_finetune_steps and config.attack != "square"
+
+
+def sharded(config: _Job, evaluator: Evaluator) -> Evaluator:
+    """``evaluator`` itself, or (``parallel.shards > 1``) the same scoring split over that many processes."""
+    if config.parallel.shards <= 1:
+        return evaluator
+    from hwsearch.evaluate_shards import ShardedEvaluator
+
+    return ShardedEvaluator.from_evaluator(evaluator, config.parallel.shards)
+
+
+def close_evaluator(evaluator: Evaluator) -> None:
+    """Stop the evaluator's worker processes, if it has any."""
+    close = getattr(evaluator, "close", None)
+    if callable(close):
+        close()
+
+
+def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Job, str]:
+    """The job with its parallelism settled, and a line saying how: ``threads`` / ``shards`` / ``n_envs`` as
+    asked, else measured (:func:`hwsearch.cores.choose_parallelism`: one shard per core, or one process on the
+    faster thread count; where shards cannot run, the faster thread count). Parallel environments are never
+    chosen for the user: they change the DDPG run. Once per job: a sweep's searches share it, and a resumed run
+    keeps what it started with."""
+
+    def probe() -> None:  # built only when something is measured (the quantized copy costs a calibration pass)
+        if not cached:
+            cached.append(model_probe(evaluator.quantize(ws.uniform(8)), evaluator.x, evaluator.y))
+        cached[0]()
+
+    cached: list[Callable[[], None]] = []
+    n_envs = config.parallel.n_envs
+    if n_envs is None and (
+        config.threads is not None
+        or config.search.agent == "ilp"
+        or config.parallel.backend == "ray"
+        or config.parallel.shards > 1
+        or not can_shard(config, ws)
+    ):
+        n_envs = 1  # asked-for threads or shards, the ILP's one-process pass, a Ray cluster, no shards: threads
+    if n_envs is None:
+
+        def evaluation_s(threads: int) -> float:
+            use_threads(threads, lambda: None)
+            return evaluator.seconds_to_evaluate(ws.uniform(8))  # the env's reference: cached for it
+
+        choice = choose_parallelism(probe, evaluation_s, config.search.episodes)
+        use_threads(choice.threads, lambda: None)
+        resolved = replace(config, parallel=replace(config.parallel, n_envs=choice.n_envs, shards=choice.shards))
+        if choice.shards > 1:
+            return resolved, f"Parallelism: {choice.shards} shards, 1 torch thread each ({choice.reason}).\n"
+        return resolved, f"Parallelism: 1 environment, {choice.threads} torch thread(s) ({choice.reason}).\n"
+    config = replace(config, parallel=replace(config.parallel, n_envs=n_envs))
+    if n_envs != 1:
+        return config, f"Parallelism: {n_envs} environments, as asked (--n-envs).\n"
+    if config.parallel.shards > 1:
+        return config, f"Parallelism: {config.parallel.shards} shards, 1 torch thread each, as asked (--shards).\n"
+    if config.threads is not None:
+        return config, f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n"
+    n = use_threads(None, probe)
+    among = " and ".join(map(str, thread_candidates()))
+    return config, f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n"
