@@ -29,12 +29,12 @@ install: $(INSTALL_STAMP)
 # 1 point of fixed 8-bit's accuracy": a 1,000-image accuracy has a standard error of ~0.6 points at 96%, and the
 # best of 200 episodes is picked on it, so search-val accuracy below 8-bit's costs dearly (--max-accuracy-drop 0:
 # a point below it costs as much reward as 22 points of robustness earn) and that point is left for the pick's
-# optimism. One environment (--n-envs 1): one and two environments step the agent differently, so leaving that
-# choice to a timing would make the demo's answer depend on the machine's load; threads are still chosen by timing.
+# optimism. Threads or evaluation shards are chosen by timing (hwsearch.cores); both score a policy as one
+# process does, so the demo's episodes do not depend on the machine's core count or load.
 demo: install
 	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt
 	$(PYTHON) -m hwsearch.cli search --checkpoint $(OUT)/fp32.pt --target bitfusion-edge --budget latency=0.5x \
-		--robust-weight 5 --max-accuracy-drop 0 --n-envs 1 --eps 0.1 --steps 5 --robust-images 100 --episodes 200 --out $(OUT)/search --overwrite
+		--robust-weight 5 --max-accuracy-drop 0 --eps 0.1 --steps 5 --robust-images 100 --episodes 200 --out $(OUT)/search --overwrite
 	$(PYTHON) -m hwsearch.cli compare --checkpoint $(OUT)/fp32.pt --target bitfusion-edge \
 		--policy searched=$(OUT)/search/policy.json --eps 0.1 --out $(OUT)/report
 
