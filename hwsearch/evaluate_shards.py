@@ -6,10 +6,16 @@ round, so every round waits for its slowest one; a policy's evaluation time vari
 survive the attack. Shards of one policy take about the same time, and the search is the one-environment search:
 the same episodes, whatever the core count.
 
-The split is exact: the clean images and the attacked subset are dealt round-robin to the shards, each image keeps
-the random starts its id seeds (:func:`hwsearch.robust.attacks.image_starts`), and the shards' hit counts add up to
-the counts one process gets (:class:`~hwsearch.evaluate.Counts`). Float results can differ in the last bit only
-where a kernel's result depends on the batch it runs in.
+How: each shard runs the clean pass on its round-robin share of the images; then the driver runs the attack
+cascade stage by stage, dealing each stage's candidates (the attacked images still standing) across the shards,
+hardest first, by how many stages each image survived in earlier evaluations. An attack's cost is in the images
+that resist it, so dealing them evenly keeps the shards busy alike; dealing by position left one shard with twice
+the other's attack time on some policies (resnet20, 2 shards).
+
+The split is exact: each image keeps the random starts its id seeds (:func:`hwsearch.robust.attacks.image_starts`)
+and stops being attacked on its own verdict, so where it is attacked changes nothing, and the counts are those one
+process gets (:class:`~hwsearch.evaluate.Counts`). Float results can differ in the last bit only where a kernel's
+result depends on the batch it runs in.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing as mp
+import time
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -27,10 +34,10 @@ from torch import Tensor, nn
 
 from hwsearch.checks import check_int
 from hwsearch.errors import ConfigError, HwsearchError
-from hwsearch.evaluate import Counts, EvalTimings, Evaluator, EvaluatorConfig
+from hwsearch.evaluate import Counts, Evaluator, EvaluatorConfig, correct_mask
 from hwsearch.policy import Policy
 from hwsearch.quant import Calibration
-from hwsearch.robust.attacks import GRADIENT_FREE_METHODS
+from hwsearch.robust.attacks import GRADIENT_FREE_METHODS, AttackConfig, attack_survivors
 
 __all__ = ["ShardedEvaluator", "shard_positions"]
 
@@ -48,42 +55,74 @@ def shard_positions(n: int, robust_index: Tensor, shards: int) -> list[Tensor]:
     return [torch.cat([robust[k::shards], rest[k::shards]]) for k in range(shards)]
 
 
-def _serve(conn: Connection, threads: int) -> None:
-    """A worker: build the shard's evaluator from the payload, then score policies until told to stop."""
-    from hwsearch.parallel_workers import ignore_sigint
+class _Shard:
+    """A worker's state: the evaluator of its clean share, every attacked image, and the policy last quantized."""
 
-    ignore_sigint()  # Ctrl-C is the driver's to handle; it stops the workers
-    torch.set_num_threads(threads)
-    try:
-        payload = torch.load(io.BytesIO(conn.recv_bytes()), weights_only=False)
-        ev = Evaluator(
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.ev = Evaluator(
             payload["model"],
             payload["calibration"],
             payload["x"],
             payload["y"],
             payload["config"],
             source_model=payload["source_model"],
-            robust_index=payload["robust_index"],
-            sample_ids=payload["sample_ids"],
         )
+        self.x_rob, self.y_rob, self.rob_ids = payload["x_rob"], payload["y_rob"], payload["rob_ids"]
+        self.attacks: tuple[AttackConfig, ...] = payload["attacks"]
+        self.seed: int = payload["seed"]
+        self.qmodel: nn.Module | None = None
+
+    def clean(self, policy: Policy) -> tuple[Tensor, float, float]:
+        """Quantize (kept for the attack stages that follow) and classify the share: verdicts, seconds of each."""
+        t0 = time.perf_counter()
+        self.qmodel = self.ev.quantize(policy)
+        t1 = time.perf_counter()
+        hits = correct_mask(self.qmodel, self.ev.x, self.ev.y, self.ev.config.batch_size)
+        return hits, t1 - t0, time.perf_counter() - t1
+
+    def attack(self, stage: int, positions: Tensor) -> tuple[Tensor, float]:
+        """Which of the attacked images at ``positions`` survive the cascade's attack ``stage``; seconds."""
+        if self.qmodel is None:
+            raise HwsearchError("an attack stage came before any policy was quantized")
+        t0 = time.perf_counter()
+        survived = attack_survivors(
+            self.qmodel,
+            self.x_rob[positions],
+            self.y_rob[positions],
+            self.attacks[stage],
+            sample_ids=self.rob_ids[positions],
+            seed=self.seed,
+            source_model=None if self.ev.source_model is self.ev.model else self.ev.source_model,
+        )
+        return survived, time.perf_counter() - t0
+
+
+def _serve(conn: Connection, threads: int) -> None:
+    """A worker: build its shard from the payload, then answer ("clean", policy) and ("attack", stage,
+    positions) until told to stop."""
+    from hwsearch.parallel_workers import ignore_sigint
+
+    ignore_sigint()  # Ctrl-C is the driver's to handle; it stops the workers
+    torch.set_num_threads(threads)
+    try:
+        shard = _Shard(torch.load(io.BytesIO(conn.recv_bytes()), weights_only=False))
     except Exception as exc:  # noqa: BLE001 - reported to the driver, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
     while True:
         try:
-            policy = conn.recv()
+            request = conn.recv()
         except EOFError:
             return
-        if policy is None:
+        if request is None:
             return
-        before = ev.timings.copy()
         try:
-            counts = ev._score(policy)
+            reply = shard.clean(request[1]) if request[0] == "clean" else shard.attack(request[1], request[2])
         except Exception as exc:  # noqa: BLE001 - as above
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
             continue
-        conn.send(("ok", (counts, ev.timings.since(before))))
+        conn.send(("ok", reply))
 
 
 def _stop(procs: Sequence[Any], conns: Sequence[Connection]) -> None:
@@ -139,6 +178,8 @@ class ShardedEvaluator(Evaluator):
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._finalizer: weakref.finalize | None = None
+        self._shares: list[Tensor] = []
+        self._hardness = torch.zeros(len(self._rob_idx))  # stages each attacked image survived, running mean
 
     @classmethod
     def from_evaluator(cls, ev: Evaluator, shards: int, threads: int = 1) -> ShardedEvaluator:
@@ -173,29 +214,26 @@ class ShardedEvaluator(Evaluator):
         ctx: Any = mp.get_context(method)
         scoring = self.scoring_model()  # fold once here; the workers get the folded model
         worker_config = EvaluatorConfig(
-            batch_size=self.config.batch_size,
-            attacks=self.config.attacks,
-            seed=self.config.seed,
-            cache=False,
-            fold_batch_norms=False,
+            batch_size=self.config.batch_size, attacks=(), seed=self.config.seed, cache=False, fold_batch_norms=False
         )
-        source = None if self.source_model is self.model else self.source_model
-        procs, conns = [], []
+        common = {
+            "model": scoring,
+            "calibration": self.calibration,
+            "config": worker_config,
+            "source_model": None if self.source_model is self.model else self.source_model,
+            "x_rob": self.x_rob.cpu(),
+            "y_rob": self.y_rob.cpu(),
+            "rob_ids": self.robust_ids,
+            "attacks": self.attacks,
+            "seed": self.config.seed,
+        }
+        self._shares = shard_positions(len(self.x), self._rob_idx, self.shards)
+        procs: list[Any] = []
+        conns: list[Connection] = []
         try:
-            for positions in shard_positions(len(self.x), self._rob_idx, self.shards):
-                local = torch.isin(positions, self._rob_idx).nonzero().squeeze(1)
-                payload = {
-                    "model": scoring,
-                    "calibration": self.calibration,
-                    "x": self.x[positions].cpu(),
-                    "y": self.y[positions].cpu(),
-                    "config": worker_config,
-                    "source_model": source,
-                    "robust_index": local,
-                    "sample_ids": positions,
-                }
+            for share in self._shares:
                 buf = io.BytesIO()
-                torch.save(payload, buf)
+                torch.save({**common, "x": self.x[share].cpu(), "y": self.y[share].cpu()}, buf)
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_serve, args=(child, self.threads), daemon=True, name="hwsearch-shard")
                 proc.start()
@@ -203,33 +241,43 @@ class ShardedEvaluator(Evaluator):
                 parent.send_bytes(buf.getvalue())
                 procs.append(proc)
                 conns.append(parent)
+            self._procs, self._conns = procs, conns
             for k, conn in enumerate(conns):
                 if not conn.poll(START_TIMEOUT_S):
                     raise HwsearchError(
                         f"evaluation shard {k} did not start in {START_TIMEOUT_S:.0f} s; use --shards 1"
                     )
-                status, detail = self._receive(k, conn)
+                status, detail = self._receive(k)
                 if status != "ready":
                     raise HwsearchError(f"evaluation shard {k} could not start ({detail}); use --shards 1")
         except BaseException:
+            self._procs, self._conns = [], []
             _stop(procs, conns)
             raise
-        self._procs, self._conns = procs, conns
         self._finalizer = weakref.finalize(self, _stop, procs, conns)
 
-    def _receive(self, k: int, conn: Connection) -> tuple[str, Any]:
-        try:
-            return conn.recv()
-        except (EOFError, OSError):
-            code = self._procs[k].exitcode if k < len(self._procs) else None
-            raise HwsearchError(f"evaluation shard {k} stopped (exit code {code}); rerun with --shards 1") from None
+    def _lost(self, k: int) -> HwsearchError:
+        code = self._procs[k].exitcode if k < len(self._procs) else None
+        return HwsearchError(f"evaluation shard {k} stopped (exit code {code}); rerun with --shards 1")
 
-    def _send(self, k: int, conn: Connection, policy: Policy) -> None:
+    def _receive(self, k: int) -> tuple[str, Any]:
         try:
-            conn.send(policy)
-        except (BrokenPipeError, EOFError, OSError):
-            code = self._procs[k].exitcode if k < len(self._procs) else None
-            raise HwsearchError(f"evaluation shard {k} stopped (exit code {code}); rerun with --shards 1") from None
+            return self._conns[k].recv()
+        except (EOFError, OSError):
+            raise self._lost(k) from None
+
+    def _ask(self, requests: dict[int, tuple[Any, ...]]) -> dict[int, Any]:
+        """Send each shard ``k`` its request, then collect the answers (a worker failing raises here)."""
+        for k, request in requests.items():
+            try:
+                self._conns[k].send(request)
+            except (BrokenPipeError, EOFError, OSError):
+                raise self._lost(k) from None
+        replies = {k: self._receive(k) for k in requests}
+        errors = [detail for status, detail in replies.values() if status != "ok"]
+        if errors:
+            raise HwsearchError(f"an evaluation shard failed: {errors[0]}")
+        return {k: detail for k, (_, detail) in replies.items()}
 
     def close(self) -> None:
         """Stop the workers (idempotent); a later evaluation starts them again."""
@@ -237,27 +285,47 @@ class ShardedEvaluator(Evaluator):
             self._finalizer()
         self._procs, self._conns, self._finalizer = [], [], None
 
+    def deal(self, candidates: Tensor) -> list[Tensor]:
+        """Attacked-subset positions ``candidates`` split across the shards: ordered hardest first (stages
+        survived in earlier evaluations, a running mean; position breaks ties), then dealt round-robin."""
+        order = sorted(candidates.tolist(), key=lambda j: (-float(self._hardness[j]), j))
+        ranked = torch.tensor(order, dtype=torch.long)
+        return [ranked[k :: self.shards] for k in range(self.shards)]
+
     def _score(self, policy: Policy) -> Counts:
         policy.check_against(self._layer_names())
         self._start()
         try:
-            for k, conn in enumerate(self._conns):
-                self._send(k, conn, policy)
-            replies = [self._receive(k, conn) for k, conn in enumerate(self._conns)]
+            return self._score_on_shards(policy)
         except BaseException:
             self.close()  # a worker in an unknown state cannot score the next policy
             raise
-        errors = [detail for status, detail in replies if status != "ok"]
-        if errors:
-            raise HwsearchError(f"an evaluation shard failed: {errors[0]}")
-        parts: list[tuple[Counts, EvalTimings]] = [detail for _, detail in replies]
-        total = parts[0][0]
-        for counts, _ in parts[1:]:
-            total = total + counts
-        self.timings.quantize += max(t.quantize for _, t in parts)
-        self.timings.accuracy += max(t.accuracy for _, t in parts)
-        self.timings.attack += max(t.attack for _, t in parts)
-        return total
+
+    def _score_on_shards(self, policy: Policy) -> Counts:
+        clean = self._ask({k: ("clean", policy) for k in range(self.shards)})
+        hits = torch.zeros(len(self.x), dtype=torch.bool)
+        for k, share in enumerate(self._shares):
+            hits[share] = clean[k][0]
+        self.timings.quantize += max(q for _, q, _ in clean.values())
+        self.timings.accuracy += max(c for _, _, c in clean.values())
+        counts = Counts(correct=int(hits.sum()), images=len(self.x))
+        if not self.attacks:
+            return counts
+        alive = hits[self._rob_idx].clone()
+        survived_stages = torch.zeros(len(alive))
+        for stage, cfg in enumerate(self.attacks):
+            deals = {k: d for k, d in enumerate(self.deal(alive.nonzero().squeeze(1))) if d.numel()}
+            if deals:
+                answers = self._ask({k: ("attack", stage, d) for k, d in deals.items()})
+                for k, d in deals.items():
+                    alive[d] = answers[k][0]
+                self.timings.attack += max(t for _, t in answers.values())
+            survived_stages += alive.float()
+            counts.per_attack[cfg.label] = int(alive.sum())
+        counts.robust = int(alive.sum())
+        counts.robust_images = len(alive)
+        self._hardness = 0.5 * self._hardness + 0.5 * survived_stages
+        return counts
 
     def _layer_names(self) -> list[str]:
         from hwsearch.quant import quantizable_names

@@ -38,6 +38,7 @@ __all__ = [
     "AttackConfig",
     "RobustResult",
     "attack",
+    "attack_survivors",
     "attack_with_outcome",
     "image_starts",
     "robust_accuracy",
@@ -473,13 +474,8 @@ def robust_accuracy(
                 idx = (alive if cascade else ok).nonzero().squeeze(1)
                 survived = torch.zeros_like(ok)
                 if idx.numel():
-                    starts = None
-                    if cfg.method == "pgd" and cfg.random_start:
-                        ids = sample_ids[lo : lo + batch_size][idx.cpu()]
-                        starts = image_starts(ids, cfg.restarts, tuple(x.shape[1:]), cfg, seed)
-                    _, fooled = attack_with_outcome(
-                        model, xb[idx], yb[idx], cfg, source_model=source_model, generator=gens[i], starts=starts
-                    )
+                    ids = sample_ids[lo : lo + batch_size][idx.cpu()]
+                    fooled = _fooled(model, xb[idx], yb[idx], cfg, ids, seed, source_model, gens[i])
                     survived[idx] = ~fooled.to(dev)
                 alive &= survived
                 per[i, lo : lo + batch_size] = (alive if cascade else survived).cpu()
@@ -493,6 +489,57 @@ def robust_accuracy(
         per_attack={lab: per[i].sum().item() / denom for i, lab in enumerate(labels)},
         n=n,
     )
+
+
+def _fooled(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: AttackConfig,
+    ids: Tensor,
+    seed: int,
+    source_model: nn.Module | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Which of these clean-correct images ``cfg`` fools, PGD starting each image where its id says."""
+    starts = None
+    if cfg.method == "pgd" and cfg.random_start:
+        starts = image_starts(ids, cfg.restarts, tuple(x.shape[1:]), cfg, seed)
+    _, fooled = attack_with_outcome(model, x, y, cfg, source_model=source_model, generator=generator, starts=starts)
+    return fooled
+
+
+def attack_survivors(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: AttackConfig,
+    *,
+    sample_ids: Tensor,
+    seed: int = 0,
+    source_model: nn.Module | None = None,
+    batch_size: int = 256,
+) -> Tensor:
+    """Which of ``(x, y)``, all classified correctly clean, ``cfg`` fails to fool (bool, on the CPU).
+
+    :func:`robust_accuracy`'s per-image verdict for one attack, for a caller that deals the images out itself
+    (:class:`hwsearch.evaluate_shards.ShardedEvaluator` attacks each cascade stage's survivors on every shard).
+    Gradient attacks only: Square draws its noise per batch, so its verdicts would depend on the deal.
+    """
+    if cfg.method in GRADIENT_FREE_METHODS:
+        raise ConfigError(f"attack {cfg.label} draws its noise per batch; attack_survivors takes gradient attacks")
+    check_int(batch_size, "attack batch_size", 1)
+    if tuple(sample_ids.shape) != (x.shape[0],):
+        raise ConfigError(f"sample_ids has shape {tuple(sample_ids.shape)}; expected ({x.shape[0]},)")
+    dev = _device_of(model, x.device)
+    ids = sample_ids.cpu()
+    out = torch.zeros(x.shape[0], dtype=torch.bool)
+    with _eval_mode(model):
+        for lo in range(0, x.shape[0], batch_size):
+            xb, yb = x[lo : lo + batch_size].to(dev), y[lo : lo + batch_size].to(dev)
+            fooled = _fooled(model, xb, yb, cfg, ids[lo : lo + batch_size], seed, source_model, None)
+            out[lo : lo + batch_size] = ~fooled.cpu()
+    return out
 
 
 def search_attacks(eps: float, steps: int = 10, method: str = "pgd") -> list[AttackConfig]:
