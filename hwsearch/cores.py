@@ -39,6 +39,7 @@ WORKER_START_S = 20.0  # what starting the worker processes costs, at most (each
 #: processes must promise this much more throughput than threads: each shard quantizes the policy again and
 #: attacks smaller batches, and the evaluation waits for its slowest shard
 PROCESSES_MARGIN = 1.25
+PERFECT_SCALING = 0.95  # N threads this close to N times as fast as 1 leave shards nothing to win: not timed
 
 
 def available_cores() -> int:
@@ -134,6 +135,7 @@ def choose_parallelism(
     episodes: int,
     cores: int | None = None,
     worker_start_s: float = WORKER_START_S,
+    sharded_s: Callable[[], float] | None = None,
 ) -> Parallelism:
     """One shard per core, or one process on the faster thread count, for a search of ``episodes`` episodes.
 
@@ -144,7 +146,10 @@ def choose_parallelism(
     cores: the probe ran 1.73x as fast on 2 threads, its evaluations 1.46-1.51x). N one-thread shards score a
     policy in about 1/N of the time one thread takes, so they are chosen when N threads are less than
     N / ``PROCESSES_MARGIN`` times as fast as one, and the search's evaluations, spread over N workers, save more
-    than ``worker_start_s``.
+    than ``worker_start_s``. Given ``sharded_s`` (one evaluation on N shards, timed after they started), the shards
+    are timed too unless N threads scale almost perfectly, and the faster of the two wins: the margin is a guess,
+    and on resnet20 2 threads measured 1.49x and 1.61x as fast as 1 in two searches, either side of it, while
+    shards ran 1.74x (``python -m benchmarks.search_speed``).
     """
     counts = thread_candidates(cores)
     if len(counts) == 1:
@@ -161,6 +166,24 @@ def choose_parallelism(
     other = n if threads == 1 else 1
     timed[other] = evaluation_s(other)
     speedup = timed[1] / max(timed[n], 1e-12)
+    if sharded_s is not None and speedup < PERFECT_SCALING * n:
+        best = min(timed, key=lambda t: (timed[t], t))
+        shard_s = sharded_s()
+        shard_speedup = timed[1] / max(shard_s, 1e-12)
+        if shard_s < timed[best]:
+            return Parallelism(
+                1,
+                1,
+                f"an evaluation took {timed[1]:.2f} s on 1 thread, {timed[n]:.2f} s on {n} threads and {shard_s:.2f} s "
+                f"on {n} one-thread shards ({shard_speedup:.2f}x as fast as 1 thread), so {n} processes score each policy",
+                shards=n,
+            )
+        return Parallelism(
+            1,
+            best,
+            f"an evaluation took {timed[1]:.2f} s on 1 thread, {timed[n]:.2f} s on {n} threads and {shard_s:.2f} s on "
+            f"{n} one-thread shards",
+        )
     if speedup * PROCESSES_MARGIN >= n:
         return Parallelism(1, n, f"{n} threads evaluate {speedup:.2f}x as fast as 1")
     return Parallelism(

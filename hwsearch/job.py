@@ -25,7 +25,7 @@ from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
 from hwsearch.io import atomic_write_text
-from hwsearch.job_compute import choose_compute, close_evaluator, sharded
+from hwsearch.job_compute import choose_compute, close_evaluator
 from hwsearch.parallel import ParallelConfig, merge_worker_stats, parallel_env, require_ray
 from hwsearch.policy import Policy
 from hwsearch.policy_formats import save_policy
@@ -476,11 +476,10 @@ def _run(
     try:
         ws = _workspace(config)
         evaluator = _evaluator(config, ws)
-        config, compute_note = choose_compute(config, ws, evaluator)
-        if not resuming:  # settled: a resumed run keeps the parallelism its replay buffer is laid out for
-            save_config(out / JOB_CONFIG, config)
-        evaluator = sharded(config, evaluator)
+        config, compute_note, evaluator = choose_compute(config, ws, evaluator)
         try:
+            if not resuming:  # settled: a resumed run keeps the parallelism its replay buffer is laid out for
+                save_config(out / JOB_CONFIG, config)
             result = _search_into(
                 out,
                 config,
@@ -542,8 +541,7 @@ def run_sweep(
     folder = prepare_output(out, overwrite, "pareto.csv")
     ws = _workspace(config)
     evaluator = _evaluator(config, ws)
-    config, threads_note = choose_compute(config, ws, evaluator)
-    evaluator = sharded(config, evaluator)
+    config, threads_note, evaluator = choose_compute(config, ws, evaluator)
     episodes: list[tuple[str, EpisodeRecord]] = []
     try:
         for budget in budgets:

@@ -46,10 +46,12 @@ def can_shard(config: _Job, ws: Workspace) -> bool:
 
 def sharded(config: _Job, evaluator: Evaluator) -> Evaluator:
     """``evaluator`` itself, or (``parallel.shards > 1``) the same scoring split over that many processes."""
-    if config.parallel.shards <= 1:
-        return evaluator
     from hwsearch.evaluate_shards import ShardedEvaluator
 
+    if config.parallel.shards <= 1 or (
+        isinstance(evaluator, ShardedEvaluator) and evaluator.shards == config.parallel.shards
+    ):
+        return evaluator
     return ShardedEvaluator.from_evaluator(evaluator, config.parallel.shards)
 
 
@@ -60,12 +62,13 @@ def close_evaluator(evaluator: Evaluator) -> None:
         close()
 
 
-def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Job, str]:
-    """The job with its parallelism settled, and a line saying how: ``threads`` / ``shards`` / ``n_envs`` as
-    asked, else measured (:func:`hwsearch.cores.choose_parallelism`: one shard per core, or one process on the
-    faster thread count; where shards cannot run, the faster thread count). Parallel environments are never
-    chosen for the user: they change the DDPG run. Once per job: a sweep's searches share it, and a resumed run
-    keeps what it started with."""
+def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Job, str, Evaluator]:
+    """The job with its parallelism settled, a line saying how, and the evaluator to search with: ``threads`` /
+    ``shards`` / ``n_envs`` as asked, else measured (:func:`hwsearch.cores.choose_parallelism`: one shard per
+    core, or one process on the faster thread count, timed on the reference policy; where shards cannot run, the
+    faster thread count). Parallel environments are never chosen for the user: they change the DDPG run. Once per
+    job: a sweep's searches share it, and a resumed run keeps what it started with. The shards timed for the
+    choice are the ones returned (their workers already started), or closed."""
 
     def probe() -> None:  # built only when something is measured (the quantized copy costs a calibration pass)
         if not cached:
@@ -88,19 +91,39 @@ def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Jo
             use_threads(threads, lambda: None)
             return evaluator.seconds_to_evaluate(ws.uniform(8))  # the env's reference: cached for it
 
-        choice = choose_parallelism(probe, evaluation_s, config.search.episodes)
+        trial: list[Evaluator] = []
+
+        def sharded_s() -> float:
+            from hwsearch.evaluate_shards import ShardedEvaluator
+
+            trial.append(ShardedEvaluator.from_evaluator(evaluator, thread_candidates()[-1]))
+            trial[0].seconds_to_evaluate(ws.uniform(8))  # starts the workers: not what an evaluation costs
+            return trial[0].seconds_to_evaluate(ws.uniform(8))
+
+        try:
+            choice = choose_parallelism(probe, evaluation_s, config.search.episodes, sharded_s=sharded_s)
+        except BaseException:
+            for ev in trial:
+                close_evaluator(ev)
+            raise
         use_threads(choice.threads, lambda: None)
         resolved = replace(config, parallel=replace(config.parallel, n_envs=choice.n_envs, shards=choice.shards))
         if choice.shards > 1:
-            return resolved, f"Parallelism: {choice.shards} shards, 1 torch thread each ({choice.reason}).\n"
-        return resolved, f"Parallelism: 1 environment, {choice.threads} torch thread(s) ({choice.reason}).\n"
+            chosen = trial[0] if trial else evaluator
+            note = f"Parallelism: {choice.shards} shards, 1 torch thread each ({choice.reason}).\n"
+            return resolved, note, sharded(resolved, chosen)
+        for ev in trial:
+            close_evaluator(ev)
+        note = f"Parallelism: 1 environment, {choice.threads} torch thread(s) ({choice.reason}).\n"
+        return resolved, note, evaluator
     config = replace(config, parallel=replace(config.parallel, n_envs=n_envs))
     if n_envs != 1:
-        return config, f"Parallelism: {n_envs} environments, as asked (--n-envs).\n"
+        return config, f"Parallelism: {n_envs} environments, as asked (--n-envs).\n", evaluator
     if config.parallel.shards > 1:
-        return config, f"Parallelism: {config.parallel.shards} shards, 1 torch thread each, as asked (--shards).\n"
+        note = f"Parallelism: {config.parallel.shards} shards, 1 torch thread each, as asked (--shards).\n"
+        return config, note, sharded(config, evaluator)
     if config.threads is not None:
-        return config, f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n"
+        return config, f"Torch threads: {use_threads(config.threads, lambda: None)}, as asked (--threads).\n", evaluator
     n = use_threads(None, probe)
     among = " and ".join(map(str, thread_candidates()))
-    return config, f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n"
+    return config, f"Torch threads: {n}, the faster of {among} for this model (hwsearch.cores).\n", evaluator

@@ -85,6 +85,31 @@ def test_choose_parallelism_follows_what_it_measures(  # type: ignore[no-untyped
     assert asked == timed  # the probe's faster count first; the other only when the choice matters
 
 
+@pytest.mark.parametrize(
+    ("evaluation", "shard_s", "expected", "timed_shards"),
+    [
+        ({2: 2.60, 1: 4.28}, 2.46, (1, 1, 2), True),  # resnet20: threads 1.65x, shards 1.74x
+        ({2: 0.61, 1: 0.86}, 0.64, (1, 2, 1), True),  # smallcnn on a busy machine: shards lose
+        ({2: 1.0, 1: 1.95}, 0.1, (1, 2, 1), False),  # threads scale almost perfectly: shards not started
+    ],
+)
+def test_choose_parallelism_times_shards_when_it_can(  # type: ignore[no-untyped-def]
+    monkeypatch, evaluation, shard_s, expected, timed_shards
+) -> None:
+    monkeypatch.setattr(cores, "probe_seconds", lambda fn, counts, repeats=2: {1: 1.0, 2: 0.6})
+    asked: list[str] = []
+
+    def sharded_s() -> float:
+        asked.append("shards")
+        return shard_s
+
+    choice = cores.choose_parallelism(lambda: None, evaluation.__getitem__, 300, cores=2, sharded_s=sharded_s)
+    assert (choice.n_envs, choice.threads, choice.shards) == expected
+    assert (asked == ["shards"]) == timed_shards
+    if timed_shards:
+        assert f"{shard_s:.2f} s on 2 one-thread shards" in choice.reason
+
+
 def test_probe_seconds_times_each_count_and_restores_torch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     clock = {"t": 0.0}
     monkeypatch.setattr(cores.time, "perf_counter", lambda: clock["t"])
@@ -111,9 +136,10 @@ def test_search_and_compare_choose_threads_unless_told(checkpoint, tmp_path, mon
     chosen: list[int] = []
     probed: list[tuple[int, ...]] = []
 
-    def fake_choose(probe, evaluation_s, episodes, cores=None, worker_start_s=0.0):  # type: ignore[no-untyped-def]
+    def fake_choose(probe, evaluation_s, episodes, cores=None, worker_start_s=0.0, sharded_s=None):  # type: ignore[no-untyped-def]
         probe()  # the probe runs the model
         assert evaluation_s(1) >= 0.0 and evaluation_s(2) >= 0.0  # the reference evaluation can be timed
+        assert sharded_s is not None and sharded_s() > 0.0  # and timed on shards, which the search then uses
         chosen.append(episodes)
         return cores_mod.Parallelism(1, 1, "fake: shards win", shards=2)
 

@@ -98,6 +98,23 @@ def test_sharded_evaluator_gives_the_one_process_figures(ws, shards: int) -> Non
         clean_only.close()
 
 
+def test_the_deal_splits_the_hard_images_evenly_and_learns_from_each_evaluation(ws) -> None:  # type: ignore[no-untyped-def]
+    x, y = ws.split("val", 200)
+    config = EvaluatorConfig(attacks=tuple(search_attacks(0.1, steps=3)), robust_subset=40, seed=1)
+    many = ShardedEvaluator(ws.model, ws.calibration, x, y, config, shards=2)
+    candidates = torch.arange(40)
+    assert [d.tolist() for d in many.deal(candidates)] == [list(range(0, 40, 2)), list(range(1, 40, 2))]
+    many._hardness[torch.tensor([1, 3, 5, 7])] = 2.0  # four hard images, all at odd positions
+    deals = many.deal(candidates)
+    assert sorted(torch.cat(deals).tolist()) == list(range(40))  # every candidate once
+    assert [len(set(d.tolist()) & {1, 3, 5, 7}) for d in deals] == [2, 2]  # dealing by position gave one all four
+    try:
+        many.evaluate(ws.uniform(4))
+    finally:
+        many.close()
+    assert float(many._hardness.max()) > 0.0  # the evaluation's survivors rank first next time
+
+
 def test_from_evaluator_keeps_the_cache_and_the_subset(ws) -> None:  # type: ignore[no-untyped-def]
     x, y = ws.split("val", 200)
     config = EvaluatorConfig(attacks=tuple(search_attacks(0.1, steps=2)), robust_subset=40, seed=5)
