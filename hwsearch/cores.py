@@ -148,8 +148,8 @@ def choose_parallelism(
     N / ``PROCESSES_MARGIN`` times as fast as one, and the search's evaluations, spread over N workers, save more
     than ``worker_start_s``. Given ``sharded_s`` (one evaluation on N shards, timed after they started), the shards
     are timed too unless N threads scale almost perfectly, and the faster of the two wins: the margin is a guess,
-    and on resnet20 2 threads measured 1.49x and 1.61x as fast as 1 in two searches, either side of it, while
-    shards ran 1.74x (``python -m benchmarks.search_speed``).
+    and how well threads scale moves with the machine's load from one run to the next (``benchmarks.search_speed``
+    records what each run chose and why).
     """
     counts = thread_candidates(cores)
     if len(counts) == 1:

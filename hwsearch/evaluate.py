@@ -182,12 +182,7 @@ class Evaluator:
         *,
         source_model: nn.Module | None = None,
         train_data: tuple[Tensor, Tensor] | None = None,
-        robust_index: Tensor | None = None,
-        sample_ids: Tensor | None = None,
     ) -> None:
-        """``robust_index`` (positions in ``x`` of the images the attacks run on; default a seeded random subset of
-        ``config.robust_subset``) and ``sample_ids`` (each image's id, which seeds its random starts; default its
-        position in ``x``) let a shard of a larger split score its images exactly as the whole split would."""
         self.model = model
         self.calibration = calibration
         self.config = config or EvaluatorConfig()
@@ -195,16 +190,10 @@ class Evaluator:
         self.x = x.to(self.device)
         self.y = y.to(self.device)
         self.source_model = source_model if source_model is not None else model
-        if robust_index is None:
-            n = min(self.config.robust_subset, len(x))
-            robust_index = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.config.seed))[:n]
-        idx = robust_index.long().cpu()
-        if sample_ids is None:
-            sample_ids = torch.arange(len(x))
-        if tuple(sample_ids.shape) != (len(x),):
-            raise ConfigError(f"sample_ids has shape {tuple(sample_ids.shape)}; expected ({len(x)},)")
+        n = min(self.config.robust_subset, len(x))
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.config.seed))[:n]
         self._rob_idx = idx  # the clean pass's verdicts on these images are reused by the attack
-        self.robust_ids = sample_ids.long().cpu()[idx]  # what seeds the attacked images' random starts
+        self.robust_ids = idx  # their ids, which seed their random starts (attacks.image_starts): their positions
         self.x_rob, self.y_rob = self.x[idx.to(self.device)], self.y[idx.to(self.device)]
         if self.config.finetune_steps and train_data is None:
             raise ConfigError("episode fine-tuning needs train_data=(x, y)")

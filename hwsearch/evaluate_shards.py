@@ -39,10 +39,22 @@ from hwsearch.policy import Policy
 from hwsearch.quant import Calibration
 from hwsearch.robust.attacks import GRADIENT_FREE_METHODS, AttackConfig, attack_survivors
 
-__all__ = ["ShardedEvaluator", "shard_positions"]
+__all__ = ["ShardedEvaluator", "shard_positions", "why_not_sharded"]
 
 #: seconds a worker may take to load its model and images before the evaluator gives up on it
 START_TIMEOUT_S = 300.0
+
+
+def why_not_sharded(config: EvaluatorConfig) -> str | None:
+    """Why shards cannot score with ``config`` (a one-line error naming the fix), or None: per-episode fine-tuning
+    runs in one process (each shard would repeat it), and Square draws its noise per batch (the deal would change
+    its verdicts). The one place the job's config check, the compute choice and the evaluator ask."""
+    if config.finetune_steps:
+        return "per-episode fine-tuning runs in one process; use --shards 1 with --episode-finetune-steps"
+    square = [a.label for a in config.attacks if a.method in GRADIENT_FREE_METHODS]
+    if square:
+        return f"attack {square[0]} draws its noise per batch, so shards would change it; use --shards 1"
+    return None
 
 
 def shard_positions(n: int, robust_index: Tensor, shards: int) -> list[Tensor]:
@@ -163,13 +175,8 @@ class ShardedEvaluator(Evaluator):
         check_int(shards, "shards", 1)
         check_int(threads, "threads per shard", 1)
         config = config or EvaluatorConfig()
-        if config.finetune_steps:
-            raise ConfigError("per-episode fine-tuning runs in one process; use --shards 1 with --episode-finetune")
-        square = [a.label for a in config.attacks if a.method in GRADIENT_FREE_METHODS]
-        if square:
-            raise ConfigError(
-                f"attack {square[0]} draws its noise per batch, so shards would change it; use --shards 1"
-            )
+        if (why := why_not_sharded(config)) is not None:
+            raise ConfigError(why)
         super().__init__(model, calibration, x, y, config, source_model=source_model)
         if self.device.type != "cpu":
             raise ConfigError(f"shards are CPU processes; the model is on {self.device}: use --shards 1 on a GPU")

@@ -23,6 +23,7 @@ from hwsearch.config_json import config_from_dict, read_config_dict, save_config
 from hwsearch.envs import ENFORCE_MODES
 from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
+from hwsearch.evaluate_shards import why_not_sharded
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
 from hwsearch.io import atomic_write_text
 from hwsearch.job_compute import choose_compute, close_evaluator
@@ -125,12 +126,8 @@ class SearchJobConfig:
             raise ConfigError(
                 f"--shards {self.parallel.shards} runs CPU processes; use --shards 1 with --compute-device"
             )
-        if self.parallel.shards > 1 and self.episode_finetune_steps:
-            raise ConfigError(
-                "per-episode fine-tuning runs in one process; use --shards 1 with --episode-finetune-steps"
-            )
-        if self.parallel.shards > 1 and self.attack == "square":
-            raise ConfigError("Square draws its noise per batch, so shards would change it; use --shards 1")
+        if self.parallel.shards > 1 and (why := why_not_sharded(self.evaluator_config())) is not None:
+            raise ConfigError(why)
 
     @property
     def attacks(self) -> tuple[AttackConfig, ...]:

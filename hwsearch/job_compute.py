@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from hwsearch.cores import choose_parallelism, model_probe, thread_candidates, use_threads
 from hwsearch.evaluate import Evaluator
+from hwsearch.evaluate_shards import ShardedEvaluator, why_not_sharded
 from hwsearch.parallel import ParallelConfig
 from hwsearch.workflow import Workspace
 
@@ -27,10 +28,6 @@ class _Job(Protocol):
     def threads(self) -> int | None: ...
     @property
     def search(self) -> Any: ...
-    @property
-    def episode_finetune_steps(self) -> int: ...
-    @property
-    def attack(self) -> str | None: ...
 
 
 Job = TypeVar("Job", bound=_Job)
@@ -38,16 +35,14 @@ Job = TypeVar("Job", bound=_Job)
 __all__ = ["can_shard", "choose_compute", "close_evaluator", "sharded"]
 
 
-def can_shard(config: _Job, ws: Workspace) -> bool:
-    """Whether :class:`~hwsearch.evaluate_shards.ShardedEvaluator` can score this job: CPU, no per-episode
-    fine-tuning (each shard would repeat it), no Square (its noise is drawn per batch)."""
-    return ws.device.type == "cpu" and not config.episode_finetune_steps and config.attack != "square"
+def can_shard(evaluator: Evaluator) -> bool:
+    """Whether :class:`~hwsearch.evaluate_shards.ShardedEvaluator` can take over ``evaluator``: on the CPU, and
+    nothing in its config that shards cannot run (:func:`~hwsearch.evaluate_shards.why_not_sharded`)."""
+    return evaluator.device.type == "cpu" and why_not_sharded(evaluator.config) is None
 
 
 def sharded(config: _Job, evaluator: Evaluator) -> Evaluator:
     """``evaluator`` itself, or (``parallel.shards > 1``) the same scoring split over that many processes."""
-    from hwsearch.evaluate_shards import ShardedEvaluator
-
     if config.parallel.shards <= 1 or (
         isinstance(evaluator, ShardedEvaluator) and evaluator.shards == config.parallel.shards
     ):
@@ -82,7 +77,7 @@ def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Jo
         or config.search.agent == "ilp"
         or config.parallel.backend == "ray"
         or config.parallel.shards > 1
-        or not can_shard(config, ws)
+        or not can_shard(evaluator)
     ):
         n_envs = 1  # asked-for threads or shards, the ILP's one-process pass, a Ray cluster, no shards: threads
     if n_envs is None:
@@ -94,8 +89,6 @@ def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Jo
         trial: list[Evaluator] = []
 
         def sharded_s() -> float:
-            from hwsearch.evaluate_shards import ShardedEvaluator
-
             trial.append(ShardedEvaluator.from_evaluator(evaluator, thread_candidates()[-1]))
             trial[0].seconds_to_evaluate(ws.uniform(8))  # starts the workers: not what an evaluation costs
             return trial[0].seconds_to_evaluate(ws.uniform(8))
