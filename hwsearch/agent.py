@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -148,9 +149,38 @@ class HaqDDPG(DDPG):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            super().train(gradient_steps, batch_size)
+            with self._targets_idle():
+                super().train(gradient_steps, batch_size)
         finally:
             torch.set_num_threads(threads)
+
+    @contextmanager
+    def _targets_idle(self) -> Iterator[None]:
+        """While every stored transition ends an episode (``done`` 1: ``reward_mode="episode"`` relabels them all),
+        the critic's target is the reward alone, yet SB3 runs both target nets on each batch and multiplies their
+        value by ``1 - done = 0``. They return zeros meanwhile: the same target, so the same update bit for bit, for
+        a fifth less time per gradient step (measured 7.7 -> 6.2 ms, 300x300 nets, batch 64). Polyak averaging
+        still keeps the target nets current, for a resumed run in ``sparse`` mode."""
+        rb = self.replay_buffer
+        stored = 0 if rb is None else rb.buffer_size if rb.full else rb.pos
+        if rb is None or stored == 0 or not np.all(rb.dones[:stored] == 1.0):
+            yield
+            return
+        actor, critic = self.actor_target, self.critic_target
+        n_critics = len(critic.q_networks)
+        action_shape = tuple(self.action_space.shape or ())
+
+        def no_action(obs: torch.Tensor) -> torch.Tensor:
+            return torch.zeros((obs.shape[0], *action_shape), device=obs.device)
+
+        def no_value(obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(torch.zeros((obs.shape[0], 1), device=obs.device) for _ in range(n_critics))
+
+        actor.forward, critic.forward = no_action, no_value  # type: ignore[method-assign]  # shadow the class's
+        try:
+            yield
+        finally:
+            del actor.forward, critic.forward
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         super()._update_learning_rate(optimizers)

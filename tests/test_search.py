@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,34 @@ def test_reward_mode_labels_the_replay_buffer(mode: str, baseline: str) -> None:
         assert rewards[0, 0] != 0.0
     else:  # minus the moving average of the episodes before (the first is its own baseline)
         assert rewards[0, 0] == 0.0 and agent.reward_baseline is not None
+
+
+@pytest.mark.parametrize("mode", ["episode", "sparse"])
+def test_idle_target_nets_leave_every_update_as_it_was(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every transition done (episode mode) the target nets' value is multiplied by 0: skipping them gives the
+    same weights bit for bit; in sparse mode they bootstrap, so they run."""
+    from stable_baselines3.td3.policies import Actor
+
+    def learn(skip: bool) -> tuple[list[torch.Tensor], int]:
+        calls = []
+        forward = Actor.forward
+
+        def counted(self: Actor, obs: torch.Tensor) -> torch.Tensor:
+            calls.append(1)
+            return forward(self, obs)
+
+        with monkeypatch.context() as m:
+            m.setattr(Actor, "forward", counted)
+            if not skip:
+                m.setattr(HaqDDPG, "_targets_idle", lambda self: contextlib.nullcontext())
+            env = make_env()
+            agent = build_agent(env, SearchConfig(reward_mode=mode, **{**TINY, "episodes": 6}))
+            agent.learn(total_timesteps=6 * env.n_steps)
+        return [p.detach().clone() for p in agent.policy.parameters()], len(calls)
+
+    (fast, fast_calls), (slow, slow_calls) = learn(True), learn(False)
+    assert len(fast) == len(slow) and all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))
+    assert (fast_calls < slow_calls) == (mode == "episode")
 
 
 def test_raw_episode_rewards_give_a_policy_the_same_target_whatever_came_before() -> None:
