@@ -431,9 +431,9 @@ def test_budget_walk_meets_any_budget_the_cheapest_policy_meets(seed: int) -> No
     assert env.cost_of(cheapest, "latency") == pytest.approx(best)
 
 
-@pytest.mark.parametrize("w", [1, 4, 8])
-def test_integer_weights_on_float_inputs_share_the_float_cell(w: int, cache: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Their export is the float graph: one measurement, so noise cannot price the same graph twice."""
+@pytest.fixture
+def timed_cells(cache: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pairs a cost model measures, in order (each cell a different, made-up time; no call overhead)."""
     timed: list[str] = []
 
     def fake(self: OrtCpuCostModel, ly: object, wb: int, ab: int) -> dict[str, float]:
@@ -442,29 +442,27 @@ def test_integer_weights_on_float_inputs_share_the_float_cell(w: int, cache: Pat
 
     monkeypatch.setattr(OrtCpuCostModel, "_measure_cell", fake)
     monkeypatch.setattr(OrtCpuCostModel, "call_overhead_ms", 0.0)
+    return timed
+
+
+@pytest.mark.parametrize("w", [1, 4, 8])
+def test_integer_weights_on_float_inputs_share_the_float_cell(w: int, timed_cells: list[str]) -> None:
+    """Their export is the float graph: one measurement, so noise cannot price the same graph twice."""
     conv = layer("c", 1, 8, 8, 8)
     cm = _model()
     assert cm.layer_cost(conv, w, FLOAT_BITS) == cm.layer_cost(conv, FLOAT_BITS, FLOAT_BITS)
     assert cm.measure([conv], [(w, FLOAT_BITS), (FLOAT_BITS, FLOAT_BITS), (8, 8)]) == 1  # only W8A8 was missing
-    assert timed == ["W32A32", "W8A8"]
+    assert timed_cells == ["W32A32", "W8A8"]
 
 
 @pytest.mark.parametrize("w", [1, 2, 4, 8])
-def test_integer_weights_on_8_bit_inputs_share_the_w8a8_cell(w: int, cache: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_integer_weights_on_8_bit_inputs_share_the_w8a8_cell(w: int, timed_cells: list[str]) -> None:
     """Every width of integer weights on 8-bit inputs runs W8A8's kernel (packed 4-bit weights are cast back to
     int8 before the fusion): one measurement; lower input widths add a clip, so they keep cells of their own."""
-    timed: list[str] = []
-
-    def fake(self: OrtCpuCostModel, ly: object, wb: int, ab: int) -> dict[str, float]:
-        timed.append(f"W{wb}A{ab}")
-        return {"median_ms": 1.0 + 0.1 * len(timed), "iqr_ms": 0.0}
-
-    monkeypatch.setattr(OrtCpuCostModel, "_measure_cell", fake)
-    monkeypatch.setattr(OrtCpuCostModel, "call_overhead_ms", 0.0)
     conv = layer("c", 1, 8, 8, 8)
     cm = _model()
     assert cm.layer_cost(conv, w, 8) == cm.layer_cost(conv, 8, 8)
-    assert timed == ["W8A8"]
+    assert timed_cells == ["W8A8"]
     assert cm.layer_cost(conv, w, 4) != cm.layer_cost(conv, 8, 8)
     assert cm.measure([conv], [(w, 8), (8, 8), (FLOAT_BITS, 8)]) == 1  # only W32A8 was missing
-    assert timed == ["W8A8", f"W{w}A4", "W32A8"]
+    assert timed_cells == ["W8A8", f"W{w}A4", "W32A8"]
