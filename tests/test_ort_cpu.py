@@ -456,13 +456,21 @@ def test_integer_weights_on_float_inputs_share_the_float_cell(w: int, timed_cell
 
 
 @pytest.mark.parametrize("w", [1, 2, 4, 8])
-def test_integer_weights_on_8_bit_inputs_share_the_w8a8_cell(w: int, timed_cells: list[str]) -> None:
-    """Every width of integer weights on 8-bit inputs runs W8A8's kernel (packed 4-bit weights are cast back to
-    int8 before the fusion): one measurement; lower input widths add a clip, so they keep cells of their own."""
+def test_integer_weights_on_8_bit_inputs_share_the_w8a8_cell_in_the_s8_form(w: int, timed_cells: list[str]) -> None:
+    """In the s8 form every width of integer weights on 8-bit inputs runs W8A8's kernel (packed 4-bit weights are
+    cast back to int8 before the fusion): one measurement; lower input widths add a clip, so they keep their own."""
     conv = layer("c", 1, 8, 8, 8)
-    cm = _model()
+    cm = _model(int8_form="s8")
     assert cm.layer_cost(conv, w, 8) == cm.layer_cost(conv, 8, 8)
     assert timed_cells == ["W8A8"]
     assert cm.layer_cost(conv, w, 4) != cm.layer_cost(conv, 8, 8)
     assert cm.measure([conv], [(w, 8), (8, 8), (FLOAT_BITS, 8)]) == 1  # only W32A8 was missing
     assert timed_cells == ["W8A8", f"W{w}A4", "W32A8"]
+
+
+def test_the_portable_form_times_8_bit_weights_apart(timed_cells: list[str]) -> None:
+    """Portable stores 8-bit weights as uint8 (ONNX Runtime's u8u8 kernel) and narrower ones as int8 (u8s8)."""
+    conv = layer("c", 1, 8, 8, 8)
+    cm = _model(int8_form="portable")
+    assert cm.layer_cost(conv, 4, 8) != cm.layer_cost(conv, 8, 8)
+    assert timed_cells == ["W4A8", "W8A8"]

@@ -197,18 +197,20 @@ def _build_one_layer(layer: LayerInfo) -> tuple[nn.Module, str, tuple[int, int, 
     return nn.Sequential(nn.Flatten(), nn.Linear(layer.in_channels, layer.out_channels)), "1", (layer.in_channels, 1, 1)
 
 
-def timed_pair(w_bits: int, a_bits: int) -> tuple[int, int]:
-    """The pair whose cell prices ``(w_bits, a_bits)``: one cell per graph ONNX Runtime really runs.
+def timed_pair(w_bits: int, a_bits: int, int8_form: str = "s8") -> tuple[int, int]:
+    """The pair whose cell prices ``(w_bits, a_bits)`` in ``int8_form``: one cell per graph ONNX Runtime runs.
 
     Integer weights on float inputs are exported as the float layer holding its grid's values (packed ones behind
-    a cast ONNX Runtime folds at session creation): the float graph, so they share the float cell. Integer weights
-    of any width on 8-bit inputs run the very QLinearConv / QGemm kernel of ``W8A8`` (weights of <= 4 bits are
-    stored packed and cast back to int8 before the fusion, :mod:`hwsearch.onnx_pack`), so they share its cell.
-    Timed apart, identical graphs differed only by noise, which one measurement per machine keeps: up to +40% on
-    a resnet20 cell at 2 threads, +35% on an all-W4A32 prediction; a W4A8 cell 41% below its W8A8 twin."""
+    a cast ONNX Runtime folds at session creation): the float graph, so they share the float cell. In the ``s8``
+    form integer weights of any width on 8-bit inputs are int8 and run the very QLinearConv / QGemm kernel of
+    ``W8A8`` (weights of <= 4 bits are stored packed and cast back to int8 before the fusion,
+    :mod:`hwsearch.onnx_pack`), so they share its cell; the ``portable`` form stores 8-bit weights as uint8 (another
+    kernel) and keeps its own cells. Timed apart, identical graphs differed only by noise, which one measurement
+    per machine keeps: up to +40% on a resnet20 cell at 2 threads, +35% on an all-W4A32 prediction; a W4A8 cell
+    41% below its W8A8 twin."""
     if a_bits == FLOAT_BITS:
         return (FLOAT_BITS, FLOAT_BITS)
-    if a_bits == 8 and int_kernel_layer(w_bits, a_bits):
+    if int8_form == "s8" and a_bits == 8 and int_kernel_layer(w_bits, a_bits):
         return (8, 8)
     return (w_bits, a_bits)
 
@@ -364,7 +366,7 @@ class OrtCpuCostModel:
 
     def measure(self, layers: Iterable[LayerInfo], pairs: Iterable[tuple[int, int]]) -> int:
         """Measure every (layer, pair) cell not cached yet; returns how many were measured."""
-        pairs = list(dict.fromkeys(timed_pair(w, a) for w, a in pairs))
+        pairs = list(dict.fromkeys(timed_pair(w, a, self.int8_form) for w, a in pairs))
         todo = []
         for layer in layers:
             row = self._cells.get(layer.signature(1), {})
@@ -386,7 +388,7 @@ class OrtCpuCostModel:
 
     def _bare_ms(self, layer: LayerInfo, w_bits: int, a_bits: int) -> float:
         """A cell less the call overhead (measured first if missing), without calibration terms."""
-        w_bits, a_bits = timed_pair(w_bits, a_bits)
+        w_bits, a_bits = timed_pair(w_bits, a_bits, self.int8_form)
         key = bit_key(w_bits, a_bits)
         if key not in self._cells.get(layer.signature(1), {}):
             self.measure([layer], [(w_bits, a_bits)])
