@@ -169,21 +169,16 @@ def choose_parallelism(
     if sharded_s is not None and speedup < PERFECT_SCALING * n:
         best = min(timed, key=lambda t: (timed[t], t))
         shard_s = sharded_s()
-        shard_speedup = timed[1] / max(shard_s, 1e-12)
-        if shard_s < timed[best]:
-            return Parallelism(
-                1,
-                1,
-                f"an evaluation took {timed[1]:.2f} s on 1 thread, {timed[n]:.2f} s on {n} threads and {shard_s:.2f} s "
-                f"on {n} one-thread shards ({shard_speedup:.2f}x as fast as 1 thread), so {n} processes score each policy",
-                shards=n,
-            )
-        return Parallelism(
-            1,
-            best,
+        took = (
             f"an evaluation took {timed[1]:.2f} s on 1 thread, {timed[n]:.2f} s on {n} threads and {shard_s:.2f} s on "
-            f"{n} one-thread shards",
+            f"{n} one-thread shards"
         )
+        if shard_s < timed[best]:
+            speedup = timed[1] / max(shard_s, 1e-12)
+            return Parallelism(
+                1, 1, f"{took} ({speedup:.2f}x as fast as 1 thread), so {n} processes score each policy", n
+            )
+        return Parallelism(1, best, took)
     if speedup * PROCESSES_MARGIN >= n:
         return Parallelism(1, n, f"{n} threads evaluate {speedup:.2f}x as fast as 1")
     return Parallelism(

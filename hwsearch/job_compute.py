@@ -43,9 +43,7 @@ def can_shard(evaluator: Evaluator) -> bool:
 
 def sharded(config: _Job, evaluator: Evaluator) -> Evaluator:
     """``evaluator`` itself, or (``parallel.shards > 1``) the same scoring split over that many processes."""
-    if config.parallel.shards <= 1 or (
-        isinstance(evaluator, ShardedEvaluator) and evaluator.shards == config.parallel.shards
-    ):
+    if config.parallel.shards <= 1:
         return evaluator
     return ShardedEvaluator.from_evaluator(evaluator, config.parallel.shards)
 
@@ -102,9 +100,8 @@ def choose_compute(config: Job, ws: Workspace, evaluator: Evaluator) -> tuple[Jo
         use_threads(choice.threads, lambda: None)
         resolved = replace(config, parallel=replace(config.parallel, n_envs=choice.n_envs, shards=choice.shards))
         if choice.shards > 1:
-            chosen = trial[0] if trial else evaluator
             note = f"Parallelism: {choice.shards} shards, 1 torch thread each ({choice.reason}).\n"
-            return resolved, note, sharded(resolved, chosen)
+            return resolved, note, trial[0] if trial else sharded(resolved, evaluator)  # the timed shards, started
         for ev in trial:
             close_evaluator(ev)
         note = f"Parallelism: 1 environment, {choice.threads} torch thread(s) ({choice.reason}).\n"

@@ -246,3 +246,23 @@ def test_the_agent_trains_with_this_machines_adam_form() -> None:
     want = adam_kwargs(torch.device("cpu"))
     for optimizer in (agent.actor.optimizer, agent.critic.optimizer):
         assert all(bool(g.get(k)) == bool(want.get(k)) for g in optimizer.param_groups for k in ("fused", "foreach"))
+
+
+@pytest.mark.parametrize("timeout", [False, True])
+def test_a_time_limit_end_keeps_the_target_nets_running(timeout: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SB3 samples ``done * (1 - timeout)``: a transition cut by a time limit bootstraps, so its target needs the
+    target nets even though its stored ``done`` is 1."""
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.td3.policies import Actor
+
+    calls = []
+    forward = Actor.forward
+    monkeypatch.setattr(Actor, "forward", lambda self, obs: calls.append(self) or forward(self, obs))
+    env = make_env()
+    agent = build_agent(env, SearchConfig(**TINY))
+    agent.set_logger(configure(None, []))
+    rb = agent.replay_buffer
+    rb.pos, rb.dones[:] = 8, 1.0
+    rb.timeouts[3] = float(timeout)
+    agent.train(2, batch_size=4)
+    assert any(net is agent.actor_target for net in calls) == timeout

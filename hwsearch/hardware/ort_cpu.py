@@ -205,9 +205,8 @@ def timed_pair(w_bits: int, a_bits: int, int8_form: str = "s8") -> tuple[int, in
     form integer weights of any width on 8-bit inputs are int8 and run the very QLinearConv / QGemm kernel of
     ``W8A8`` (weights of <= 4 bits are stored packed and cast back to int8 before the fusion,
     :mod:`hwsearch.onnx_pack`), so they share its cell; the ``portable`` form stores 8-bit weights as uint8 (another
-    kernel) and keeps its own cells. Timed apart, identical graphs differed only by noise, which one measurement
-    per machine keeps: up to +40% on a resnet20 cell at 2 threads, +35% on an all-W4A32 prediction; a W4A8 cell
-    41% below its W8A8 twin."""
+    kernel) and keeps its own cells. Timed apart, identical graphs differed by tens of percent: noise, which one
+    measurement per machine would keep."""
     if a_bits == FLOAT_BITS:
         return (FLOAT_BITS, FLOAT_BITS)
     if int8_form == "s8" and a_bits == 8 and int_kernel_layer(w_bits, a_bits):
