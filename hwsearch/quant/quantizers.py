@@ -126,14 +126,18 @@ class _ClipSnapSTE(torch.autograd.Function):
     """``round(clamp(x, lo, hi) / scale) * scale`` with the clipped straight-through gradient, in one node.
 
     The gradient is 1 on the closed range ``[lo, hi]`` and 0 outside it (torch's clamp backward would give 0 or
-    1/2 at a value equal to a bound). Autograd keeps one bool mask, where a clamp node replays a backward that
-    rebuilds both bound masks per call: profiled, that was a large share of an attack step's backward pass.
+    1/2 at a value equal to a bound). Autograd keeps one mask, where a clamp node replays a backward that
+    rebuilds both bound masks per call: profiled, that was a large share of an attack step's backward pass. The
+    mask is kept in ``x``'s dtype, 1 or 0: on CPU, torch multiplies a float tensor by a bool one on a slow
+    type-converting path, several times the cost of a float product (``benchmarks/search_speed.py`` times the
+    evaluation this sits in).
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, lo: float | Tensor, hi: float | Tensor, scale: float | Tensor) -> Tensor:  # noqa: D102
         xc = x.clamp(lo, hi)  # type: ignore[arg-type]  # scalar or tensor bounds: torch has both overloads
-        ctx.save_for_backward(xc == x)  # inside the range (clamp left the value as it was)
+        inside = torch.eq(xc, x, out=torch.empty_like(x))  # 1 where clamp left the value as it was
+        ctx.save_for_backward(inside)
         return _snap(xc, scale)
 
     @staticmethod
