@@ -100,6 +100,16 @@ class EnvConfig:
         """The accuracy below which the floor's charge starts (None: no floor)."""
         return None if self.max_acc_drop is None else self.acc_ref - self.max_acc_drop
 
+    def reward(self, accuracy: float, robust_accuracy: float | None, cost: float, cost_ref: float) -> float:
+        """The episode's reward for these figures (``cost`` of the budget's metric, ``cost_ref`` fixed 8-bit's)."""
+        reward = self.w_acc * (accuracy - self.acc_ref)
+        if robust_accuracy is not None:
+            reward += self.w_rob * (robust_accuracy - self.rob_ref)
+        reward -= self.w_cost * cost / cost_ref
+        if self.acc_floor is not None:
+            reward -= self.w_floor * max(0.0, self.acc_floor - accuracy)
+        return reward
+
 
 def action_to_index(action: float, n: int) -> int:
     """Map an action in [-1, 1] to one of ``n`` equal-width bins; total for any float (NaN -> 0)."""
@@ -448,12 +458,7 @@ class MixedPrecisionEnv(gym.Env[np.ndarray, np.ndarray]):
         result = self.evaluator.evaluate(policy)
         cost = {m: self.cost_of(enforced_choice, m) for m in self._costs}
         rob = result.robust_accuracy
-        reward = cfg.w_acc * (result.accuracy - cfg.acc_ref)
-        if rob is not None:
-            reward += cfg.w_rob * (rob - cfg.rob_ref)
-        reward -= cfg.w_cost * cost[cfg.budget.metric] / self.cost_ref
-        if cfg.acc_floor is not None:
-            reward -= cfg.w_floor * max(0.0, cfg.acc_floor - result.accuracy)
+        reward = cfg.reward(result.accuracy, rob, cost[cfg.budget.metric], self.cost_ref)
         requested_cost = self.cost_of(self._asked, cfg.budget.metric)
         info = {
             "policy": policy,

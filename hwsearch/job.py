@@ -34,6 +34,7 @@ from hwsearch.records import EvalResult
 from hwsearch.report import EpisodeLog, read_episode_log, search_summary
 from hwsearch.robust.attacks import AttackConfig, search_attacks
 from hwsearch.search import EpisodeRecord, SearchCheckpoint, SearchConfig, SearchResult, run_search
+from hwsearch.selection import final_pick
 from hwsearch.workflow import Workspace, build_env, prepare
 
 __all__ = [
@@ -92,6 +93,8 @@ class SearchJobConfig:
     enforce: str = "step"
     max_accuracy_drop: float | None = None  # percentage points of search-val accuracy below fixed 8-bit's
     fold_batch_norms: bool = True  # score on the batch-norm-folded model (EvaluatorConfig.fold_batch_norms)
+    select_top: int = 5  # the final pick re-scores this many best policies (hwsearch.selection); 0: best reward
+    select_images: int = 3000  # on the first this many training images
 
     def __post_init__(self) -> None:
         check_choice(self.enforce, "enforce", ENFORCE_MODES)
@@ -108,6 +111,8 @@ class SearchJobConfig:
             check_number(getattr(self, what), what)
         check_int(self.checkpoint_every, "checkpoint_every", 1)
         check_int(self.robust_images, "robust_images", 1)
+        check_int(self.select_top, "select_top", 0)
+        check_int(self.select_images, "select_images", 1)
         given = len(self.init_policies) + int(self.init_from_ilp)
         warmup = min(self.search.warmup_episodes, self.search.episodes)
         if self.search.agent != "ilp" and given > warmup:
@@ -165,7 +170,8 @@ class SearchJobResult:
 
     @property
     def best(self) -> EpisodeRecord:
-        return self.result.best
+        """The policy written to ``policy.json``: the final pick, or the best reward without one."""
+        return self.result.chosen
 
     @property
     def policy_path(self) -> Path:
@@ -325,7 +331,16 @@ def _search_into(
     progress.close()
     if stop():
         return None
-    top = result.best
+    pick_note = final_pick(
+        ws,
+        env,
+        result,
+        top=config.select_top,
+        images=config.select_images,
+        fold_batch_norms=config.fold_batch_norms,
+        trained_on_train=config.episode_finetune_steps > 0,
+    )
+    top = result.chosen
     meta = {
         "source": "hwsearch search",
         "agent": search.agent,
@@ -362,7 +377,7 @@ def _search_into(
     summary = search_summary(
         result, device=config.target, budget=str(budget), budget_limit=env.budget_limit, reference=ref, timings=timings
     )
-    summary += f"\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
+    summary += f"\n{pick_note}\nEvaluation cache: {t.hits} hits of {t.calls} evaluations.\n"
     summary += threads_note or ""
     summary += "\nLearning curve: learning_curve.png (reward, running best, moving mean, cost, exploration).\n"
     atomic_write_text(out / "summary.md", summary)

@@ -316,6 +316,13 @@ def search_summary(
         + ("" if best.robust_accuracy is None else f", robust accuracy {100 * best.robust_accuracy:.2f}%")
         + f", latency {best.latency_ms:.5g} ms ({best.relative_cost:.3f} of fixed 8-bit)",
         f"- fixed 8-bit reference (search-val): {json.dumps(reference)}",
+        *(
+            []
+            if result.chosen is best
+            else [
+                f"- the pick (re-scored, see below): episode {result.chosen.episode}, reward {result.chosen.reward:.4f}"
+            ]
+        ),
         *_learning_lines(result),
         f"- wall time of the search: {result.wall_s:.2f} s",
         "",
@@ -329,7 +336,9 @@ def search_summary(
         if k != "total":
             lines.append(f"| {k} | {v:.2f} | {100 * v / total:.1f}% |")
     lines.append(f"| total | {total:.2f} | 100% |")
-    lines += ["", "## Best policy (weight / activation bits)", "", "| layer | W | A |", "|---|---|---|"]
-    for name, bits in best.policy.layers.items():
+    chosen = result.chosen
+    title = "Best policy" if chosen is best else f"The pick, episode {chosen.episode}"
+    lines += ["", f"## {title} (weight / activation bits)", "", "| layer | W | A |", "|---|---|---|"]
+    for name, bits in chosen.policy.layers.items():
         lines.append(f"| {name} | {bits.w} | {bits.a} |")
     return "\n".join(lines) + "\n"

@@ -142,6 +142,12 @@ class SearchResult:
     wall_s: float = 0.0
     init_episodes: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
+    picked: EpisodeRecord | None = None  # the final pick (hwsearch.selection), when the job re-scored the best
+
+    @property
+    def chosen(self) -> EpisodeRecord:
+        """The policy the search hands over: the final pick when one was made, else the best reward."""
+        return self.picked if self.picked is not None else self.best
 
     @property
     def best(self) -> EpisodeRecord:
