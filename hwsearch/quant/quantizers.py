@@ -36,11 +36,11 @@ def _ste(x: Tensor, q: Tensor) -> Tensor:
     return q.detach() + (x - x.detach())
 
 
-def _snap(xc: Tensor, scale: float | Tensor) -> Tensor:
-    """``round(xc / scale) * scale`` with no autograd record, in place on one temporary (same values)."""
+def _snap_(xc: Tensor, scale: float | Tensor) -> Tensor:
+    """``round(xc / scale) * scale`` in place on ``xc`` (a clamp's fresh output), with no autograd record: the same
+    values as the out-of-place ops, without a temporary the size of the activation."""
     with torch.no_grad():
-        out = xc / scale
-        return out.round_().mul_(scale)
+        return xc.div_(scale).round_().mul_(scale)
 
 
 _CLIP_RATIOS = tuple(0.3 + 0.05 * i for i in range(15))  # 0.30 .. 1.00 of the channel's max |w|
@@ -138,7 +138,7 @@ class _ClipSnapSTE(torch.autograd.Function):
         xc = x.clamp(lo, hi)  # type: ignore[arg-type]  # scalar or tensor bounds: torch has both overloads
         inside = torch.eq(xc, x, out=torch.empty_like(x))  # 1 where clamp left the value as it was
         ctx.save_for_backward(inside)
-        return _snap(xc, scale)
+        return _snap_(xc, scale)  # after the mask: xc is not read again
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: D102
@@ -149,4 +149,4 @@ class _ClipSnapSTE(torch.autograd.Function):
 def _clip_snap(x: Tensor, lo: float | Tensor, hi: float | Tensor, scale: float | Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _ClipSnapSTE.apply(x, lo, hi, scale)
-    return _snap(x.clamp(lo, hi), scale)  # type: ignore[arg-type]  # scalar or tensor bounds
+    return _snap_(x.clamp(lo, hi), scale)  # type: ignore[arg-type]  # scalar or tensor bounds
