@@ -444,6 +444,8 @@ def load_job_config(folder: str | Path) -> SearchJobConfig:
         config = replace(config, search=replace(config.search, reward_baseline="moving"))
     if "fold_batch_norms" not in data["fields"]:
         config = replace(config, fold_batch_norms=False)  # its episodes were scored on the unfolded model
+    if "select_top" not in data["fields"]:
+        config = replace(config, select_top=0)  # it handed over the best reward (no final pick yet)
     return config
 
 

@@ -155,14 +155,22 @@ def test_a_job_saved_before_reward_baseline_resumes_with_the_baseline_it_ran_wit
     assert load_job_config(tmp_path).search.reward_baseline == "moving"
 
 
-def test_a_job_saved_before_batch_norm_folding_resumes_unfolded(tmp_path: Path) -> None:
-    """Its logged episodes were scored on the unfolded model; the rest of the run must be scored alike."""
+@pytest.mark.parametrize(
+    ("setting", "today", "before"),
+    [
+        ("fold_batch_norms", True, False),  # its logged episodes were scored on the unfolded model
+        ("select_top", 5, 0),  # it handed over the best reward
+    ],
+)
+def test_a_job_saved_before_a_setting_existed_resumes_as_it_ran(
+    tmp_path: Path, setting: str, today: object, before: object
+) -> None:
     from hwsearch.job import JOB_CONFIG, SearchJobConfig, load_job_config
 
     path = tmp_path / JOB_CONFIG
     save_config(path, SearchJobConfig(checkpoint="c.pt"))
-    assert load_job_config(tmp_path).evaluator_config().fold_batch_norms is True
+    assert getattr(load_job_config(tmp_path), setting) == today
     data = json.loads(path.read_text(encoding="utf-8"))
-    del data["fields"]["fold_batch_norms"]
+    del data["fields"][setting]
     path.write_text(json.dumps(data), encoding="utf-8")
-    assert load_job_config(tmp_path).evaluator_config().fold_batch_norms is False
+    assert getattr(load_job_config(tmp_path), setting) == before
