@@ -191,6 +191,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"picked policy: val accuracy {100 * top.accuracy:.2f}% at {top.relative_cost:.3f}x fixed-8-bit "
         f"{done.budget.metric} ({top.latency_ms:.5g} ms on {done.target}); written to {done.policy_path}",
     )
+    if done.result.notes.get("pick", {}).get("below_floor"):
+        print(
+            "hwsearch: warning: the picked policy misses the accuracy floor on the training images it was re-scored "
+            f"on; see {done.out / 'summary.md'}, 'The pick'",
+            file=sys.stderr,
+        )
     return 0
 
 

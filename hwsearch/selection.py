@@ -50,6 +50,12 @@ class Selection:
     fresh_images: int
     reference_fresh_accuracy: float
     reference_pooled_accuracy: float
+    floor: float | None = None  # the accuracy floor on the pooled images (None: the search had none)
+
+    @property
+    def pick_below_floor(self) -> bool:
+        """Whether even the pick misses the accuracy floor once re-scored: the search found nothing that keeps it."""
+        return self.floor is not None and self.pick.pooled_accuracy < self.floor
 
     @property
     def pick(self) -> Candidate:
@@ -77,6 +83,15 @@ class Selection:
                 f"| {r.episode} | {r.reward:.4f} | {100 * r.accuracy:.2f} | {100 * c.fresh_accuracy:.2f} | "
                 f"{100 * c.pooled_accuracy:.2f} | {c.reward:.4f} | {'picked' if c is pick else ''} |"
             )
+        if self.pick_below_floor:
+            assert self.floor is not None
+            lines += [
+                "",
+                f"Warning: the pick's pooled accuracy {100 * pick.pooled_accuracy:.2f}% is below the accuracy floor "
+                f"({100 * self.floor:.2f}% on the same images): none of the {len(self.candidates)} keeps it on images "
+                "the search did not choose on. Expect it to lose more accuracy than --max-accuracy-drop allows; "
+                "search again with a lower --robust-weight or more --episodes, or re-score more with --select-top.",
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -124,7 +139,7 @@ def select_policy(
         acc = fresh_accuracy(rec.policy)
         pool = pooled(rec.accuracy, acc)
         candidates.append(Candidate(rec, acc, pool, config.reward(pool, rec.robust_accuracy, rec.relative_cost, 1.0)))
-    return Selection(tuple(candidates), val_images, fresh_images, ref_fresh, ref_pooled)
+    return Selection(tuple(candidates), val_images, fresh_images, ref_fresh, ref_pooled, config.acc_floor)
 
 
 def final_pick(
@@ -162,4 +177,5 @@ def final_pick(
         fresh_images=len(x),
     )
     result.picked = selection.pick.record
+    result.notes["pick"] = {"candidates": len(selection.candidates), "below_floor": selection.pick_below_floor}
     return selection.to_markdown()

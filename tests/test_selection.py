@@ -81,6 +81,25 @@ def test_the_floor_is_charged_against_the_pooled_reference() -> None:
     first = sel.candidates[0]  # pooled 0.935 against 0.95: below the floor by 1.5 points
     assert first.reward == pytest.approx(10.0 * (0.935 - 0.95) - 100.0 * 0.015)
     assert sel.pick.record.episode == 1
+    assert sel.floor == pytest.approx(0.95) and not sel.pick_below_floor and "Warning" not in sel.to_markdown()
+
+
+def test_a_pick_below_the_floor_on_the_pooled_images_is_flagged() -> None:
+    recs = [_record(0, 3, 0.2, 0.97), _record(1, 4, 0.1, 0.96)]
+    config = EnvConfig(w_acc=10.0, acc_ref=0.95, max_acc_drop=0.005)
+    fresh = {3: 0.90, 4: 0.92, 8: 0.95}
+    sel = select_policy(
+        _result(recs),
+        config,
+        lambda p: fresh[p[NAMES[0]].w],
+        uniform_policy(NAMES, 8),
+        top=2,
+        val_images=100,
+        fresh_images=100,
+    )
+    # pooled: 0.935 and 0.94 against a floor of 0.95 - 0.005
+    assert sel.floor == pytest.approx(0.945) and sel.pick_below_floor
+    assert "Warning: the pick's pooled accuracy 94.00% is below the accuracy floor (94.50%" in sel.to_markdown()
 
 
 @pytest.mark.parametrize(("top", "images"), [(0, 10), (-1, 10), (2, 0)])
@@ -123,3 +142,4 @@ def test_a_search_job_writes_the_pick(checkpoint: Path, tmp_path: Path) -> None:
     assert done.best.policy.key() in top3
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert "## The pick" in summary and summary.count("| picked |") == 1
+    assert done.result.notes["pick"] == {"candidates": 3, "below_floor": False}  # no floor was asked for
