@@ -64,6 +64,17 @@ class TruncatedNormalNoise(ActionNoise):
         self.rng.bit_generator.state = state["rng"]
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the block, then back to what it was."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class HaqDDPG(DDPG):
     """SB3's DDPG with HAQ's changes: its own critic learning rate, truncated-normal exploration, and (with
     ``reward_mode="episode"``) every transition of an episode relabelled with the episode's reward as its whole
@@ -146,13 +157,8 @@ class HaqDDPG(DDPG):
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         """SB3's update, on one thread: the 300x300 nets gain nothing from more, and lose badly when the
         evaluation or another process holds the other cores (measured: 100 episodes 7 s vs 82 s)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with self._targets_idle():
-                super().train(gradient_steps, batch_size)
-        finally:
-            torch.set_num_threads(threads)
+        with _one_thread(), self._targets_idle():
+            super().train(gradient_steps, batch_size)
 
     @contextmanager
     def _targets_idle(self) -> Iterator[None]:
@@ -196,6 +202,15 @@ class HaqDDPG(DDPG):
 
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The actor acts on one thread too, whatever the evaluation uses: a matrix product's rounding may depend
+        on the thread count, and an action one ulp over a bin boundary is another policy (the demo's search at 1
+        and at 2 threads parted midway), so a search's episodes would depend on the cores it was given."""
+        with _one_thread():
+            return self._sample_action_now(learning_starts, action_noise, n_envs)
+
+    def _sample_action_now(
+        self, learning_starts: int, action_noise: ActionNoise | None, n_envs: int
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.num_timesteps < learning_starts:  # uniform warm-up, without noise piling onto the bounds
             self.last_sigma = None

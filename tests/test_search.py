@@ -159,6 +159,34 @@ def test_idle_target_nets_leave_every_update_as_it_was(mode: str, monkeypatch: p
     assert (fast_calls < slow_calls) == (mode == "episode")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_actor_acts_and_learns_on_one_thread_whatever_torch_is_set_to(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A product's rounding may depend on the thread count: the agent's nets run on one thread, so a search's
+    episodes do not depend on the threads the evaluation was given."""
+    from stable_baselines3.td3.policies import Actor
+
+    seen: list[int] = []
+    forward = Actor.forward
+
+    def spied(self: Actor, obs: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return forward(self, obs)
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(Actor, "forward", spied)
+    torch.set_num_threads(threads)
+    try:
+        env = make_env()
+        agent = build_agent(env, SearchConfig(**{**TINY, "episodes": 4}))
+        agent.learn(total_timesteps=4 * env.n_steps)
+        assert torch.get_num_threads() == threads  # given back
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+
+
 def test_raw_episode_rewards_give_a_policy_the_same_target_whatever_came_before() -> None:
     """Without a baseline the buffer holds exactly the rewards the env paid; with the store-time moving average the
     same episode would be stored differently after a good or a bad predecessor (the noise that hid the signal)."""
