@@ -29,7 +29,7 @@ install: $(INSTALL_STAMP)
 # 1 point of fixed 8-bit's accuracy": a 1,000-image accuracy has a standard error of ~0.6 points at 96%, and the
 # best of 200 episodes is optimistic on it, so search-val accuracy below 8-bit's costs dearly (--max-accuracy-drop 0:
 # a point below it costs as much reward as 22 points of robustness earn), and the policy handed over is the final
-# pick: the 3 best re-scored on 3,000 training images the search never scored (docs/ARCHITECTURE.md, "The pick"). Threads or evaluation shards are chosen by timing (hwsearch.cores); both score a policy as one
+# pick: the 10 best re-scored on 3,000 training images the search never scored (docs/ARCHITECTURE.md, "The pick"). Threads or evaluation shards are chosen by timing (hwsearch.cores); both score a policy as one
 # process does, so the demo's episodes do not depend on the machine's core count or load.
 demo: install
 	@test -f $(OUT)/fp32.pt || $(PYTHON) -m hwsearch.cli train --out $(OUT)/fp32.pt

@@ -58,10 +58,10 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--select-top",
         type=int,
-        default=3,
+        default=10,
         metavar="K",
         help="the final pick re-scores the K best distinct policies' clean accuracy on training images the search "
-        "never scored, pooled with search-val's, against the best reward's winner's curse (default 3, chosen on validation data: "
+        "never scored, pooled with search-val's, against the best reward's winner's curse (default 10, chosen on validation data: "
         "benchmarks/results/pick.md; 0: the best search reward)",
     )
     p.add_argument("--select-images", type=int, default=3000, help="training images the pick re-scores on (3000)")

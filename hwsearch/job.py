@@ -93,7 +93,7 @@ class SearchJobConfig:
     enforce: str = "step"
     max_accuracy_drop: float | None = None  # percentage points of search-val accuracy below fixed 8-bit's
     fold_batch_norms: bool = True  # score on the batch-norm-folded model (EvaluatorConfig.fold_batch_norms)
-    select_top: int = 3  # the final pick re-scores this many best policies (hwsearch.selection); 0: best reward
+    select_top: int = 10  # the final pick re-scores this many best policies (hwsearch.selection); 0: best reward
     select_images: int = 3000  # on the first this many training images
 
     def __post_init__(self) -> None:

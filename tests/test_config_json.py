@@ -159,7 +159,7 @@ def test_a_job_saved_before_reward_baseline_resumes_with_the_baseline_it_ran_wit
     ("setting", "today", "before"),
     [
         ("fold_batch_norms", True, False),  # its logged episodes were scored on the unfolded model
-        ("select_top", 3, 0),  # it handed over the best reward
+        ("select_top", 10, 0),  # it handed over the best reward
     ],
 )
 def test_a_job_saved_before_a_setting_existed_resumes_as_it_ran(
