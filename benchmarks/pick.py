@@ -102,11 +102,9 @@ def _simulate(
         judge, choose = perm[:JUDGE], perm[JUDGE:]
         acc_c, rob_c = clean[:, choose].mean(1), robust[:, choose[:ROBUST_CHOOSE]].mean(1)
         acc_j, rob_j = clean[:, judge].mean(1), robust[:, judge].mean(1)
-        env_c = EnvConfig(
-            w_acc=job.acc_weight, w_rob=job.robust_weight, acc_ref=acc_c[ref], rob_ref=rob_c[ref], max_acc_drop=drop
-        )
-        env_j = EnvConfig(
-            w_acc=job.acc_weight, w_rob=job.robust_weight, acc_ref=acc_j[ref], rob_ref=rob_j[ref], max_acc_drop=drop
+        env_c, env_j = (  # the search's reward terms, fixed 8-bit's figures on the choosing / judging images
+            EnvConfig(w_acc=job.acc_weight, w_rob=job.robust_weight, acc_ref=a[ref], rob_ref=r[ref], max_acc_drop=drop)
+            for a, r in ((acc_c, rob_c), (acc_j, rob_j))
         )
         recs = [
             EpisodeRecord(

@@ -200,18 +200,13 @@ class HaqDDPG(DDPG):
             for group in self.critic.optimizer.param_groups:
                 group["lr"] = self.critic_lr
 
+    @_one_thread()
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
         """The actor acts on one thread too, whatever the evaluation uses: a matrix product's rounding may depend
         on the thread count, and an action one ulp over a bin boundary is another policy (the demo's search at 1
         and at 2 threads parted midway), so a search's episodes would depend on the cores it was given."""
-        with _one_thread():
-            return self._sample_action_now(learning_starts, action_noise, n_envs)
-
-    def _sample_action_now(
-        self, learning_starts: int, action_noise: ActionNoise | None, n_envs: int
-    ) -> tuple[np.ndarray, np.ndarray]:
         if self.num_timesteps < learning_starts:  # uniform warm-up, without noise piling onto the bounds
             self.last_sigma = None
             action, buffer_action = super()._sample_action(learning_starts, None, n_envs)

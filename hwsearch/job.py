@@ -331,6 +331,7 @@ def _search_into(
     progress.close()
     if stop():
         return None
+    t_pick = time.perf_counter()
     pick_note = final_pick(
         ws,
         env,
@@ -340,6 +341,7 @@ def _search_into(
         fold_batch_norms=config.fold_batch_norms,
         trained_on_train=config.episode_finetune_steps > 0,
     )
+    pick_s = time.perf_counter() - t_pick
     top = result.chosen
     meta = {
         "source": "hwsearch search",
@@ -361,7 +363,8 @@ def _search_into(
     timings = {
         "evaluation: quantize + accuracy": t.quantize + t.accuracy,
         "evaluation: attack": t.attack,
-        "agent and other": total - t.quantize - t.accuracy - t.attack,
+        "final pick": pick_s,
+        "agent and other": total - t.quantize - t.accuracy - t.attack - pick_s,
         "total": total,
     }
     if search_env is not env:  # worker seconds overlap: their sum is CPU time, not a share of the wall time

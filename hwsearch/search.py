@@ -30,6 +30,7 @@ from hwsearch.runtime import set_seed
 __all__ = [
     "AGENTS",
     "REWARD_DECIMALS",
+    "reward_rank",
     "SearchConfig",
     "adam_kwargs",
     "EpisodeRecord",
@@ -46,6 +47,11 @@ AGENTS = ("ddpg", "random", "ilp")
 REWARD_MODES = ("episode", "sparse")
 REWARD_BASELINES = ("none", "moving")
 REWARD_DECIMALS = 9  # rewards equal to this many places are a tie (SearchResult.best)
+
+
+def reward_rank(rec: EpisodeRecord) -> tuple[float, int]:
+    """Sort key, best first: higher reward to :data:`REWARD_DECIMALS` places, then the earlier episode."""
+    return (-round(rec.reward, REWARD_DECIMALS), rec.episode)
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class SearchResult:
         """
         if not self.episodes:
             raise ValueError("the search recorded no episode")
-        return max(self.episodes, key=lambda r: (round(r.reward, REWARD_DECIMALS), -r.episode))
+        return min(self.episodes, key=reward_rank)
 
 
 class _Recorder(BaseCallback):

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from hwsearch.checks import check_int
 from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.policy import Policy
-from hwsearch.search import REWARD_DECIMALS, EpisodeRecord, SearchResult
+from hwsearch.search import REWARD_DECIMALS, EpisodeRecord, SearchResult, reward_rank
 
 if TYPE_CHECKING:
     from hwsearch.workflow import Workspace
@@ -99,7 +100,7 @@ def top_records(result: SearchResult, top: int) -> list[EpisodeRecord]:
     """The ``top`` distinct policies of highest reward (ties to the earlier episode), each at its first episode."""
     seen: set[tuple] = set()
     out: list[EpisodeRecord] = []
-    for rec in sorted(result.episodes, key=lambda r: (-round(r.reward, REWARD_DECIMALS), r.episode)):
+    for rec in sorted(result.episodes, key=reward_rank):
         key = rec.policy.key()
         if key not in seen:
             seen.add(key)
@@ -123,8 +124,7 @@ def select_policy(
     ``fresh_images`` images the search never scored) and recompute each one's reward (``env_config``'s terms) on
     its hits pooled with search-val's ``val_images``, against ``reference`` (fixed 8-bit, whose search-val
     accuracy is ``env_config.acc_ref``) pooled alike."""
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise ConfigError(f"select top = {top!r}: re-score at least 1 policy (0 turns the pick off)")
+    check_int(top, "select top", 1)
     if val_images < 1 or fresh_images < 1:
         raise ConfigError(f"the pick needs images on both sides, got {val_images} search-val and {fresh_images} fresh")
 
