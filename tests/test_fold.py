@@ -72,10 +72,19 @@ class _ReadsTwice(nn.Module):
         return self.head((self.bn(y) + y).flatten(1))
 
 
-def test_a_convolution_read_where_hooks_cannot_see_is_not_folded() -> None:
+def test_a_convolution_also_read_functionally_is_not_folded() -> None:
     torch.manual_seed(0)
     model = _with_stats(_ReadsTwice())
-    assert foldable_pairs(model, (1, 28, 28)) == [("conv", "bn")]  # the hooks see only the batch norm read it
+    assert foldable_pairs(model, (1, 28, 28)) == []  # the trace sees ``+ y`` read the convolution's output too
+    assert fold_batch_norms(model, (1, 28, 28)) is model
+
+
+def test_the_output_check_still_refuses_a_fold_that_changes_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hwsearch.quant.fold as fold
+
+    torch.manual_seed(0)
+    model = _with_stats(_ReadsTwice())
+    monkeypatch.setattr(fold, "foldable_pairs", lambda *_: [("conv", "bn")])  # a read no trace saw
     folded = fold_batch_norms(model, (1, 28, 28))
     assert isinstance(folded.bn, nn.BatchNorm2d)  # the output check refused the fold
     x = torch.rand(2, 1, 28, 28)

@@ -385,6 +385,69 @@ def test_kernels_style_folds_batch_norm_and_relu_exactly(form: str, tmp_path: Pa
     assert abs(got - ref).max() <= 0.5 * step * w + 1e-4
 
 
+def _residual_model(kind: str):  # type: ignore[no-untyped-def]
+    """Two residual shapes whose functional reads (no module to hook) the kernels chains must see."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.stem_bn = nn.BatchNorm2d(4)
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.relu = nn.ReLU(inplace=True)
+            self.head = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem_bn(self.stem(x))
+            if kind == "inverted":  # mobilenet_v2's stride-1 block: its input feeds the conv and the add
+                out = x + self.bn(self.conv(x))
+            else:  # torchvision's BasicBlock: an in-place add between the batch norm and the ReLU
+                out = self.bn(self.conv(x))
+                out += x
+                out = self.relu(out)
+            return self.head(out.flatten(1))
+
+    torch.manual_seed(0)
+    return Block().eval()
+
+
+@pytest.mark.parametrize("kind", ["inverted", "basic"])
+def test_kernels_chains_see_functional_reads_and_the_export_keeps_the_residual(kind: str, tmp_path: Path) -> None:
+    import torch
+
+    from hwsearch.onnx_export import export_onnx, layer_chains
+    from hwsearch.quant import apply_policy, calibrate
+
+    model = _residual_model(kind)
+    x = torch.rand(64, 1, 6, 6)
+    calibration = calibrate(model, x, method="percentile")  # clips: a residual read on a reader's grid would too
+    policy = Policy({"stem": (8, 8), "conv": (8, 8), "head": (FLOAT_BITS, FLOAT_BITS)}, {})
+    qmodel = apply_policy(model, policy, calibration).eval()
+    chains = layer_chains(qmodel, (1, 6, 6))
+    assert chains["stem"].bn == "stem_bn" and chains["stem"].feeds is None  # the add reads it too
+    assert chains["conv"].bn == "bn" and chains["conv"].act is None  # the add comes before the ReLU
+    path = export_onnx(
+        model,
+        policy,
+        calibration,
+        tmp_path / "m.onnx",
+        (1, 6, 6),
+        style="kernels",
+        output_ranges={n: (-50.0, 50.0) for n in ("stem", "conv")},
+    )
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the file's own values
+    got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = qmodel(x).numpy()
+    # two 8-bit roundings over [-50, 50] (stem and conv outputs), mixed by the float head: not a clipped input
+    w = model.head.weight.detach().abs().sum(dim=1).max().item()
+    assert abs(got - ref).max() <= 2 * 0.5 * (100 / 255) * w + 1e-3
+
+
 class _RandomBoundaries(_CpuLikeCost):
     """Seeded arbitrary cells and boundaries: the per-layer cheapest choices need not make the cheapest policy."""
 
