@@ -209,9 +209,15 @@ def cmd_latency_verify(args: argparse.Namespace) -> int:
     print(f"  predicted {v.predicted_ms:.4f} ms, measured {v.measured_ms:.4f} ms ({100 * v.error:+.1f}%)")
     print(f"  float model {v.fp32_ms:.4f} ms: {v.speedup:.2f}x faster than float")
     print(
-        f"  top-1 agreement with the fake-quant model {100 * v.agreement:.2f}% on {v.images} {args.split} images "
-        f"(accuracy {100 * v.accuracy_onnx:.2f}% ONNX, {100 * v.accuracy_fake_quant:.2f}% fake-quant)"
+        f"  top-1 agreement with the fake-quant model in the file's form {100 * v.agreement:.2f}% on {v.images} "
+        f"{args.split} images (accuracy {100 * v.accuracy_onnx:.2f}% ONNX, {100 * v.accuracy_fake_quant:.2f}% "
+        "fake-quant)"
     )
+    if v.agreement_plain != v.agreement or v.accuracy_plain != v.accuracy_fake_quant:
+        print(
+            f"  without the deployment's roundings: agreement {100 * v.agreement_plain:.2f}%, fake-quant accuracy "
+            f"{100 * v.accuracy_plain:.2f}%"
+        )
     if args.json:
         atomic_write_text(args.json, json.dumps(v.to_dict(), indent=2) + "\n")
     return 0

@@ -64,7 +64,14 @@ from hwsearch.quant.calibration import Calibration
 from hwsearch.quant.trace import trace_calls
 from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 
-__all__ = ["EXPORT_STYLES", "ONNX_OPSET", "calibrate_output_ranges", "export_onnx", "int_kernel_layer"]
+__all__ = [
+    "EXPORT_STYLES",
+    "ONNX_OPSET",
+    "calibrate_output_ranges",
+    "deployed_model",
+    "export_onnx",
+    "int_kernel_layer",
+]
 
 ONNX_OPSET = 13
 EXPORT_STYLES: tuple[str, ...] = ("qdq", "kernels")
@@ -267,6 +274,12 @@ class _OnnxQuantLayer(nn.Module):
         if out_grid is not None:
             self.register_buffer("out_scale", out_grid[0].clone())
             self.register_buffer("out_zero_point", out_grid[1].clone())
+        if out_grid is not None and self.bias is not None and self.w_quant and self.act in ("qdq", "clip-qdq"):
+            # an integer kernel adds its bias as an int32 on the accumulator's grid (input scale x weight scale):
+            # ONNX Runtime rounds a float bias onto it when it fuses the layer, so the file holds it rounded and its
+            # float reading, the fused kernel and :func:`deployed_model` all add the same bias
+            acc = self.act_scale * self.weight_scale
+            self.bias.data = torch.round(self.bias.data / acc) * acc
 
     def forward(self, x: Tensor) -> Tensor:
         if self.act == "binary":
@@ -357,6 +370,60 @@ def _policy_of(qmodel: nn.Module) -> Policy:
     return Policy(bits, {})
 
 
+def deployed_model(
+    qmodel: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    style: str = "kernels",
+    output_ranges: dict[str, tuple[float, float]] | None = None,
+    int8_form: str = "portable",
+) -> nn.Module:
+    """The ONNX file's graph as a torch model (eval mode, on the CPU): what :func:`export_onnx` exports, so its
+    answers are the deployed model's up to float rounding. For the ``kernels`` style it is the fake-quant model
+    with the deployment's own roundings: each integer-kernel layer's bias on its accumulator grid, and an 8-bit
+    output where no quantized layer alone reads it (``output_ranges``, :func:`calibrate_output_ranges`)."""
+    form = check_int8_form(int8_form)
+    if style not in EXPORT_STYLES:
+        raise ConfigError(f"ONNX export style {style!r} is not one of {', '.join(EXPORT_STYLES)}")
+    shape = tuple(int(d) for d in input_shape)
+    chains = layer_chains(qmodel, shape) if style == "kernels" else {}
+    ranges = dict(output_ranges or {})
+    export_model = copy.deepcopy(qmodel).cpu().eval()
+    wrappers = dict(quant_wrappers(export_model))
+    for name, wrapper in list(wrappers.items()):
+        parent_name, _, child = name.rpartition(".")
+        parent = export_model.get_submodule(parent_name) if parent_name else export_model
+        out_grid, bn, post = None, None, None
+        if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
+            chain = chains.get(name, _Chain())
+            reader = wrappers.get(chain.feeds or "")
+            if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
+                # the reader quantizes this output on its own input grid: requantizing onto that grid adds nothing.
+                # Always as uint8 (a signed grid with zero point 128), since ONNX Runtime fuses a kernel whose
+                # output type is its input's
+                grid, _ = _input_grid(reader, form)
+                zero = U8_ZERO_POINT if reader.signed else 0
+                out_grid = (grid["scale"], torch.tensor(zero, dtype=torch.uint8))
+            elif name in ranges:
+                out_grid = _u8_grid(*ranges[name])
+            else:
+                raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
+            for folded in (chain.bn, chain.act):  # folded into the layer: the module itself becomes a no-op
+                if folded is not None:
+                    owner_name, _, attr = folded.rpartition(".")
+                    owner = export_model.get_submodule(owner_name) if owner_name else export_model
+                    if folded == chain.bn:
+                        bn = getattr(owner, attr)
+                    setattr(owner, attr, nn.Identity())
+            post = chain.act_kind
+        # kernels style: a layer with integer weights on float inputs keeps its grid's values in float, so ONNX
+        # Runtime cannot fuse it into a neighbour's integer kernel: it runs a float kernel wherever it sits
+        float_weights = style == "kernels" and wrapper.w_bits != FLOAT_BITS and wrapper.a_bits == FLOAT_BITS
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post, float_weights))
+    _replace_adaptive_pools(export_model, shape)
+    return export_model
+
+
 def export_onnx(
     qmodel_or_ws: Any,
     policy: Policy | None,
@@ -410,48 +477,14 @@ def export_onnx(
             raise PolicyError("a float model needs a policy to export a quantized ONNX model")
         qmodel = apply_policy(model, policy, calibration)
     ranges: dict[str, tuple[float, float]] = {}
-    chains: dict[str, _Chain] = {}
     if style == "kernels":
-        chains = layer_chains(qmodel, shape)
         if output_ranges is None:
             if not hasattr(qmodel_or_ws, "split"):
                 raise ConfigError("the 'kernels' ONNX style needs output_ranges, or a Workspace to calibrate them on")
             images, _ = qmodel_or_ws.split("train", OUTPUT_RANGE_IMAGES)
-            output_ranges = calibrate_output_ranges(qmodel, images, chains=chains)
-        ranges = dict(output_ranges)
-    export_model = copy.deepcopy(qmodel).cpu().eval()
-    wrappers = dict(quant_wrappers(export_model))
-    for name, wrapper in list(wrappers.items()):
-        parent_name, _, child = name.rpartition(".")
-        parent = export_model.get_submodule(parent_name) if parent_name else export_model
-        out_grid, bn, post = None, None, None
-        if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
-            chain = chains.get(name, _Chain())
-            reader = wrappers.get(chain.feeds or "")
-            if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
-                # the reader quantizes this output on its own input grid: requantizing onto that grid adds nothing.
-                # Always as uint8 (a signed grid with zero point 128), since ONNX Runtime fuses a kernel whose
-                # output type is its input's
-                grid, _ = _input_grid(reader, form)
-                zero = U8_ZERO_POINT if reader.signed else 0
-                out_grid = (grid["scale"], torch.tensor(zero, dtype=torch.uint8))
-            elif name in ranges:
-                out_grid = _u8_grid(*ranges[name])
-            else:
-                raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
-            for folded in (chain.bn, chain.act):  # folded into the layer: the module itself becomes a no-op
-                if folded is not None:
-                    owner_name, _, attr = folded.rpartition(".")
-                    owner = export_model.get_submodule(owner_name) if owner_name else export_model
-                    if folded == chain.bn:
-                        bn = getattr(owner, attr)
-                    setattr(owner, attr, nn.Identity())
-            post = chain.act_kind
-        # kernels style: a layer with integer weights on float inputs keeps its grid's values in float, so ONNX
-        # Runtime cannot fuse it into a neighbour's integer kernel: it runs a float kernel wherever it sits
-        float_weights = style == "kernels" and wrapper.w_bits != FLOAT_BITS and wrapper.a_bits == FLOAT_BITS
-        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post, float_weights))
-    _replace_adaptive_pools(export_model, shape)
+            output_ranges = calibrate_output_ranges(qmodel, images)
+        ranges = {n: (float(lo), float(hi)) for n, (lo, hi) in output_ranges.items()}
+    export_model = deployed_model(qmodel, shape, style=style, output_ranges=ranges, int8_form=form)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -472,6 +505,7 @@ def export_onnx(
         "hwsearch.quantization": "weights: integer storage of the b-bit grid + per-channel DequantizeLinear; "
         "activations: Clip (below 8 bits) + QuantizeLinear/DequantizeLinear; 32-bit layers float",
         "hwsearch.style": style,
+        "hwsearch.output_ranges": json.dumps(ranges),
         "hwsearch.int8_form": form
         + (
             " (8-bit weights and signed activations as uint8 with zero point 128: exact on every CPU)"

@@ -177,6 +177,40 @@ def test_kernels_style_runs_every_integer_layer_as_an_integer_kernel(ws, style: 
         assert integer < len(ws.layers)  # the qdq style leaves the logits layer a float Gemm on dequantized weights
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["w8a8", "mixed"])
+def test_the_kernels_file_is_its_deployed_model_biases_on_the_accumulator_grid(ws, mixed: bool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from hwsearch.hardware.cpu import int8_form
+    from hwsearch.onnx_export import _OnnxQuantLayer, calibrate_output_ranges, deployed_model, export_onnx
+    from hwsearch.quant import apply_policy
+
+    names = ws.layer_names
+    policy = Policy({n: ((4, 8) if i % 2 else (8, 8)) for i, n in enumerate(names)}, {}) if mixed else ws.uniform(8)
+    qmodel = apply_policy(ws.model, policy, ws.calibration).eval()
+    ranges = calibrate_output_ranges(qmodel, ws.split("train", 256)[0])
+    path = export_onnx(
+        ws, policy, None, tmp_path / "m.onnx", int8_form=int8_form(), style="kernels", output_ranges=ranges
+    )
+    model = deployed_model(qmodel, ws.splits.input_shape, output_ranges=ranges)
+    biased = [m for m in model.modules() if isinstance(m, _OnnxQuantLayer) and m.out_q and m.bias is not None]
+    assert len(biased) == len(names)  # every layer an integer kernel here
+    for m in biased:  # each bias an integer number of accumulator steps, as the fused kernel adds it
+        steps = m.bias / (m.act_scale * m.weight_scale)
+        assert torch.allclose(steps, steps.round(), atol=1e-3)
+    x, _ = ws.split("test")
+    with torch.no_grad():
+        want = model(x).numpy()
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level  # the file's float reading, then its integer kernels
+        got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[
+            0
+        ]
+        assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.998
+        assert np.median(np.abs(got - want)) <= 1e-3 * np.abs(want).max()
+
+
 def test_kernels_style_needs_output_ranges_without_a_workspace(ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from hwsearch.onnx_export import export_onnx
     from hwsearch.quant import apply_policy
@@ -205,6 +239,7 @@ def test_verify_reports_prediction_and_agreement(ws, cache: Path, tmp_path: Path
     assert v.images == 300 and v.agreement >= 0.99
     assert v.predicted_ms > 0 and v.measured_ms > 0 and v.fp32_ms > 0
     assert abs(v.accuracy_onnx - v.accuracy_fake_quant) <= 1 - v.agreement + 1e-9
+    assert abs(v.accuracy_onnx - v.accuracy_plain) <= 1 - v.agreement_plain + 1e-9
     calibration = json.loads(next((cache / "ort-cpu").glob("*.json")).read_text())["models"]
     assert len(calibration) == 1 and {"float_ms", "int8_ms", "rest_ms", "per_output_ms"} <= set(
         next(iter(calibration.values()))
