@@ -8,7 +8,8 @@ cells are measured in this run, as a first use would):
 2. for all-float, all-W8A8, the searched policy and two seeded random mixes of float / W8A8 / W4A8 / W4A32, at
    1 thread and at every core: the policy exported (``--onnx-style kernels``, the int8 form exact on this CPU),
    its latency predicted by ``ort-cpu`` and measured by ONNX Runtime at batch 1 (best of three medians), the float
-   model's, and the top-1 agreement with the fake-quant model on the test split.
+   model's, and the top-1 agreement on the test split with the fake-quant model in the file's form (the kernels
+   export's roundings, as the search scored it) and with the plain one.
 
 All-float and all-W8A8 are two of the three policies ``ort-cpu`` calibrates the rest of the graph on (the third
 alternates float and W8A8 layers; :mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits
@@ -209,7 +210,11 @@ def render(data: dict[str, Any]) -> str:
                 f"- {model}, {threads} thread(s): float model {min(fp):.4f}-{max(fp):.4f} ms over {len(fp)} timings "
                 f"({100 * (min(fp) / mid - 1):+.1f}% / {100 * (max(fp) / mid - 1):+.1f}% around the median)"
             )
-    lines += ["", "Searches (DDPG on ort-cpu, 1 thread, clean objective):", ""]
+    lines += [
+        "",
+        "Searches (DDPG on ort-cpu, 1 thread, clean objective, scored with the kernels export's roundings):",
+        "",
+    ]
     for s in data["searches"]:
         lines.append(
             f"- {s['model']}: {s['budget']}, {s['episodes']} episodes in {s['wall_s']:.0f} s, best episode "

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from hwsearch.checks import check_int, check_number
+from hwsearch.checks import check_choice, check_int, check_number
 from hwsearch.errors import ConfigError, HwsearchError
+from hwsearch.onnx_export import EXPORT_STYLES
 from hwsearch.policy import Policy
 from hwsearch.quant import Calibration, apply_policy, fold_batch_norms
 from hwsearch.records import EvalResult
@@ -116,6 +117,11 @@ class EvaluatorConfig:
     ``fold_batch_norms``: score policies on the model with its batch norms folded into their convolutions
     (:mod:`hwsearch.quant.fold`; the same function up to float rounding, cheaper per attack step); never while
     fine-tuning per episode, which trains the batch norms.
+    ``export_style``: the ONNX export the scored model stands for (:mod:`hwsearch.onnx_export`): ``qdq`` the
+    fake-quant model exactly; ``kernels`` the fake-quant model with that deployment's roundings (each integer
+    kernel's bias on its accumulator grid, an 8-bit output where no quantized layer alone reads a layer's,
+    over ranges measured on the evaluator's ``range_images`` per policy), so an ``ort-cpu`` search scores what
+    ONNX Runtime will run.
     """
 
     batch_size: int | None = None
@@ -128,8 +134,10 @@ class EvaluatorConfig:
     finetune_batch: int = 64
     lipschitz_beta: float = 0.0
     fold_batch_norms: bool = True
+    export_style: str = "qdq"
 
     def __post_init__(self) -> None:
+        check_choice(self.export_style, "export_style", EXPORT_STYLES)
         check_int(self.finetune_steps, "finetune_steps", 0)
         check_int(self.finetune_batch, "finetune_batch", 1)
         check_number(self.finetune_lr, "finetune_lr", positive=True)
@@ -182,6 +190,7 @@ class Evaluator:
         *,
         source_model: nn.Module | None = None,
         train_data: tuple[Tensor, Tensor] | None = None,
+        range_images: Tensor | None = None,
     ) -> None:
         self.model = model
         self.calibration = calibration
@@ -198,6 +207,9 @@ class Evaluator:
         if self.config.finetune_steps and train_data is None:
             raise ConfigError("episode fine-tuning needs train_data=(x, y)")
         self.train_data = train_data
+        if self.config.export_style == "kernels" and range_images is None:
+            raise ConfigError("scoring the kernels export's roundings needs range_images (training images)")
+        self.range_images = None if range_images is None else range_images.to(self.device)
         self.cache: dict[tuple, EvalResult] = {}
         self.timings = EvalTimings()
         self._folded: nn.Module | None = None  # built on first use (quant.fold)
@@ -215,6 +227,8 @@ class Evaluator:
             to_device(self._folded, dev)
         self.x, self.y = self.x.to(dev), self.y.to(dev)
         self.x_rob, self.y_rob = self.x_rob.to(dev), self.y_rob.to(dev)
+        if self.range_images is not None:
+            self.range_images = self.range_images.to(dev)
         self.device = dev
         return self
 
@@ -236,12 +250,21 @@ class Evaluator:
         return dict(self.cache)
 
     def quantize(self, policy: Policy) -> nn.Module:
-        """The policy's fake-quantized model, after the short per-episode fine-tune when one is configured."""
+        """The policy's fake-quantized model, after the short per-episode fine-tune when one is configured, with
+        the export style's roundings."""
         if self.config.finetune_steps:
             qmodel = apply_policy(self.model, policy, self.calibration)
             self._finetune(qmodel)
-            return qmodel.eval()
-        return apply_policy(self.scoring_model(), policy, self.calibration).eval()
+        else:
+            qmodel = apply_policy(self.scoring_model(), policy, self.calibration)
+        qmodel.eval()
+        if self.config.export_style == "kernels":
+            from hwsearch.onnx_export import add_deployment_roundings, calibrate_output_ranges
+
+            assert self.range_images is not None
+            ranges = calibrate_output_ranges(qmodel, self.range_images)
+            add_deployment_roundings(qmodel, tuple(self.x.shape[1:]), ranges)
+        return qmodel
 
     def scoring_model(self) -> nn.Module:
         """The float model policies are applied to: with batch norms folded unless the config says otherwise."""

@@ -78,6 +78,7 @@ class _Shard:
             payload["y"],
             payload["config"],
             source_model=payload["source_model"],
+            range_images=payload["range_images"],
         )
         self.x_rob, self.y_rob, self.rob_ids = payload["x_rob"], payload["y_rob"], payload["rob_ids"]
         self.attacks: tuple[AttackConfig, ...] = payload["attacks"]
@@ -171,13 +172,14 @@ class ShardedEvaluator(Evaluator):
         shards: int,
         threads: int = 1,
         source_model: nn.Module | None = None,
+        range_images: Tensor | None = None,
     ) -> None:
         check_int(shards, "shards", 1)
         check_int(threads, "threads per shard", 1)
         config = config or EvaluatorConfig()
         if (why := why_not_sharded(config)) is not None:
             raise ConfigError(why)
-        super().__init__(model, calibration, x, y, config, source_model=source_model)
+        super().__init__(model, calibration, x, y, config, source_model=source_model, range_images=range_images)
         if self.device.type != "cpu":
             raise ConfigError(f"shards are CPU processes; the model is on {self.device}: use --shards 1 on a GPU")
         self.shards = shards
@@ -200,6 +202,7 @@ class ShardedEvaluator(Evaluator):
             shards=shards,
             threads=threads,
             source_model=ev.source_model if ev.source_model is not ev.model else None,
+            range_images=ev.range_images,
         )
         out.prime_cache(ev.cached())
         out.timings = ev.timings.copy()
@@ -221,7 +224,12 @@ class ShardedEvaluator(Evaluator):
         ctx: Any = mp.get_context(method)
         scoring = self.scoring_model()  # fold once here; the workers get the folded model
         worker_config = EvaluatorConfig(
-            batch_size=self.config.batch_size, attacks=(), seed=self.config.seed, cache=False, fold_batch_norms=False
+            batch_size=self.config.batch_size,
+            attacks=(),
+            seed=self.config.seed,
+            cache=False,
+            fold_batch_norms=False,
+            export_style=self.config.export_style,
         )
         common = {
             "model": scoring,
@@ -233,6 +241,7 @@ class ShardedEvaluator(Evaluator):
             "rob_ids": self.robust_ids,
             "attacks": self.attacks,
             "seed": self.config.seed,
+            "range_images": None if self.range_images is None else self.range_images.cpu(),
         }
         self._shares = shard_positions(len(self.x), self._rob_idx, self.shards)
         procs: list[Any] = []

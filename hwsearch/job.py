@@ -25,8 +25,10 @@ from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.evaluate_shards import why_not_sharded
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
+from hwsearch.hardware.cpu import is_ort_cpu
 from hwsearch.io import atomic_write_text
 from hwsearch.job_compute import choose_compute, close_evaluator
+from hwsearch.onnx_export import EXPORT_STYLES
 from hwsearch.parallel import ParallelConfig, merge_worker_stats, parallel_env, require_ray
 from hwsearch.policy import Policy
 from hwsearch.policy_formats import save_policy
@@ -35,7 +37,7 @@ from hwsearch.report import EpisodeLog, read_episode_log, search_summary
 from hwsearch.robust.attacks import AttackConfig, search_attacks
 from hwsearch.search import EpisodeRecord, SearchCheckpoint, SearchConfig, SearchResult, run_search
 from hwsearch.selection import final_pick
-from hwsearch.workflow import Workspace, build_env, prepare
+from hwsearch.workflow import Workspace, build_env, prepare, range_images
 
 __all__ = [
     "JOB_CONFIG",
@@ -95,6 +97,7 @@ class SearchJobConfig:
     fold_batch_norms: bool = True  # score on the batch-norm-folded model (EvaluatorConfig.fold_batch_norms)
     select_top: int = 10  # the final pick re-scores this many best policies (hwsearch.selection); 0: best reward
     select_images: int = 3000  # on the first this many training images
+    export_style: str | None = None  # scored as (EvaluatorConfig.export_style); None: the target's (scoring_style)
 
     def __post_init__(self) -> None:
         check_choice(self.enforce, "enforce", ENFORCE_MODES)
@@ -113,6 +116,8 @@ class SearchJobConfig:
         check_int(self.robust_images, "robust_images", 1)
         check_int(self.select_top, "select_top", 0)
         check_int(self.select_images, "select_images", 1)
+        if self.export_style is not None:
+            check_choice(self.export_style, "export_style", EXPORT_STYLES)
         given = len(self.init_policies) + int(self.init_from_ilp)
         warmup = min(self.search.warmup_episodes, self.search.episodes)
         if self.search.agent != "ilp" and given > warmup:
@@ -149,7 +154,13 @@ class SearchJobConfig:
             finetune_steps=self.episode_finetune_steps,
             lipschitz_beta=self.episode_lipschitz_beta,
             fold_batch_norms=self.fold_batch_norms,
+            export_style=self.scoring_style,
         )
+
+    @property
+    def scoring_style(self) -> str:
+        """``export_style``, or the export the target prices: ``kernels`` for ort-cpu, else ``qdq``."""
+        return self.export_style or ("kernels" if is_ort_cpu(self.target) else "qdq")
 
     def check(self) -> None:
         """Fail fast on what only the environment can tell (the target's name, the attack, Ray), before loading."""
@@ -256,7 +267,8 @@ def _workspace(config: SearchJobConfig) -> Workspace:
 def _evaluator(config: SearchJobConfig, ws: Workspace) -> Evaluator:
     x, y = ws.split("val")
     train = ws.split("train") if config.episode_finetune_steps else None
-    return Evaluator(ws.model, ws.calibration, x, y, config.evaluator_config(), train_data=train)
+    cfg = config.evaluator_config()
+    return Evaluator(ws.model, ws.calibration, x, y, cfg, train_data=train, range_images=range_images(ws, cfg))
 
 
 def _search_into(
@@ -338,7 +350,7 @@ def _search_into(
         result,
         top=config.select_top,
         images=config.select_images,
-        fold_batch_norms=config.fold_batch_norms,
+        scoring=config.evaluator_config(),
         trained_on_train=config.episode_finetune_steps > 0,
     )
     pick_s = time.perf_counter() - t_pick
@@ -449,6 +461,8 @@ def load_job_config(folder: str | Path) -> SearchJobConfig:
         config = replace(config, fold_batch_norms=False)  # its episodes were scored on the unfolded model
     if "select_top" not in data["fields"]:
         config = replace(config, select_top=0)  # it handed over the best reward (no final pick yet)
+    if "export_style" not in data["fields"]:
+        config = replace(config, export_style="qdq")  # its episodes were scored without the export's roundings
     return config
 
 

@@ -61,12 +61,14 @@ from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 from hwsearch.policy_formats import plain_policy_dict
 from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
 from hwsearch.quant.calibration import Calibration
+from hwsearch.quant.quantizers import quantize_output
 from hwsearch.quant.trace import trace_calls
 from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 
 __all__ = [
     "EXPORT_STYLES",
     "ONNX_OPSET",
+    "add_deployment_roundings",
     "calibrate_output_ranges",
     "deployed_model",
     "export_onnx",
@@ -368,6 +370,51 @@ def _policy_of(qmodel: nn.Module) -> Policy:
         for n in quantizable_names(qmodel)
     }
     return Policy(bits, {})
+
+
+class _OutputGrid(nn.Module):
+    """A module whose output an integer kernel hands to a float reader: the module, then the 8-bit output grid."""
+
+    def __init__(self, inner: nn.Module, scale: float, zero_point: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.scale = scale
+        self.zero_point = zero_point
+
+    def forward(self, x: Tensor) -> Tensor:
+        return quantize_output(self.inner(x), self.scale, self.zero_point)
+
+
+def add_deployment_roundings(
+    qmodel: nn.Module, input_shape: Sequence[int], output_ranges: dict[str, tuple[float, float]]
+) -> nn.Module:
+    """Give a fake-quant model (in place; returned) the roundings the ``kernels`` export adds, keeping its
+    :class:`QuantWrapper` s (their gradient modes, their names): every integer-kernel layer's bias on its
+    accumulator grid, and, where no quantized layer alone reads its (batch norm, activation) output, the 8-bit
+    grid over its ``output_ranges`` entry (:func:`calibrate_output_ranges` of the model before this call).
+    Its answers are then :func:`deployed_model`'s, up to float rounding; the search scores ``ort-cpu`` policies
+    this way (``EvaluatorConfig.export_style``)."""
+    chains = layer_chains(qmodel, input_shape)
+    wrappers = dict(quant_wrappers(qmodel))
+    for name, wrapper in wrappers.items():
+        if not int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
+            continue
+        wrapper.integer_bias = True
+        chain = chains.get(name, _Chain())
+        reader = wrappers.get(chain.feeds or "")
+        if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
+            continue  # requantized onto the reader's own input grid: the reader's quantizer does exactly that
+        if name not in output_ranges:
+            raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
+        scale, zero = _u8_grid(*output_ranges[name])
+        end = chain.end(name)
+        if end == name:
+            wrapper.out_grid = (float(scale), int(zero))
+        else:
+            owner_name, _, attr = end.rpartition(".")
+            owner = qmodel.get_submodule(owner_name) if owner_name else qmodel
+            setattr(owner, attr, _OutputGrid(getattr(owner, attr), float(scale), int(zero)))
+    return qmodel
 
 
 def deployed_model(

@@ -26,6 +26,7 @@ from hwsearch.policy import Policy
 from hwsearch.search import REWARD_DECIMALS, EpisodeRecord, SearchResult, reward_rank
 
 if TYPE_CHECKING:
+    from hwsearch.evaluate import EvaluatorConfig
     from hwsearch.workflow import Workspace
 
 __all__ = ["Candidate", "Selection", "final_pick", "select_policy", "top_records"]
@@ -149,7 +150,7 @@ def final_pick(
     *,
     top: int,
     images: int,
-    fold_batch_norms: bool = True,
+    scoring: EvaluatorConfig | None = None,
     trained_on_train: bool = False,
 ) -> str:
     """Make the final pick of a finished search on ``env`` (sets ``result.picked``) on the first ``images``
@@ -164,9 +165,15 @@ def final_pick(
             "on them (--episode-finetune-steps).\n"
         )
     from hwsearch.evaluate import Evaluator, EvaluatorConfig
+    from hwsearch.workflow import range_images
 
     x, y = ws.split("train", images)
-    scorer = Evaluator(ws.model, ws.calibration, x, y, EvaluatorConfig(fold_batch_norms=fold_batch_norms))
+    # scored as the search scored them (folding, export style), clean only
+    config = EvaluatorConfig(
+        fold_batch_norms=scoring.fold_batch_norms if scoring else True,
+        export_style=scoring.export_style if scoring else "qdq",
+    )
+    scorer = Evaluator(ws.model, ws.calibration, x, y, config, range_images=range_images(ws, config))
     selection = select_policy(
         result,
         env.config,

@@ -19,9 +19,10 @@ from hwsearch.envs import EnvConfig, MixedPrecisionEnv
 from hwsearch.errors import ConfigError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig, clean_accuracy
 from hwsearch.hardware import CostModel, PolicyCost, bit_grid, float_size_bits, get_cost_model, policy_cost
+from hwsearch.hardware.cpu import is_ort_cpu
 from hwsearch.layers import LayerInfo, discover_layers
 from hwsearch.policy import Policy, uniform_policy
-from hwsearch.quant import Calibration, apply_policy, calibrate, remove_quantizers
+from hwsearch.quant import Calibration, apply_policy, calibrate, fold_batch_norms, remove_quantizers
 from hwsearch.records import CompareRow
 from hwsearch.runtime import resolve_compute_device, to_device
 from hwsearch.training import TrainConfig
@@ -93,6 +94,31 @@ def prepare(
     return Workspace(model, meta["model_name"], splits, layers, calibration, dev, dict(meta))
 
 
+def quantize_as_exported(ws: Workspace, policy: Policy, style: str) -> nn.Module:
+    """``policy`` applied to ``ws``'s model as an ONNX export of ``style`` runs it: ``qdq``, the fake-quant model;
+    ``kernels``, on the batch-norm-folded model with that export's roundings, as an ``ort-cpu`` search scored it
+    (``EvaluatorConfig.export_style``)."""
+    if style != "kernels":
+        return apply_policy(ws.model, policy, ws.calibration)
+    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES, add_deployment_roundings, calibrate_output_ranges
+
+    shape = tuple(int(d) for d in ws.splits.input_shape)
+    qmodel = apply_policy(fold_batch_norms(ws.model, shape), policy, ws.calibration).eval()
+    images = ws.split("train", OUTPUT_RANGE_IMAGES)[0].to(ws.device)
+    return add_deployment_roundings(qmodel, shape, calibrate_output_ranges(qmodel, images))
+
+
+def range_images(ws: Workspace, config: EvaluatorConfig | None) -> torch.Tensor | None:
+    """The images an evaluator measures the ``kernels`` export's output ranges on (the export's own: the first
+    :data:`~hwsearch.onnx_export.OUTPUT_RANGE_IMAGES` training images), or None when ``config`` does not need
+    them."""
+    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES
+
+    if config is None or config.export_style != "kernels":
+        return None
+    return ws.split("train", OUTPUT_RANGE_IMAGES)[0]
+
+
 def prepare_cost_model(cost_model: CostModel, ws: Workspace) -> CostModel:
     """Let a measured target see the model it will price (``ort-cpu`` times the whole exported model once to
     charge the graph's other nodes to the layers); other cost models need nothing."""
@@ -119,7 +145,9 @@ def build_env(
     """
     if evaluator is None:
         x, y = ws.split("val")
-        evaluator = Evaluator(ws.model, ws.calibration, x, y, evaluator_config)
+        evaluator = Evaluator(
+            ws.model, ws.calibration, x, y, evaluator_config, range_images=range_images(ws, evaluator_config)
+        )
     prepare_cost_model(cost_model, ws)
     kwargs = dict(env_kwargs or {})
     if kwargs.get("w_rob", 0.0) > 0 and not evaluator.attacks:
@@ -192,7 +220,7 @@ def compare_policies(
             model = src.model
         else:
             policy.check_against(src.layer_names)
-            model = apply_policy(src.model, policy, src.calibration)
+            model = quantize_as_exported(src, policy, "kernels" if is_ort_cpu(target) else "qdq")
         rows.append(
             score_policy(name, model, src.layers, policy, cost_model, x, y, reference=ref_cost, robust_eval=robust_eval)
         )

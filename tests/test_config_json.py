@@ -160,6 +160,7 @@ def test_a_job_saved_before_reward_baseline_resumes_with_the_baseline_it_ran_wit
     [
         ("fold_batch_norms", True, False),  # its logged episodes were scored on the unfolded model
         ("select_top", 10, 0),  # it handed over the best reward
+        ("export_style", None, "qdq"),  # it scored the fake-quant model without the export's roundings
     ],
 )
 def test_a_job_saved_before_a_setting_existed_resumes_as_it_ran(
@@ -174,3 +175,18 @@ def test_a_job_saved_before_a_setting_existed_resumes_as_it_ran(
     del data["fields"][setting]
     path.write_text(json.dumps(data), encoding="utf-8")
     assert getattr(load_job_config(tmp_path), setting) == before
+
+
+@pytest.mark.parametrize(
+    ("target", "style"), [("ort-cpu", "kernels"), ("ort-cpu:2", "kernels"), ("bitfusion-edge", "qdq")]
+)
+def test_a_job_scores_policies_as_its_target_runs_them(target: str, style: str) -> None:
+    from hwsearch.job import SearchJobConfig
+
+    config = SearchJobConfig(checkpoint="c.pt", target=target)
+    assert config.scoring_style == style and config.evaluator_config().export_style == style
+    assert (
+        SearchJobConfig(checkpoint="c.pt", target=target, export_style="qdq").evaluator_config().export_style == "qdq"
+    )
+    with pytest.raises(ConfigError, match="export_style"):
+        SearchJobConfig(checkpoint="c.pt", target=target, export_style="onnx")

@@ -211,6 +211,35 @@ def test_the_kernels_file_is_its_deployed_model_biases_on_the_accumulator_grid(w
         assert np.median(np.abs(got - want)) <= 1e-3 * np.abs(want).max()
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["w8a8", "mixed"])
+def test_the_search_scores_an_ort_cpu_policy_as_onnx_runtime_runs_it(ws, mixed: bool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from hwsearch.evaluate import Evaluator, EvaluatorConfig
+    from hwsearch.hardware.cpu import int8_form
+    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES, export_onnx
+    from hwsearch.quant import QuantWrapper, quant_wrappers
+
+    names = ws.layer_names
+    choices = ((8, 8), (4, 8), (FLOAT_BITS, FLOAT_BITS), (4, FLOAT_BITS))
+    policy = Policy({n: choices[i % 4] for i, n in enumerate(names)}, {}) if mixed else ws.uniform(8)
+    x, y = ws.split("test")
+    config = EvaluatorConfig(export_style="kernels")
+    with pytest.raises(ConfigError, match="range_images"):
+        Evaluator(ws.model, ws.calibration, x, y, config)
+    ev = Evaluator(ws.model, ws.calibration, x, y, config, range_images=ws.split("train", OUTPUT_RANGE_IMAGES)[0])
+    qmodel = ev.quantize(policy)
+    kept = {n for n, _ in quant_wrappers(qmodel)}  # the wrappers stay: attacks' gradient modes still reach them
+    assert kept == {n for n in names if (policy[n].w, policy[n].a) != (FLOAT_BITS, FLOAT_BITS)}
+    assert any(isinstance(m, QuantWrapper) and m.integer_bias for m in qmodel.modules())
+    with torch.no_grad():
+        scored = qmodel(x).argmax(1).numpy()
+    assert ev.evaluate(policy).accuracy == pytest.approx(float(np.mean(scored == y.numpy())))
+    path = export_onnx(ws, policy, None, tmp_path / "m.onnx", int8_form=int8_form(), style="kernels")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.mean(sess.run(None, {"input": x.numpy()})[0].argmax(1) == scored) >= 0.995
+
+
 def test_kernels_style_needs_output_ranges_without_a_workspace(ws, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from hwsearch.onnx_export import export_onnx
     from hwsearch.quant import apply_policy

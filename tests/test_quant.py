@@ -264,3 +264,63 @@ def test_activation_ste_with_tensor_bounds_equals_the_scalar_path(seed: int) -> 
             outs.append((out.detach(), gx))
         assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
         assert outs[0][1][:2].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_the_weight_step_is_one_integer_of_the_quantized_weight(bits: int) -> None:
+    from hwsearch.quant.quantizers import quantize_weight_and_step
+
+    w = torch.randn(6, 3, 3, 3, generator=torch.Generator().manual_seed(bits))
+    wq, step = quantize_weight_and_step(w, bits)
+    assert torch.equal(wq, quantize_weight(w, bits))
+    k = wq / step.reshape(-1, 1, 1, 1)
+    assert torch.allclose(k, k.round(), atol=1e-4) and k.abs().max() <= max(2 ** (bits - 1) - 1, 1) + 1e-4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_bias_lands_on_its_accumulator_grid_with_a_straight_through_gradient(seed: int) -> None:
+    from hwsearch.quant.quantizers import quantize_bias
+
+    g = torch.Generator().manual_seed(seed)
+    step = torch.rand(6, generator=g) * 0.01 + 1e-3
+    b = torch.randn(6, generator=g).requires_grad_()
+    q = quantize_bias(b, step)
+    k = q.detach() / step
+    assert torch.allclose(k, k.round(), atol=1e-4)  # a whole number of accumulator steps
+    assert ((q - b).detach().abs() <= step / 2 + 1e-7).all()  # the nearest one
+    assert torch.allclose(quantize_bias(q.detach(), step), q.detach())  # grid points stay
+    q.sum().backward()
+    assert b.grad is not None and torch.equal(b.grad, torch.ones(6))
+
+
+@pytest.mark.parametrize("zero", [0, 17, 128, 255])
+def test_an_output_grid_has_256_levels_around_its_zero_point_and_a_clipped_gradient(zero: int) -> None:
+    from hwsearch.quant.quantizers import quantize_output
+
+    scale = 0.05
+    y = torch.linspace(-15.0, 15.0, 3001).requires_grad_()
+    q = quantize_output(y, scale, zero)
+    k = q.detach() / scale + zero
+    assert torch.allclose(k, k.round(), atol=1e-3) and k.min() >= -1e-3 and k.max() <= 255 + 1e-3
+    inside = (y.detach() >= -zero * scale) & (y.detach() <= (255 - zero) * scale)
+    assert ((q - y).detach().abs()[inside] <= scale / 2 + 1e-6).all()
+    q.sum().backward()
+    assert y.grad is not None and torch.equal(y.grad, inside.float())
+
+
+def test_an_integer_bias_wrapper_adds_its_bias_on_the_accumulator_grid() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    wrapper = QuantWrapper(conv, 4, 8, lo=-2.0, hi=2.0)
+    x = torch.randn(2, 3, 6, 6)
+    plain = wrapper(x)
+    wrapper.integer_bias = True
+    step = (2.0 / 127) * wrapper._weight_and_step()[1]
+    b = wrapper.quantized_bias()
+    assert b is not None
+    assert torch.allclose(b / step, (b / step).round(), atol=1e-4) and not torch.equal(b, conv.bias)
+    moved = (wrapper(x) - plain).detach()
+    assert torch.allclose(moved, (b - conv.bias).detach().reshape(1, -1, 1, 1).expand_as(moved), atol=1e-5)
+    wrapper.out_grid = (0.1, 100)
+    k = wrapper(x).detach() / 0.1
+    assert torch.allclose(k, k.round(), atol=1e-3)

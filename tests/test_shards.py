@@ -98,6 +98,18 @@ def test_sharded_evaluator_gives_the_one_process_figures(ws, shards: int) -> Non
         clean_only.close()
 
 
+def test_shards_score_the_kernels_export_s_roundings_as_one_process_does(ws) -> None:  # type: ignore[no-untyped-def]
+    x, y = ws.split("val", 200)
+    config = EvaluatorConfig(export_style="kernels")
+    one = Evaluator(ws.model, ws.calibration, x, y, config, range_images=ws.split("train", 128)[0])
+    many = ShardedEvaluator.from_evaluator(one, 2)
+    try:
+        for policy in _policies(ws, 1):
+            assert many.evaluate(policy) == one.evaluate(policy), policy
+    finally:
+        many.close()
+
+
 def test_the_deal_splits_the_hard_images_evenly_and_learns_from_each_evaluation(ws) -> None:  # type: ignore[no-untyped-def]
     x, y = ws.split("val", 200)
     config = EvaluatorConfig(attacks=tuple(search_attacks(0.1, steps=3)), robust_subset=40, seed=1)

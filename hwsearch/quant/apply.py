@@ -14,7 +14,13 @@ from hwsearch.errors import PolicyError
 from hwsearch.layers import QUANTIZABLE
 from hwsearch.policy import FLOAT_BITS, Policy
 from hwsearch.quant.calibration import Calibration
-from hwsearch.quant.quantizers import quantize_activation, quantize_weight
+from hwsearch.quant.quantizers import (
+    activation_step,
+    quantize_activation,
+    quantize_bias,
+    quantize_output,
+    quantize_weight_and_step,
+)
 
 __all__ = [
     "QuantWrapper",
@@ -53,39 +59,62 @@ class QuantWrapper(nn.Module):
         # a plain bool, fixed at construction: reading the buffer in forward would sync with the GPU per layer
         self.signed = float(lo) < 0
         self.grad_mode = "ste"
-        self._cached: tuple[tuple[int, int, int], Tensor] | None = None
+        # the deployment's roundings (hwsearch.onnx_export.add_deployment_roundings): the bias on the integer
+        # accumulator's grid, and an 8-bit output grid (scale, zero point) where a float reader takes the output
+        self.integer_bias = False
+        self.out_grid: tuple[float, int] | None = None
+        self._cached: tuple[tuple[int, int, int], Tensor, Tensor | None] | None = None
 
-    def quantized_weight(self) -> Tensor:
-        """Quantized weight; in eval mode it is cached until the weight changes (attacks call it per step)."""
+    def _weight_and_step(self) -> tuple[Tensor, Tensor | None]:
         weight = self.layer.weight
+        if self.w_bits == FLOAT_BITS:
+            return weight, None
         if self.training:
             self._cached = None
-            return quantize_weight(weight, self.w_bits)
+            return quantize_weight_and_step(weight, self.w_bits)
         key = (weight._version, weight.data_ptr(), self.w_bits)
         if self._cached is None or self._cached[0] != key:
             # a normal tensor even when first called under inference_mode, so attacks can reuse it later
             with torch.inference_mode(False), torch.no_grad():
-                self._cached = (key, quantize_weight(weight, self.w_bits))
-        return self._cached[1]
+                self._cached = (key, *quantize_weight_and_step(weight, self.w_bits))
+        return self._cached[1], self._cached[2]
+
+    def quantized_weight(self) -> Tensor:
+        """Quantized weight; in eval mode it is cached until the weight changes (attacks call it per step)."""
+        return self._weight_and_step()[0]
+
+    def quantized_bias(self) -> Tensor | None:
+        """The layer's bias, on the accumulator grid (input step x each channel's weight step) when
+        ``integer_bias`` is set."""
+        bias = self.layer.bias
+        if bias is None or not self.integer_bias:
+            return bias
+        step = self._weight_and_step()[1]
+        grid = activation_step(self.a_bits, self.act_lo, self.act_hi, self.signed)
+        if step is None or grid is None:
+            return bias
+        return quantize_bias(bias, step * grid)
 
     def quantized_input(self, x: Tensor) -> Tensor:
         return quantize_activation(x, self.a_bits, self.act_lo, self.act_hi, self.signed)
 
-    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+    def _op(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
         layer = self.layer
         if isinstance(layer, nn.Conv2d):
             if layer.padding_mode != "zeros":
-                return layer._conv_forward(x, w, layer.bias)
-            return F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return F.linear(x, w, layer.bias)
+                return layer._conv_forward(x, w, bias)
+            return F.conv2d(x, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.linear(x, w, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.grad_mode == "shadow" and torch.is_grad_enabled():
             with torch.no_grad():  # the quantized value only; the gradient is the float layer's
-                out = self._op(self.quantized_input(x), self.quantized_weight())
-            ref = self._op(x, self.layer.weight)
-            return out + (ref - ref.detach())  # value: the quantized output exactly; gradient: the float one
-        return self._op(self.quantized_input(x), self.quantized_weight())
+                out = self._op(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
+            ref = self._op(x, self.layer.weight, self.layer.bias)
+            out = out + (ref - ref.detach())  # value: the quantized output exactly; gradient: the float one
+        else:
+            out = self._op(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
+        return out if self.out_grid is None else quantize_output(out, *self.out_grid)
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}, range=[{float(self.act_lo):.4g}, {float(self.act_hi):.4g}]"

@@ -11,7 +11,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["weight_clip", "quantize_weight", "quantize_activation", "weight_levels", "activation_levels"]
+__all__ = [
+    "weight_clip",
+    "quantize_weight",
+    "quantize_weight_and_step",
+    "quantize_activation",
+    "quantize_bias",
+    "activation_step",
+    "quantize_output",
+    "weight_levels",
+    "activation_levels",
+]
 
 
 def weight_levels(bits: int) -> int:
@@ -77,18 +87,48 @@ def quantize_weight(w: Tensor, bits: int) -> Tensor:
     """
     if bits >= 32:
         return w
+    return quantize_weight_and_step(w, bits)[0]
+
+
+def quantize_weight_and_step(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """:func:`quantize_weight` and each output channel's grid step (its scale: one integer's worth), which an
+    integer kernel's bias grid needs (:func:`quantize_bias`)."""
     if bits < 1:
         raise ValueError(f"weight bits must be >= 1, got {bits}")
     shape = (w.shape[0],) + (1,) * (w.dim() - 1)
     if bits == 1:
         scale = w.detach().reshape(w.shape[0], -1).abs().mean(dim=1).reshape(shape)
         sign = torch.where(w.detach() >= 0, 1.0, -1.0).to(w.dtype)
-        return _ste(w, sign * scale)
+        return _ste(w, sign * scale), scale.reshape(-1)
     qmax = 2 ** (bits - 1) - 1
     clip = weight_clip(w, bits).reshape(shape)
     scale = clip / qmax
     wc = torch.clamp(w, -clip, clip)  # inclusive: the gradient is 1 at the boundary
-    return _ste(wc, (wc / scale).round().clamp(-qmax, qmax) * scale)
+    return _ste(wc, (wc / scale).round().clamp(-qmax, qmax) * scale), scale.reshape(-1)
+
+
+def activation_step(bits: int, lo: float | Tensor, hi: float | Tensor, signed: bool) -> Tensor | None:
+    """The step of :func:`quantize_activation`'s grid (float32, as ``hwsearch.quantized.activation_grid``
+    computes it), or None where there is no linear grid (float; signed 1 bit is a sign function)."""
+    if bits >= 32 or (signed and bits == 1):
+        return None
+    lo_t = torch.as_tensor(lo, dtype=torch.float32)
+    hi_t = torch.as_tensor(hi, dtype=torch.float32)
+    if signed:
+        return torch.maximum(lo_t.abs(), hi_t.abs()).clamp_min(1e-8) / (2 ** (bits - 1) - 1)
+    return hi_t.clamp_min(1e-8) / (2**bits - 1)
+
+
+def quantize_bias(b: Tensor, step: Tensor) -> Tensor:
+    """The bias as an integer kernel adds it: a whole number of accumulator steps (input scale x each channel's
+    weight scale) per channel; the gradient passes straight through."""
+    return _ste(b, torch.round(b.detach() / step) * step)
+
+
+def quantize_output(y: Tensor, scale: float | Tensor, zero_point: int) -> Tensor:
+    """An 8-bit output grid with zero point ``zero_point``: the levels ``scale * (k - zero_point)``, k in 0..255,
+    with the clipped straight-through gradient (what an integer kernel hands to a float reader)."""
+    return _clip_snap(y, -zero_point * float(scale), (255 - zero_point) * float(scale), float(scale))
 
 
 def quantize_activation(x: Tensor, bits: int, lo: float | Tensor, hi: float | Tensor, signed: bool) -> Tensor:
