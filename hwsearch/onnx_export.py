@@ -198,9 +198,32 @@ class _QuantDequant(torch.autograd.Function):
         return ((x / scale).round() + zp).clamp(info.min, info.max).sub(zp) * scale
 
     @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: D102 - straight through
+        return grad, None, None
+
+    @staticmethod
     def symbolic(g: Any, x: Any, scale: Any, zero_point: Any) -> Any:
         q = g.op("QuantizeLinear", x, scale, zero_point)
         return g.op("DequantizeLinear", q, scale, zero_point)
+
+
+class _QuantDequantChannels(torch.autograd.Function):
+    """:class:`_QuantDequant` whose ``DequantizeLinear`` repeats the scale per channel (axis 1): the same values,
+    but ONNX Runtime's ``WeightBiasQuantization`` pass (which requantizes the float weights of a Conv / Gemm fed by
+    a per-tensor ``DequantizeLinear`` to per-tensor int8, changing them) leaves a float-weight reader alone."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, scales: Tensor, zero_points: Tensor) -> Tensor:  # noqa: ARG004
+        return _QuantDequant.forward(ctx, x, scale, zero_point)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:  # noqa: D102
+        return grad, None, None, None, None
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, scale: Any, zero_point: Any, scales: Any, zero_points: Any) -> Any:
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        return g.op("DequantizeLinear", q, scales, zero_points, axis_i=1)
 
 
 class _OnnxQuantLayer(nn.Module):
@@ -225,6 +248,7 @@ class _OnnxQuantLayer(nn.Module):
         bn: nn.Module | None = None,
         post: str | None = None,
         float_weights: bool = False,
+        tail: bool = False,
     ) -> None:
         super().__init__()
         layer = wrapper.layer
@@ -276,6 +300,16 @@ class _OnnxQuantLayer(nn.Module):
         if out_grid is not None:
             self.register_buffer("out_scale", out_grid[0].clone())
             self.register_buffer("out_zero_point", out_grid[1].clone())
+        # a dequantized tensor that a float-weight layer may read (this layer's own input when its weights are
+        # float; a tail output, read by whatever follows) is dequantized per channel (_QuantDequantChannels)
+        self.in_channels = 0
+        if self.act in ("qdq", "clip-qdq") and not self.w_quant:
+            groups = int(layer.groups) if isinstance(layer, nn.Conv2d) else 1
+            self.in_channels = int(layer.weight.shape[1]) * groups
+            self._per_channel("act", self.in_channels)
+        self.out_channels = int(layer.weight.shape[0]) if (tail and self.out_q) else 0
+        if self.out_channels:
+            self._per_channel("out", self.out_channels)
         if out_grid is not None and self.bias is not None and self.w_quant and self.act in ("qdq", "clip-qdq"):
             # an integer kernel adds its bias as an int32 on the accumulator's grid (input scale x weight scale):
             # ONNX Runtime rounds a float bias onto it when it fuses the layer, so the file holds it rounded and its
@@ -283,13 +317,25 @@ class _OnnxQuantLayer(nn.Module):
             acc = self.act_scale * self.weight_scale
             self.bias.data = torch.round(self.bias.data / acc) * acc
 
+    def _per_channel(self, which: str, channels: int) -> None:
+        self.register_buffer(f"{which}_scales", getattr(self, f"{which}_scale").reshape(1).repeat(channels))
+        self.register_buffer(f"{which}_zero_points", getattr(self, f"{which}_zero_point").reshape(1).repeat(channels))
+
+    def _qdq(self, x: Tensor, which: str, channels: int) -> Tensor:
+        scale, zero = getattr(self, f"{which}_scale"), getattr(self, f"{which}_zero_point")
+        if not channels:
+            return _QuantDequant.apply(x, scale, zero)
+        return _QuantDequantChannels.apply(
+            x, scale, zero, getattr(self, f"{which}_scales"), getattr(self, f"{which}_zero_points")
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         if self.act == "binary":
             x = torch.where(x >= 0, self.act_hi, -self.act_hi)
         elif self.act != "float":
             if self.act == "clip-qdq":
                 x = torch.clamp(x, self.act_lo, self.act_hi)
-            x = _QuantDequant.apply(x, self.act_scale, self.act_zero_point)
+            x = self._qdq(x, "act", self.in_channels)
         w = (
             _Dequantize.apply(self.weight_int, self.weight_scale, self.weight_zero_point)
             if self.w_quant
@@ -301,7 +347,7 @@ class _OnnxQuantLayer(nn.Module):
         elif self.post == "relu6":
             y = F.relu6(y)
         if self.out_q:
-            y = _QuantDequant.apply(y, self.out_scale, self.out_zero_point)
+            y = self._qdq(y, "out", self.out_channels)
         return y
 
 
@@ -440,7 +486,7 @@ def deployed_model(
     for name, wrapper in list(wrappers.items()):
         parent_name, _, child = name.rpartition(".")
         parent = export_model.get_submodule(parent_name) if parent_name else export_model
-        out_grid, bn, post = None, None, None
+        out_grid, bn, post, tail = None, None, None, False
         if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
             chain = chains.get(name, _Chain())
             reader = wrappers.get(chain.feeds or "")
@@ -452,7 +498,7 @@ def deployed_model(
                 zero = U8_ZERO_POINT if reader.signed else 0
                 out_grid = (grid["scale"], torch.tensor(zero, dtype=torch.uint8))
             elif name in ranges:
-                out_grid = _u8_grid(*ranges[name])
+                out_grid, tail = _u8_grid(*ranges[name]), True
             else:
                 raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
             for folded in (chain.bn, chain.act):  # folded into the layer: the module itself becomes a no-op
@@ -466,7 +512,7 @@ def deployed_model(
         # kernels style: a layer with integer weights on float inputs keeps its grid's values in float, so ONNX
         # Runtime cannot fuse it into a neighbour's integer kernel: it runs a float kernel wherever it sits
         float_weights = style == "kernels" and wrapper.w_bits != FLOAT_BITS and wrapper.a_bits == FLOAT_BITS
-        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post, float_weights))
+        setattr(parent, child, _OnnxQuantLayer(wrapper, form, out_grid, bn, post, float_weights, tail))
     _replace_adaptive_pools(export_model, shape)
     return export_model
 

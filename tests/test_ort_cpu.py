@@ -177,27 +177,48 @@ def test_kernels_style_runs_every_integer_layer_as_an_integer_kernel(ws, style: 
         assert integer < len(ws.layers)  # the qdq style leaves the logits layer a float Gemm on dequantized weights
 
 
-@pytest.mark.parametrize("mixed", [False, True], ids=["w8a8", "mixed"])
-def test_the_kernels_file_is_its_deployed_model_biases_on_the_accumulator_grid(ws, mixed: bool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+# every layer an integer kernel; then integer kernels feeding float layers, float-weight layers on quantized inputs
+# (W32A8) and integer weights on float inputs (W4A32), which ONNX Runtime's WeightBiasQuantization pass would
+# requantize to per-tensor int8 if a per-tensor DequantizeLinear fed them
+KERNEL_MIXES = {
+    "w8a8": ((8, 8),),
+    "w4a8": ((4, 8), (8, 8)),
+    "float-neighbours": ((8, 8), (FLOAT_BITS, FLOAT_BITS), (FLOAT_BITS, 8), (4, FLOAT_BITS), (4, 8)),
+}
+
+
+@pytest.mark.parametrize("mix", list(KERNEL_MIXES))
+def test_the_kernels_file_is_its_deployed_model_biases_on_the_accumulator_grid(ws, mix: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
     import torch
+    from onnx import numpy_helper
 
     from hwsearch.hardware.cpu import int8_form
     from hwsearch.onnx_export import _OnnxQuantLayer, calibrate_output_ranges, deployed_model, export_onnx
     from hwsearch.quant import apply_policy
 
-    names = ws.layer_names
-    policy = Policy({n: ((4, 8) if i % 2 else (8, 8)) for i, n in enumerate(names)}, {}) if mixed else ws.uniform(8)
+    choices = KERNEL_MIXES[mix]
+    policy = Policy({n: choices[i % len(choices)] for i, n in enumerate(ws.layer_names)}, {})
     qmodel = apply_policy(ws.model, policy, ws.calibration).eval()
     ranges = calibrate_output_ranges(qmodel, ws.split("train", 256)[0])
     path = export_onnx(
         ws, policy, None, tmp_path / "m.onnx", int8_form=int8_form(), style="kernels", output_ranges=ranges
     )
     model = deployed_model(qmodel, ws.splits.input_shape, output_ranges=ranges)
-    biased = [m for m in model.modules() if isinstance(m, _OnnxQuantLayer) and m.out_q and m.bias is not None]
-    assert len(biased) == len(names)  # every layer an integer kernel here
-    for m in biased:  # each bias an integer number of accumulator steps, as the fused kernel adds it
-        steps = m.bias / (m.act_scale * m.weight_scale)
-        assert torch.allclose(steps, steps.round(), atol=1e-3)
+    kernels = [m for m in model.modules() if isinstance(m, _OnnxQuantLayer) and m.out_q]
+    assert len(kernels) == sum(b.w != FLOAT_BITS and b.a not in (FLOAT_BITS, 1) for b in policy.layers.values())
+    for m in kernels:  # each bias an integer number of accumulator steps, as the fused kernel adds it
+        if m.bias is not None:
+            steps = m.bias / (m.act_scale * m.weight_scale)
+            assert torch.allclose(steps, steps.round(), atol=1e-3)
+    graph = onnx.load(str(path)).graph
+    made_by = {o: n for n in graph.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts |= {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    for node in graph.node:  # no float weights read through a per-tensor DequantizeLinear
+        dq = made_by.get(node.input[0])
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in consts and dq and dq.op_type == "DequantizeLinear":
+            assert consts[dq.input[1]].size > 1, node.name
     x, _ = ws.split("test")
     with torch.no_grad():
         want = model(x).numpy()
