@@ -259,7 +259,7 @@ class Evaluator:
             qmodel = apply_policy(self.scoring_model(), policy, self.calibration)
         qmodel.eval()
         if self.config.export_style == "kernels":
-            from hwsearch.onnx_export import add_deployment_roundings, calibrate_output_ranges
+            from hwsearch.int_kernels import add_deployment_roundings, calibrate_output_ranges
 
             assert self.range_images is not None
             ranges = calibrate_output_ranges(qmodel, self.range_images)

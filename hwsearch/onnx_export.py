@@ -24,15 +24,18 @@ Opset 13 QDQ form (opset 21 when weights of at most 4 bits are stored packed, :m
   feeding a residual add, a float layer or the logits runs as a float convolution on weights it dequantizes on
   every run: slower than float, and its speed depends on its neighbours.
 - ``kernels``: what ONNX Runtime runs as integer kernels whatever a layer's neighbours are, and what the
-  ``ort-cpu`` target measures (:mod:`hwsearch.hardware.ort_cpu`). Each such layer takes in its batch norm
-  (exact: the per-channel weight scales absorb it) and its ReLU / ReLU6 when they alone read its output
-  (:func:`layer_chains`), and requantizes its output: onto its reader's own input grid when a quantized layer
-  alone reads it (no extra rounding), else to 8 bits over the range :func:`calibrate_output_ranges` measures
-  (one extra rounding: residual adds, the logits, a float reader). A layer with integer weights on float inputs
-  is stored with its grid's values in float, so ONNX Runtime cannot fuse it into a neighbour's integer kernel:
-  it runs float, at float speed, and its file saves nothing. ``hwsearch latency verify`` reports the top-1
-  agreement with the fake-quant model.
+  ``ort-cpu`` target measures (:mod:`hwsearch.hardware.ort_cpu`): the integer-kernel form of
+  :mod:`hwsearch.int_kernels`. Each such layer takes in its batch norm (exact: the per-channel weight scales
+  absorb it) and its ReLU / ReLU6 when they alone read its output, stores its bias on the accumulator grid (as
+  the fused kernel adds it), and requantizes its output: onto its reader's own input grid when a quantized layer
+  alone reads it (no extra rounding), else to 8 bits over a measured range (one extra rounding: residual adds,
+  the logits, a float reader). A layer with integer weights on float inputs is stored with its grid's values in
+  float, so ONNX Runtime cannot fuse it into a neighbour's integer kernel: it runs float, at float speed, and its
+  file saves nothing. :func:`deployed_model` is the file's graph in torch; ``hwsearch latency verify`` reports
+  the top-1 agreement with it and with the plain fake-quant model.
 
+A dequantized tensor a float-weight layer may read is dequantized per channel (the same values), so ONNX
+Runtime's ``WeightBiasQuantization`` pass cannot requantize that layer's float weights to per-tensor int8.
 Runtimes that fuse QDQ into integer kernels (QLinearConv) may round differently from the float reference in rare
 ties; the test bounds top-1 disagreement at 1%.
 """
@@ -46,7 +49,6 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,113 +58,30 @@ from torch import Tensor, nn
 
 from hwsearch.errors import ConfigError, PolicyError
 from hwsearch.hardware.cpu import U8_ZERO_POINT, check_int8_form
+from hwsearch.int_kernels import (
+    OUTPUT_RANGE_IMAGES,
+    LayerChain,
+    calibrate_output_ranges,
+    int_kernel_layer,
+    layer_chains,
+    u8_grid,
+)
 from hwsearch.io import atomic_write_with
 from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 from hwsearch.policy_formats import plain_policy_dict
 from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
 from hwsearch.quant.calibration import Calibration
-from hwsearch.quant.quantizers import quantize_output
-from hwsearch.quant.trace import trace_calls
 from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 
 __all__ = [
     "EXPORT_STYLES",
     "ONNX_OPSET",
-    "add_deployment_roundings",
-    "calibrate_output_ranges",
     "deployed_model",
     "export_onnx",
-    "int_kernel_layer",
 ]
 
 ONNX_OPSET = 13
 EXPORT_STYLES: tuple[str, ...] = ("qdq", "kernels")
-OUTPUT_RANGE_IMAGES = 512  # images whose quantized-model outputs set the ``kernels`` style's output ranges
-
-
-def int_kernel_layer(w_bits: int, a_bits: int) -> bool:
-    """Whether a layer at these widths has integer weights and linearly quantized inputs (1-bit signed inputs are
-    a sign function, not a grid): the layers an integer kernel can run."""
-    return w_bits != FLOAT_BITS and a_bits not in (FLOAT_BITS, 1)
-
-
-@dataclass(frozen=True)
-class _Chain:
-    """What follows an integer-kernel layer and is folded into it by the ``kernels`` style: its batch norm (exact:
-    the per-channel weight scales absorb it) and its ReLU / ReLU6 (then the output grid starts at 0)."""
-
-    bn: str | None = None
-    act: str | None = None
-    act_kind: str | None = None
-    feeds: str | None = None  # the quantized layer that alone reads the folded output, if any
-
-    def end(self, name: str) -> str:
-        """The module whose output the layer's requantized output stands for."""
-        return self.act or self.bn or name
-
-
-def layer_chains(model: nn.Module, input_shape: Sequence[int]) -> dict[str, _Chain]:
-    """For each integer-kernel layer of a quantized ``model``, the batch norm and activation modules that consume
-    its output and nothing else (found by one forward pass: a module whose input is the very tensor the layer
-    returned, called once). Activations used twice (torchvision's shared ``relu``) are not folded."""
-    graph = trace_calls(model, input_shape, (QuantWrapper, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6))
-    chains: dict[str, _Chain] = {}
-    for call in graph.calls:
-        mod = call.module
-        if not isinstance(mod, QuantWrapper) or not int_kernel_layer(mod.w_bits, mod.a_bits):
-            continue
-        if graph.counts[call.name] != 1:
-            continue
-        bn = graph.only_reader(call, (nn.BatchNorm2d, nn.BatchNorm1d))
-        act = graph.only_reader(bn or call, (nn.ReLU, nn.ReLU6))
-        reader = graph.only_reader(act or bn or call, (QuantWrapper,))
-        chains[call.name] = _Chain(
-            bn=bn.name if bn is not None else None,
-            act=act.name if act is not None else None,
-            act_kind=None if act is None else ("relu6" if isinstance(act.module, nn.ReLU6) else "relu"),
-            feeds=reader.name if reader is not None else None,
-        )
-    return chains
-
-
-def calibrate_output_ranges(
-    qmodel: nn.Module, images: Tensor, batch_size: int = 256, chains: dict[str, _Chain] | None = None
-) -> dict[str, tuple[float, float]]:
-    """Min and max of each integer-kernel layer's output (after the batch norm and activation ``chains`` fold into
-    it; default: found by :func:`layer_chains`) over ``images``: the ``kernels`` style's output grids."""
-    if chains is None:
-        chains = layer_chains(qmodel, tuple(images.shape[1:]))
-    lows: dict[str, float] = {}
-    highs: dict[str, float] = {}
-
-    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str) -> None:
-        lows[name] = min(lows.get(name, 0.0), float(out.min()))
-        highs[name] = max(highs.get(name, 0.0), float(out.max()))
-
-    modules = dict(qmodel.named_modules())
-    handles = [
-        modules[chain.end(n)].register_forward_hook(functools.partial(hook, name=n)) for n, chain in chains.items()
-    ]
-    device = next(qmodel.parameters()).device
-    was_training = qmodel.training
-    qmodel.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                qmodel(images[i : i + batch_size].to(device))
-    finally:
-        qmodel.train(was_training)
-        for h in handles:
-            h.remove()
-    return {n: (lows[n], highs[n]) for n in lows}
-
-
-def _u8_grid(lo: float, hi: float) -> tuple[Tensor, Tensor]:
-    """Scale and zero point (uint8) of an asymmetric uint8 grid over [lo, hi] (which holds 0)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255 or 1.0
-    zero = int(min(max(round(-lo / scale), 0), 255))
-    return torch.tensor(scale, dtype=torch.float32), torch.tensor(zero, dtype=torch.uint8)
 
 
 def _input_grid(wrapper: QuantWrapper, form: str) -> tuple[dict[str, Any], Tensor]:
@@ -418,51 +337,6 @@ def _policy_of(qmodel: nn.Module) -> Policy:
     return Policy(bits, {})
 
 
-class _OutputGrid(nn.Module):
-    """A module whose output an integer kernel hands to a float reader: the module, then the 8-bit output grid."""
-
-    def __init__(self, inner: nn.Module, scale: float, zero_point: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.scale = scale
-        self.zero_point = zero_point
-
-    def forward(self, x: Tensor) -> Tensor:
-        return quantize_output(self.inner(x), self.scale, self.zero_point)
-
-
-def add_deployment_roundings(
-    qmodel: nn.Module, input_shape: Sequence[int], output_ranges: dict[str, tuple[float, float]]
-) -> nn.Module:
-    """Give a fake-quant model (in place; returned) the roundings the ``kernels`` export adds, keeping its
-    :class:`QuantWrapper` s (their gradient modes, their names): every integer-kernel layer's bias on its
-    accumulator grid, and, where no quantized layer alone reads its (batch norm, activation) output, the 8-bit
-    grid over its ``output_ranges`` entry (:func:`calibrate_output_ranges` of the model before this call).
-    Its answers are then :func:`deployed_model`'s, up to float rounding; the search scores ``ort-cpu`` policies
-    this way (``EvaluatorConfig.export_style``)."""
-    chains = layer_chains(qmodel, input_shape)
-    wrappers = dict(quant_wrappers(qmodel))
-    for name, wrapper in wrappers.items():
-        if not int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
-            continue
-        wrapper.integer_bias = True
-        chain = chains.get(name, _Chain())
-        reader = wrappers.get(chain.feeds or "")
-        if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
-            continue  # requantized onto the reader's own input grid: the reader's quantizer does exactly that
-        if name not in output_ranges:
-            raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
-        scale, zero = _u8_grid(*output_ranges[name])
-        end = chain.end(name)
-        if end == name:
-            wrapper.out_grid = (float(scale), int(zero))
-        else:
-            owner_name, _, attr = end.rpartition(".")
-            owner = qmodel.get_submodule(owner_name) if owner_name else qmodel
-            setattr(owner, attr, _OutputGrid(getattr(owner, attr), float(scale), int(zero)))
-    return qmodel
-
-
 def deployed_model(
     qmodel: nn.Module,
     input_shape: Sequence[int],
@@ -488,7 +362,7 @@ def deployed_model(
         parent = export_model.get_submodule(parent_name) if parent_name else export_model
         out_grid, bn, post, tail = None, None, None, False
         if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
-            chain = chains.get(name, _Chain())
+            chain = chains.get(name, LayerChain())
             reader = wrappers.get(chain.feeds or "")
             if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
                 # the reader quantizes this output on its own input grid: requantizing onto that grid adds nothing.
@@ -498,7 +372,7 @@ def deployed_model(
                 zero = U8_ZERO_POINT if reader.signed else 0
                 out_grid = (grid["scale"], torch.tensor(zero, dtype=torch.uint8))
             elif name in ranges:
-                out_grid, tail = _u8_grid(*ranges[name]), True
+                out_grid, tail = u8_grid(*ranges[name]), True
             else:
                 raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
             for folded in (chain.bn, chain.act):  # folded into the layer: the module itself becomes a no-op

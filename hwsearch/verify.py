@@ -95,7 +95,8 @@ def verify_onnx(
     """Time ``path`` against its ``target`` prediction and compare its answers with the fake-quant model's."""
     from hwsearch.hardware.cost import get_cost_model
     from hwsearch.hardware.ort_cpu import OrtCpuCostModel
-    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES, calibrate_output_ranges, deployed_model, export_onnx
+    from hwsearch.int_kernels import OUTPUT_RANGE_IMAGES, calibrate_output_ranges
+    from hwsearch.onnx_export import deployed_model, export_onnx
     from hwsearch.quant import apply_policy
     from hwsearch.workflow import prepare_cost_model
 

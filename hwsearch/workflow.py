@@ -100,7 +100,7 @@ def quantize_as_exported(ws: Workspace, policy: Policy, style: str) -> nn.Module
     (``EvaluatorConfig.export_style``)."""
     if style != "kernels":
         return apply_policy(ws.model, policy, ws.calibration)
-    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES, add_deployment_roundings, calibrate_output_ranges
+    from hwsearch.int_kernels import OUTPUT_RANGE_IMAGES, add_deployment_roundings, calibrate_output_ranges
 
     shape = tuple(int(d) for d in ws.splits.input_shape)
     qmodel = apply_policy(fold_batch_norms(ws.model, shape), policy, ws.calibration).eval()
@@ -112,7 +112,7 @@ def range_images(ws: Workspace, config: EvaluatorConfig | None) -> torch.Tensor 
     """The images an evaluator measures the ``kernels`` export's output ranges on (the export's own: the first
     :data:`~hwsearch.onnx_export.OUTPUT_RANGE_IMAGES` training images), or None when ``config`` does not need
     them."""
-    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES
+    from hwsearch.int_kernels import OUTPUT_RANGE_IMAGES
 
     if config is None or config.export_style != "kernels":
         return None

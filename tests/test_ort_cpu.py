@@ -194,7 +194,8 @@ def test_the_kernels_file_is_its_deployed_model_biases_on_the_accumulator_grid(w
     from onnx import numpy_helper
 
     from hwsearch.hardware.cpu import int8_form
-    from hwsearch.onnx_export import _OnnxQuantLayer, calibrate_output_ranges, deployed_model, export_onnx
+    from hwsearch.int_kernels import calibrate_output_ranges
+    from hwsearch.onnx_export import _OnnxQuantLayer, deployed_model, export_onnx
     from hwsearch.quant import apply_policy
 
     choices = KERNEL_MIXES[mix]
@@ -238,7 +239,8 @@ def test_the_search_scores_an_ort_cpu_policy_as_onnx_runtime_runs_it(ws, mixed: 
 
     from hwsearch.evaluate import Evaluator, EvaluatorConfig
     from hwsearch.hardware.cpu import int8_form
-    from hwsearch.onnx_export import OUTPUT_RANGE_IMAGES, export_onnx
+    from hwsearch.int_kernels import OUTPUT_RANGE_IMAGES
+    from hwsearch.onnx_export import export_onnx
     from hwsearch.quant import QuantWrapper, quant_wrappers
 
     names = ws.layer_names
@@ -333,7 +335,7 @@ class _WithBoundary(_CpuLikeCost):
     """Consecutive integer layers save part of the tensor they pass (the transposes they share)."""
 
     def boundary_cost(self, prev: object, prev_bits: tuple[int, int], ly: object, bits: tuple[int, int]) -> float:
-        from hwsearch.onnx_export import int_kernel_layer
+        from hwsearch.int_kernels import int_kernel_layer
 
         both = int_kernel_layer(*prev_bits) and int_kernel_layer(*bits)
         return -0.1 * prev.macs if both else 0.0  # type: ignore[attr-defined]
@@ -431,7 +433,8 @@ def _bn_model():  # type: ignore[no-untyped-def]  # torch is imported lazily in 
 def test_kernels_style_folds_batch_norm_and_relu_exactly(form: str, tmp_path: Path) -> None:
     import torch
 
-    from hwsearch.onnx_export import export_onnx, layer_chains
+    from hwsearch.int_kernels import layer_chains
+    from hwsearch.onnx_export import export_onnx
     from hwsearch.quant import apply_policy, calibrate
 
     model = _bn_model()
@@ -503,7 +506,8 @@ def _residual_model(kind: str):  # type: ignore[no-untyped-def]
 def test_kernels_chains_see_functional_reads_and_the_export_keeps_the_residual(kind: str, tmp_path: Path) -> None:
     import torch
 
-    from hwsearch.onnx_export import export_onnx, layer_chains
+    from hwsearch.int_kernels import layer_chains
+    from hwsearch.onnx_export import export_onnx
     from hwsearch.quant import apply_policy, calibrate
 
     model = _residual_model(kind)

@@ -64,9 +64,9 @@ from torch import nn
 from hwsearch.errors import ConfigError, TableError
 from hwsearch.hardware.base import LayerCost, bit_key
 from hwsearch.hardware.cpu import ORT_CPU, check_int8_form, cpu_model, is_ort_cpu, parse_ort_cpu
+from hwsearch.int_kernels import int_kernel_layer
 from hwsearch.io import atomic_write_text
 from hwsearch.layers import LayerInfo
-from hwsearch.onnx_export import int_kernel_layer
 from hwsearch.policy import FLOAT_BITS, VALID_BITS, LayerBits, Policy
 
 __all__ = [
