@@ -429,20 +429,28 @@ def _bn_model():  # type: ignore[no-untyped-def]  # torch is imported lazily in 
     return model.eval()
 
 
+def _quantized_with_chains(model, policy: Policy, method: str):  # type: ignore[no-untyped-def]
+    """Seeded 6x6 images, the model calibrated on them with ``method``, quantized by ``policy``, and its chains."""
+    import torch
+
+    from hwsearch.int_kernels import layer_chains
+    from hwsearch.quant import apply_policy, calibrate
+
+    x = torch.rand(64, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    calibration = calibrate(model, x, method=method)
+    qmodel = apply_policy(model, policy, calibration).eval()
+    return x, calibration, qmodel, layer_chains(qmodel, (1, 6, 6))
+
+
 @pytest.mark.parametrize("form", ["portable", "s8"])
 def test_kernels_style_folds_batch_norm_and_relu_exactly(form: str, tmp_path: Path) -> None:
     import torch
 
-    from hwsearch.int_kernels import layer_chains
     from hwsearch.onnx_export import export_onnx
-    from hwsearch.quant import apply_policy, calibrate
 
     model = _bn_model()
-    x = torch.rand(64, 1, 6, 6)
-    calibration = calibrate(model, x, method="minmax")
     policy = Policy({"0": (8, 8), "3": (6, 8), "6": (FLOAT_BITS, FLOAT_BITS)}, {})
-    qmodel = apply_policy(model, policy, calibration).eval()
-    chains = layer_chains(qmodel, (1, 6, 6))
+    x, calibration, qmodel, chains = _quantized_with_chains(model, policy, "minmax")
     assert chains["0"].bn == "1" and chains["0"].act == "2" and chains["0"].feeds == "3"
     assert chains["3"].bn == "4" and chains["3"].act is None and chains["3"].feeds is None  # Flatten reads it
     path = export_onnx(
@@ -506,16 +514,12 @@ def _residual_model(kind: str):  # type: ignore[no-untyped-def]
 def test_kernels_chains_see_functional_reads_and_the_export_keeps_the_residual(kind: str, tmp_path: Path) -> None:
     import torch
 
-    from hwsearch.int_kernels import layer_chains
     from hwsearch.onnx_export import export_onnx
-    from hwsearch.quant import apply_policy, calibrate
 
     model = _residual_model(kind)
-    x = torch.rand(64, 1, 6, 6)
-    calibration = calibrate(model, x, method="percentile")  # clips: a residual read on a reader's grid would too
     policy = Policy({"stem": (8, 8), "conv": (8, 8), "head": (FLOAT_BITS, FLOAT_BITS)}, {})
-    qmodel = apply_policy(model, policy, calibration).eval()
-    chains = layer_chains(qmodel, (1, 6, 6))
+    # percentile ranges clip: a residual add reading its input on a reader's grid would read it clipped
+    x, calibration, qmodel, chains = _quantized_with_chains(model, policy, "percentile")
     assert chains["stem"].bn == "stem_bn" and chains["stem"].feeds is None  # the add reads it too
     assert chains["conv"].bn == "bn" and chains["conv"].act is None  # the add comes before the ReLU
     path = export_onnx(
