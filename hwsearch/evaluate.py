@@ -259,11 +259,10 @@ class Evaluator:
             qmodel = apply_policy(self.scoring_model(), policy, self.calibration)
         qmodel.eval()
         if self.config.export_style == "kernels":
-            from hwsearch.int_kernels import add_deployment_roundings, calibrate_output_ranges
+            from hwsearch.int_kernels import with_deployment_roundings
 
             assert self.range_images is not None
-            ranges = calibrate_output_ranges(qmodel, self.range_images)
-            add_deployment_roundings(qmodel, tuple(self.x.shape[1:]), ranges)
+            with_deployment_roundings(qmodel, self.range_images)
         return qmodel
 
     def scoring_model(self) -> nn.Module:

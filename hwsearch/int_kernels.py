@@ -13,7 +13,7 @@ scores what ONNX Runtime runs; :mod:`hwsearch.onnx_export` writes the same form 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from hwsearch.errors import ConfigError
 from hwsearch.policy import FLOAT_BITS
-from hwsearch.quant.apply import QuantWrapper, quant_wrappers
+from hwsearch.quant.apply import QuantWrapper, _set_submodule, quant_wrappers
 from hwsearch.quant.quantizers import quantize_output
 from hwsearch.quant.trace import trace_calls
 
@@ -32,7 +32,10 @@ __all__ = [
     "calibrate_output_ranges",
     "int_kernel_layer",
     "layer_chains",
+    "requantizing_reader",
+    "tail_grid",
     "u8_grid",
+    "with_deployment_roundings",
 ]
 
 OUTPUT_RANGE_IMAGES = 512  # images whose quantized-model outputs set the ``kernels`` style's output ranges
@@ -136,33 +139,56 @@ class _OutputGrid(nn.Module):
         return quantize_output(self.inner(x), self.scale, self.zero_point)
 
 
+def requantizing_reader(chain: LayerChain, wrappers: Mapping[str, QuantWrapper]) -> QuantWrapper | None:
+    """The integer-kernel layer that alone reads a layer's (folded) output, if any: the layer's output is then
+    requantized onto that reader's own input grid (what the reader's quantizer does anyway); otherwise it is a
+    tail, requantized to 8 bits over its measured range (:func:`tail_grid`)."""
+    reader = wrappers.get(chain.feeds or "")
+    return reader if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits) else None
+
+
+def tail_grid(name: str, output_ranges: Mapping[str, tuple[float, float]]) -> tuple[Tensor, Tensor]:
+    """A tail layer's 8-bit output grid (scale, uint8 zero point) over its measured range."""
+    if name not in output_ranges:
+        raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
+    return u8_grid(*output_ranges[name])
+
+
 def add_deployment_roundings(
-    qmodel: nn.Module, input_shape: Sequence[int], output_ranges: dict[str, tuple[float, float]]
+    qmodel: nn.Module,
+    input_shape: Sequence[int],
+    output_ranges: Mapping[str, tuple[float, float]],
+    chains: dict[str, LayerChain] | None = None,
 ) -> nn.Module:
     """Give a fake-quant model (in place; returned) the roundings the ``kernels`` export adds, keeping its
     :class:`QuantWrapper` s (their gradient modes, their names): every integer-kernel layer's bias on its
-    accumulator grid, and, where no quantized layer alone reads its (batch norm, activation) output, the 8-bit
-    grid over its ``output_ranges`` entry (:func:`calibrate_output_ranges` of the model before this call).
-    Its answers are then :func:`deployed_model`'s, up to float rounding; the search scores ``ort-cpu`` policies
-    this way (``EvaluatorConfig.export_style``)."""
-    chains = layer_chains(qmodel, input_shape)
+    accumulator grid, and, on every tail, the 8-bit grid over its ``output_ranges`` entry
+    (:func:`calibrate_output_ranges` of the model before this call; ``chains`` default: :func:`layer_chains`).
+    Its answers are then :func:`~hwsearch.onnx_export.deployed_model`'s, up to float rounding."""
+    if chains is None:
+        chains = layer_chains(qmodel, input_shape)
     wrappers = dict(quant_wrappers(qmodel))
     for name, wrapper in wrappers.items():
         if not int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
             continue
         wrapper.integer_bias = True
         chain = chains.get(name, LayerChain())
-        reader = wrappers.get(chain.feeds or "")
-        if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
-            continue  # requantized onto the reader's own input grid: the reader's quantizer does exactly that
-        if name not in output_ranges:
-            raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
-        scale, zero = u8_grid(*output_ranges[name])
+        if requantizing_reader(chain, wrappers) is not None:
+            continue
+        scale, zero = tail_grid(name, output_ranges)
         end = chain.end(name)
         if end == name:
             wrapper.out_grid = (float(scale), int(zero))
         else:
-            owner_name, _, attr = end.rpartition(".")
-            owner = qmodel.get_submodule(owner_name) if owner_name else qmodel
-            setattr(owner, attr, _OutputGrid(getattr(owner, attr), float(scale), int(zero)))
+            _set_submodule(qmodel, end, _OutputGrid(qmodel.get_submodule(end), float(scale), int(zero)))
     return qmodel
+
+
+def with_deployment_roundings(qmodel: nn.Module, images: Tensor) -> nn.Module:
+    """``qmodel`` (eval mode) with the ``kernels`` export's roundings, its tails' ranges measured on ``images``
+    (the export's own: the first :data:`OUTPUT_RANGE_IMAGES` training images), tracing the model once: what an
+    ``ort-cpu`` search scores per policy (``EvaluatorConfig.export_style``) and ``compare`` reports."""
+    shape = tuple(images.shape[1:])
+    chains = layer_chains(qmodel, shape)
+    ranges = calibrate_output_ranges(qmodel, images, chains=chains)
+    return add_deployment_roundings(qmodel, shape, ranges, chains)

@@ -64,13 +64,15 @@ from hwsearch.int_kernels import (
     calibrate_output_ranges,
     int_kernel_layer,
     layer_chains,
-    u8_grid,
+    requantizing_reader,
+    tail_grid,
 )
 from hwsearch.io import atomic_write_with
 from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 from hwsearch.policy_formats import plain_policy_dict
-from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers, quantizable_names
+from hwsearch.quant.apply import QuantWrapper, _set_submodule, apply_policy, quant_wrappers, quantizable_names
 from hwsearch.quant.calibration import Calibration
+from hwsearch.quant.quantizers import quantize_bias
 from hwsearch.quantized import activation_grid, integer_weight, unpack_model
 
 __all__ = [
@@ -233,8 +235,7 @@ class _OnnxQuantLayer(nn.Module):
             # an integer kernel adds its bias as an int32 on the accumulator's grid (input scale x weight scale):
             # ONNX Runtime rounds a float bias onto it when it fuses the layer, so the file holds it rounded and its
             # float reading, the fused kernel and :func:`deployed_model` all add the same bias
-            acc = self.act_scale * self.weight_scale
-            self.bias.data = torch.round(self.bias.data / acc) * acc
+            self.bias.data = quantize_bias(self.bias.data, self.act_scale * self.weight_scale)
 
     def _per_channel(self, which: str, channels: int) -> None:
         self.register_buffer(f"{which}_scales", getattr(self, f"{which}_scale").reshape(1).repeat(channels))
@@ -363,25 +364,21 @@ def deployed_model(
         out_grid, bn, post, tail = None, None, None, False
         if style == "kernels" and int_kernel_layer(wrapper.w_bits, wrapper.a_bits):
             chain = chains.get(name, LayerChain())
-            reader = wrappers.get(chain.feeds or "")
-            if reader is not None and int_kernel_layer(reader.w_bits, reader.a_bits):
+            reader = requantizing_reader(chain, wrappers)
+            if reader is not None:
                 # the reader quantizes this output on its own input grid: requantizing onto that grid adds nothing.
                 # Always as uint8 (a signed grid with zero point 128), since ONNX Runtime fuses a kernel whose
                 # output type is its input's
                 grid, _ = _input_grid(reader, form)
                 zero = U8_ZERO_POINT if reader.signed else 0
                 out_grid = (grid["scale"], torch.tensor(zero, dtype=torch.uint8))
-            elif name in ranges:
-                out_grid, tail = u8_grid(*ranges[name]), True
             else:
-                raise ConfigError(f"output_ranges has no range for integer-kernel layer {name!r}")
+                out_grid, tail = tail_grid(name, ranges), True
+            if chain.bn is not None:
+                bn = export_model.get_submodule(chain.bn)
             for folded in (chain.bn, chain.act):  # folded into the layer: the module itself becomes a no-op
                 if folded is not None:
-                    owner_name, _, attr = folded.rpartition(".")
-                    owner = export_model.get_submodule(owner_name) if owner_name else export_model
-                    if folded == chain.bn:
-                        bn = getattr(owner, attr)
-                    setattr(owner, attr, nn.Identity())
+                    _set_submodule(export_model, folded, nn.Identity())
             post = chain.act_kind
         # kernels style: a layer with integer weights on float inputs keeps its grid's values in float, so ONNX
         # Runtime cannot fuse it into a neighbour's integer kernel: it runs a float kernel wherever it sits

@@ -26,7 +26,7 @@ from hwsearch.policy import FLOAT_BITS, Policy
 from hwsearch.policy_formats import plain_policy_dict
 from hwsearch.quant.apply import QuantWrapper, apply_policy, quant_wrappers
 from hwsearch.quant.calibration import Calibration
-from hwsearch.quant.quantizers import weight_clip
+from hwsearch.quant.quantizers import activation_step, weight_clip
 
 __all__ = ["QUANTIZED_SCHEMA", "integer_weight", "activation_grid", "unpack_model", "save_quantized", "load_quantized"]
 
@@ -66,15 +66,16 @@ def activation_grid(bits: int, lo: float | Tensor, hi: float | Tensor, signed: b
         raise ValueError(f"activation grids exist for 1..8 bits, got {bits}")
     lo_t = torch.as_tensor(lo, dtype=torch.float32)
     hi_t = torch.as_tensor(hi, dtype=torch.float32)
+    step = activation_step(bits, lo_t, hi_t, signed)  # None: signed 1 bit, +-m
     if signed:
         m = torch.maximum(lo_t.abs(), hi_t.abs()).clamp_min(1e-8)
-        binary = bits == 1
-        scale = m if binary else m / (2 ** (bits - 1) - 1)
+        binary = step is None
+        scale = m if step is None else step
         return {"scale": scale, "zero_point": 0, "dtype": torch.int8, "clip_lo": -m, "clip_hi": m, "binary": binary}
+    assert step is not None
     top = hi_t.clamp_min(1e-8)
-    scale = top / (2**bits - 1)
     return {
-        "scale": scale,
+        "scale": step,
         "zero_point": 0,
         "dtype": torch.uint8,
         "clip_lo": torch.zeros_like(top),

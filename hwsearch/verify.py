@@ -8,7 +8,8 @@ The reference is the fake-quant model in the file's own form (:func:`hwsearch.on
 the ``kernels`` style that is the model with the deployment's roundings (biases on the accumulator grid, an 8-bit
 output where no quantized layer alone reads a layer's output), so agreement checks that the file computes what
 hwsearch says it does. The plain fake-quant model (no such roundings) is compared too: on a deep network whose
-answers sit close to a tie (mobilenet_v2 after 3 epochs) the extra roundings alone move 1-2% of them.
+answers sit close to a tie (mobilenet_v2 after 3 epochs) the extra roundings alone move some of them
+(``benchmarks/results/real_cpu.md`` has both agreements per row).
 """
 
 from __future__ import annotations

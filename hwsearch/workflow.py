@@ -100,22 +100,23 @@ def quantize_as_exported(ws: Workspace, policy: Policy, style: str) -> nn.Module
     (``EvaluatorConfig.export_style``)."""
     if style != "kernels":
         return apply_policy(ws.model, policy, ws.calibration)
-    from hwsearch.int_kernels import OUTPUT_RANGE_IMAGES, add_deployment_roundings, calibrate_output_ranges
+    from hwsearch.int_kernels import with_deployment_roundings
 
-    shape = tuple(int(d) for d in ws.splits.input_shape)
-    qmodel = apply_policy(fold_batch_norms(ws.model, shape), policy, ws.calibration).eval()
-    images = ws.split("train", OUTPUT_RANGE_IMAGES)[0].to(ws.device)
-    return add_deployment_roundings(qmodel, shape, calibrate_output_ranges(qmodel, images))
+    images = _range_split(ws)
+    qmodel = apply_policy(fold_batch_norms(ws.model, tuple(images.shape[1:])), policy, ws.calibration).eval()
+    return with_deployment_roundings(qmodel, images.to(ws.device))
 
 
 def range_images(ws: Workspace, config: EvaluatorConfig | None) -> torch.Tensor | None:
-    """The images an evaluator measures the ``kernels`` export's output ranges on (the export's own: the first
-    :data:`~hwsearch.onnx_export.OUTPUT_RANGE_IMAGES` training images), or None when ``config`` does not need
-    them."""
+    """The images an evaluator measures the ``kernels`` export's output ranges on, or None when ``config`` does
+    not need them."""
+    return _range_split(ws) if config is not None and config.export_style == "kernels" else None
+
+
+def _range_split(ws: Workspace) -> torch.Tensor:
+    """The export's own range images: the first :data:`~hwsearch.int_kernels.OUTPUT_RANGE_IMAGES` training ones."""
     from hwsearch.int_kernels import OUTPUT_RANGE_IMAGES
 
-    if config is None or config.export_style != "kernels":
-        return None
     return ws.split("train", OUTPUT_RANGE_IMAGES)[0]
 
 
