@@ -15,6 +15,7 @@ from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.onnx_export import EXPORT_STYLES
 from hwsearch.policy import Policy
 from hwsearch.quant import Calibration, apply_policy, fold_batch_norms
+from hwsearch.quant.inplace import activations_in_place
 from hwsearch.records import EvalResult
 from hwsearch.robust.attacks import AttackConfig
 from hwsearch.runtime import to_device
@@ -266,11 +267,13 @@ class Evaluator:
         return qmodel
 
     def scoring_model(self) -> nn.Module:
-        """The float model policies are applied to: with batch norms folded unless the config says otherwise."""
+        """The float model policies are applied to: with batch norms folded unless the config says otherwise, and
+        its activations in place where that changes nothing (:mod:`hwsearch.quant.inplace`)."""
         if not self.config.fold_batch_norms or self.config.finetune_steps:
             return self.model
         if self._folded is None:
-            self._folded = fold_batch_norms(self.model, tuple(self.x.shape[1:]), self.x[:8])
+            shape = tuple(self.x.shape[1:])
+            self._folded = activations_in_place(fold_batch_norms(self.model, shape, self.x[:8]), shape, self.x[:4])
         return self._folded
 
     def _finetune(self, qmodel: nn.Module) -> None:

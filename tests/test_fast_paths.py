@@ -165,3 +165,61 @@ def test_an_evaluator_moved_to_another_device_gets_that_devices_layout() -> None
     ev.to("meta")  # stands in for a GPU worker: not a CPU, so the default layout
     convs = [m.weight for m in ev.model.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(w.is_contiguous() for w in convs)
+
+
+def _frozen(model: nn.Module, frozen: bool) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(not frozen)
+    return model
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False),
+        nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3),
+        nn.Conv2d(3, 4, 1, padding="same"),  # a string padding: the general form
+        nn.Linear(3 * 5 * 5, 7),
+    ],
+    ids=["conv", "strided", "grouped-dilated", "same-padding", "linear"],
+)
+@pytest.mark.parametrize("out_grid", [None, (0.05, 128)])
+def test_shadow_with_frozen_parameters_matches_the_general_form(layer: nn.Module, out_grid) -> None:  # type: ignore[no-untyped-def]
+    """Frozen (as attacks hold them), the shadow quantizer skips the float forward pass: the same value and the
+    same input gradient as ``q + (ref - ref.detach())``, which it still takes when a parameter wants a gradient."""
+    from hwsearch.quant.apply import QuantWrapper
+
+    torch.manual_seed(0)
+    channels = 6 if isinstance(layer, nn.Conv2d) and layer.groups == 3 else 3
+    x = torch.randn(5, channels, 5, 5)
+    if isinstance(layer, nn.Linear):
+        x = x.flatten(1)
+    wrapper = QuantWrapper(copy.deepcopy(layer), 4, 3, -2.0, 2.0).eval()
+    wrapper.grad_mode = "shadow"
+    wrapper.out_grid = out_grid
+    results = []
+    for frozen in (False, True):
+        _frozen(wrapper, frozen)
+        xg = x.clone().requires_grad_(True)
+        out = wrapper(xg)
+        weights = torch.linspace(-1, 1, out.shape[1]).reshape(-1, *[1] * (out.dim() - 2))
+        (g,) = torch.autograd.grad((out * weights).sum(), xg)
+        results.append((out.detach(), g))
+    (general, g_general), (fast, g_fast) = results
+    assert torch.equal(fast, general)
+    torch.testing.assert_close(g_fast, g_general, rtol=1e-6, atol=1e-6)
+    assert g_fast.abs().sum() > 0
+    _frozen(wrapper, False)
+    xg = x.clone().requires_grad_(True)
+    wrapper(xg).sum().backward()  # trainable: the parameters get their float gradient, as QAT needs
+    assert wrapper.layer.weight.grad is not None and wrapper.layer.weight.grad.abs().sum() > 0
+
+
+def test_attacks_freeze_parameters_and_give_them_back(setup) -> None:  # type: ignore[no-untyped-def]
+    model, qmodel, x, y = setup
+    flags = [p.requires_grad for p in qmodel.parameters()]
+    assert any(flags)
+    with _eval_mode(qmodel):
+        seen = [p.requires_grad for p in qmodel.parameters()]
+    assert not any(seen) and [p.requires_grad for p in qmodel.parameters()] == flags

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +107,18 @@ class QuantWrapper(nn.Module):
             return F.conv2d(x, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
         return F.linear(x, w, bias)
 
+    def _shadow_needs_float_forward(self) -> bool:
+        """Whether the shadow gradient must run the float layer forward: only when a parameter may want its
+        gradient (QAT); an attack freezes them, and then :class:`_ShadowGrad` gives the input's gradient alone."""
+        layer = self.layer
+        if any(p.requires_grad for p in layer.parameters()):
+            return True
+        return isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str))
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.grad_mode == "shadow" and torch.is_grad_enabled():
+        if self.grad_mode == "shadow" and torch.is_grad_enabled() and not self._shadow_needs_float_forward():
+            out = _ShadowGrad.apply(x, self)
+        elif self.grad_mode == "shadow" and torch.is_grad_enabled():
             with torch.no_grad():  # the quantized value only; the gradient is the float layer's
                 out = self._op(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
             ref = self._op(x, self.layer.weight, self.layer.bias)
@@ -118,6 +129,44 @@ class QuantWrapper(nn.Module):
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}, range=[{float(self.act_lo):.4g}, {float(self.act_hi):.4g}]"
+
+
+class _ShadowGrad(torch.autograd.Function):
+    """The shadow mode's output for frozen parameters: the quantized layer's value, the float layer's gradient
+    with respect to the input.
+
+    The general form, ``q + (ref - ref.detach())``, runs the float layer forward only for its autograd record and
+    adds two passes over the output; here the input's gradient comes straight from the float weight
+    (``convolution_backward`` with only the input's gradient asked for, as autograd would have run it, or
+    ``grad @ W``). The value is ``q`` itself, where the general form gives ``q + 0``: the same numbers.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, wrapper: QuantWrapper) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(x)
+        ctx.layer = wrapper.layer
+        return wrapper._op(wrapper.quantized_input(x), wrapper.quantized_weight(), wrapper.quantized_bias())
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        (x,) = ctx.saved_tensors
+        layer = ctx.layer
+        if isinstance(layer, nn.Linear):
+            return grad @ layer.weight, None
+        grad_x = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            layer.weight,
+            None,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            False,
+            [0],
+            layer.groups,
+            (True, False, False),
+        )[0]
+        return grad_x, None
 
 
 def quantizable_names(model: nn.Module) -> list[str]:

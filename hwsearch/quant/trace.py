@@ -33,16 +33,18 @@ class ModuleCall:
     module: nn.Module
     input_id: int
     output_id: int
+    input_is_view: bool = False  # the input shares another tensor's storage (an in-place op would change both)
 
 
 @dataclass(frozen=True)
 class CallGraph:
-    """The traced calls, how often each module was called, and the reads outside them: ``(tensor id, traced calls
-    finished before the read)``."""
+    """The traced calls, how often each module was called, the reads outside them (``(tensor id, traced calls
+    finished before the read)``) and the traced image's id."""
 
     calls: tuple[ModuleCall, ...]
     counts: dict[str, int]
     outside_reads: tuple[tuple[int, int], ...] = field(default=())
+    input_id: int = -1
 
     def _read_outside(self, tensor: int, after: int, before: int | None) -> bool:
         """Whether an operation outside the traced modules read ``tensor`` after call ``after`` finished (and
@@ -109,7 +111,7 @@ def trace_calls(model: nn.Module, input_shape: Sequence[int], kinds: tuple[type[
         mode.depth -= 1
         counts[name] = counts.get(name, 0) + 1
         keep.extend([inp[0], out])
-        calls.append(ModuleCall(len(calls), name, mod, id(inp[0]), id(out)))
+        calls.append(ModuleCall(len(calls), name, mod, id(inp[0]), id(out), inp[0]._base is not None))
 
     traced = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
     handles = [m.register_forward_pre_hook(enter) for _, m in traced]
@@ -117,11 +119,12 @@ def trace_calls(model: nn.Module, input_shape: Sequence[int], kinds: tuple[type[
     param = next(model.parameters())
     was_training = model.training
     model.eval()
+    image = torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype)
     try:
         with torch.no_grad(), mode:
-            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+            model(image)
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return CallGraph(tuple(calls), counts, tuple(mode.reads))
+    return CallGraph(tuple(calls), counts, tuple(mode.reads), id(image))

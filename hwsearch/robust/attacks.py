@@ -161,15 +161,22 @@ def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
 
 @contextmanager
 def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    """Eval mode for the attack; restores every submodule's own flag (a model may be partly in train mode)."""
+    """Eval mode and frozen parameters for the attack, which needs only the input's gradient (frozen, a shadow
+    quantizer skips its float forward pass: ``hwsearch.quant.apply._ShadowGrad``); restores every submodule's own
+    flag (a model may be partly in train mode) and every parameter's."""
     saved = [(m, m.training) for model in models for m in model.modules()]
+    trainable = [p for model in models for p in model.parameters() if p.requires_grad]
     for model in models:
         model.eval()
+    for p in trainable:
+        p.requires_grad_(False)
     try:
         yield
     finally:
         for m, flag in saved:
             m.training = flag
+        for p in trainable:
+            p.requires_grad_(True)
 
 
 def _loss_fn(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
