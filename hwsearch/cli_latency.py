@@ -207,6 +207,10 @@ def cmd_latency_verify(args: argparse.Namespace) -> int:
     v = verify_onnx(ws, args.onnx, args.target, split=args.split, images=args.images)
     print(f"{args.onnx} on {v.target} ({v.threads} thread(s), batch 1):")
     print(f"  predicted {v.predicted_ms:.4f} ms, measured {v.measured_ms:.4f} ms ({100 * v.error:+.1f}%)")
+    print(
+        f"  anchored on the float model's time now ({v.fp32_ms:.4f} ms measured, {v.predicted_fp32_ms:.4f} ms "
+        f"predicted): {v.anchored_ms:.4f} ms ({100 * v.error_anchored:+.1f}%)"
+    )
     print(f"  float model {v.fp32_ms:.4f} ms: {v.speedup:.2f}x faster than float")
     print(
         f"  top-1 agreement with the fake-quant model in the file's form {100 * v.agreement:.2f}% on {v.images} "

@@ -2,7 +2,11 @@
 
 ``hwsearch latency verify`` runs :func:`verify_onnx`: the file's policy (from its metadata) is priced on an
 ``ort-cpu`` target, the file itself is timed by ONNX Runtime at batch 1 on the same threads, the float model is
-exported and timed alike, and the file's top-1 answers on a split are compared with the fake-quant model's.
+exported and timed alike (the two in turn, round by round, so both meet the same host), and the file's top-1
+answers on a split are compared with the fake-quant model's. Besides the prediction as the table has it, the
+prediction *anchored* on the float model's time now (:attr:`Verified.anchored_ms`) is reported: on a shared host
+whose speed drifts between the table's first use and the check, it tests what the search relies on, the
+policies' latencies relative to each other.
 
 The reference is the fake-quant model in the file's own form (:func:`hwsearch.onnx_export.deployed_model`): for
 the ``kernels`` style that is the model with the deployment's roundings (biases on the accumulator grid, an 8-bit
@@ -44,6 +48,7 @@ class Verified:
     images: int
     agreement_plain: float  # with the fake-quant model without the deployment's roundings
     accuracy_plain: float
+    predicted_fp32_ms: float  # the target's prediction for the all-float policy
 
     @property
     def error(self) -> float:
@@ -51,12 +56,31 @@ class Verified:
         return self.predicted_ms / self.measured_ms - 1.0
 
     @property
+    def anchored_ms(self) -> float:
+        """The prediction scaled by how fast the float model runs now against its prediction: the table's
+        prices at today's speed of the machine. The search's budgets are relative (``latency=0.5x`` of fixed
+        8-bit), so what it relies on is this ratio structure, not the absolute scale; on a shared host whose
+        speed drifts between the table's first use and now, this is the prediction the drift does not move."""
+        return self.predicted_ms * self.fp32_ms / self.predicted_fp32_ms
+
+    @property
+    def error_anchored(self) -> float:
+        """(anchored - measured) / measured: the predicted speed-up over float against the measured one."""
+        return self.anchored_ms / self.measured_ms - 1.0
+
+    @property
     def speedup(self) -> float:
         """Measured float latency over the exported model's."""
         return self.fp32_ms / self.measured_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "error": self.error, "speedup_vs_fp32": self.speedup}
+        return {
+            **asdict(self),
+            "error": self.error,
+            "anchored_ms": self.anchored_ms,
+            "error_anchored": self.error_anchored,
+            "speedup_vs_fp32": self.speedup,
+        }
 
 
 def onnx_policy(path: str | Path) -> Policy:
@@ -113,10 +137,10 @@ def verify_onnx(
     prepare_cost_model(cost_model, ws)
     shape = tuple(int(d) for d in ws.splits.input_shape)
     predicted = cost_model.predict_ms(ws.layers, policy)
-    measured = cost_model.time_model(path, shape)
+    float_policy = uniform_policy(ws.layer_names, FLOAT_BITS)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(ws, uniform_policy(ws.layer_names, FLOAT_BITS), None, Path(tmp) / "fp32.onnx", shape)
-        fp32_ms = cost_model.time_model(fp32, shape)
+        fp32 = export_onnx(ws, float_policy, None, Path(tmp) / "fp32.onnx", shape)
+        measured, fp32_ms = cost_model.time_models([path, fp32], shape)  # in turn: the same host for both
     x, y = ws.split(split, images)
     plain = apply_policy(ws.model, policy, ws.calibration).cpu().eval()
     style = props.get("hwsearch.style", "qdq")
@@ -142,6 +166,7 @@ def verify_onnx(
         images=len(labels),
         agreement_plain=float(np.mean(got == ref_plain)),
         accuracy_plain=float(np.mean(ref_plain == labels)),
+        predicted_fp32_ms=cost_model.predict_ms(ws.layers, float_policy),
     )
 
 

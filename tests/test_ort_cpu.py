@@ -290,6 +290,11 @@ def test_verify_reports_prediction_and_agreement(ws, cache: Path, tmp_path: Path
     assert v.predicted_ms == pytest.approx(policy_cost(again, ws.layers, policy).latency_ms + overhead)
     assert v.images == 300 and v.agreement >= 0.99
     assert v.predicted_ms > 0 and v.measured_ms > 0 and v.fp32_ms > 0
+    float_policy = Policy({n: (FLOAT_BITS, FLOAT_BITS) for n in names}, {})
+    assert v.predicted_fp32_ms == pytest.approx(policy_cost(again, ws.layers, float_policy).latency_ms + overhead)
+    # anchored: the prediction at the float model's speed now, i.e. the predicted speed-up over float
+    assert v.anchored_ms == pytest.approx(v.predicted_ms * v.fp32_ms / v.predicted_fp32_ms)
+    assert v.error_anchored == pytest.approx((v.predicted_ms / v.predicted_fp32_ms) / (v.measured_ms / v.fp32_ms) - 1.0)
     assert abs(v.accuracy_onnx - v.accuracy_fake_quant) <= 1 - v.agreement + 1e-9
     assert abs(v.accuracy_onnx - v.accuracy_plain) <= 1 - v.agreement_plain + 1e-9
     calibration = json.loads(next((cache / "ort-cpu").glob("*.json")).read_text())["models"]
@@ -630,3 +635,42 @@ def test_the_portable_form_times_8_bit_weights_apart(timed_cells: list[str]) -> 
     cm = _model(int8_form="portable")
     assert cm.layer_cost(conv, 4, 8) != cm.layer_cost(conv, 8, 8)
     assert timed_cells == ["W4A8", "W8A8"]
+
+
+def _identity_onnx(path: Path, name: str) -> Path:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], ["y"])],
+        name,
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_files_compared_are_timed_in_turn_and_keep_their_fastest_round(
+    rounds: int, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round by round, every file in turn (so a drift of the host's speed hits all of them alike); each file's
+    figure is its fastest round; each file is fed under its own input name."""
+    from hwsearch.hardware import ort_cpu
+
+    paths = [_identity_onnx(tmp_path / f"{n}.onnx", n) for n in ("a", "b", "c")]
+    order: list[str] = []
+    times = iter([5.0, 7.0, 9.0, 4.0, 8.0, 9.5, 6.0, 6.5, 1.0])
+
+    def fake_time_onnx(data, feed, threads, repeats, warmup):  # type: ignore[no-untyped-def]
+        (name,) = feed
+        order.append(name)
+        return next(times), 0.0
+
+    monkeypatch.setattr(ort_cpu, "time_onnx", fake_time_onnx)
+    monkeypatch.setattr(ort_cpu.time, "sleep", lambda s: None)
+    got = _model().time_models(paths, (3,), rounds=rounds)
+    assert order == ["a", "b", "c"] * rounds
+    assert got == ([5.0, 7.0, 9.0] if rounds == 1 else [4.0, 6.5, 1.0])

@@ -400,17 +400,31 @@ class OrtCpuCostModel:
     def time_model(
         self, path: str | os.PathLike[str], input_shape: tuple[int, ...], rounds: int = 3, pause_s: float = 1.0
     ) -> float:
-        """Latency (ms, batch 1) of an ONNX file under this target's threads: the fastest of ``rounds`` timings
+        """Latency (ms, batch 1) of an ONNX file under this target's threads (:meth:`time_models` of one file)."""
+        return self.time_models([path], input_shape, rounds, pause_s)[0]
+
+    def time_models(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        input_shape: tuple[int, ...],
+        rounds: int = 3,
+        pause_s: float = 1.0,
+    ) -> list[float]:
+        """Latency (ms, batch 1) of each ONNX file under this target's threads: the fastest of ``rounds`` timings
         (each the fastest of three fresh sessions' medians over at least 100 runs), ``pause_s`` apart so that a
-        burst of load on a shared host (about a second) slows one round, not all."""
-        data = Path(path).read_bytes()
-        name = _session(data, self.threads).get_inputs()[0].name
+        burst of load on a shared host (about a second) slows one round, not all. Each round times every file in
+        turn, so files compared with each other (a policy and its float model, the calibration's three) meet the
+        same host: on a shared machine whose speed drifts by tens of percent over minutes, their ratio holds
+        where their separate timings would not."""
+        datas = [Path(p).read_bytes() for p in paths]
         x = np.random.default_rng(0).random((1, *input_shape), dtype=np.float32)
-        best = math.inf
+        feeds = [{_session(d, self.threads).get_inputs()[0].name: x} for d in datas]
+        best = [math.inf] * len(datas)
         for i in range(rounds):
             if i:
                 time.sleep(pause_s)
-            best = min(best, time_onnx(data, {name: x}, self.threads, max(self.repeats, 100), self.warmup)[0])
+            for j, (data, feed) in enumerate(zip(datas, feeds, strict=True)):
+                best[j] = min(best[j], time_onnx(data, feed, self.threads, max(self.repeats, 100), self.warmup)[0])
         return best
 
     def calibrate(self, ws: Any) -> dict[str, float]:
@@ -435,13 +449,14 @@ class OrtCpuCostModel:
         }
         record = self._models.get(key)
         if record is None:
-            measured = {}
             with tempfile.TemporaryDirectory() as tmp:
-                for tag, policy in policies.items():
-                    path = export_onnx(
+                paths = [
+                    export_onnx(
                         ws, policy, None, Path(tmp) / f"{tag}.onnx", shape, int8_form=self.int8_form, style="kernels"
                     )
-                    measured[tag] = self.time_model(path, shape)
+                    for tag, policy in policies.items()
+                ]
+                measured = dict(zip(policies, self.time_models(paths, shape), strict=True))
             raw = {tag: self._raw(layers, policy) for tag, policy in policies.items()}
             rest = measured["float"] - raw["float"]
             both = _handed(layers, policies["int8"], both_int=True)
