@@ -7,8 +7,8 @@ cells are measured in this run, as a first use would):
    clean objective) at the budget halfway between the all-W8A8 and the all-float policies' predicted latency;
 2. for all-float, all-W8A8, the searched policy and two seeded random mixes of float / W8A8 / W4A8 / W4A32, at
    1 thread and at every core: the policy exported (``--onnx-style kernels``, the int8 form exact on this CPU),
-   its latency predicted by ``ort-cpu`` and measured by ONNX Runtime at batch 1 (best of three rounds, the file
-   and the float model timed in turn), the float model's, the prediction anchored on the float model's time now
+   its latency predicted by ``ort-cpu`` and measured by ONNX Runtime at batch 1 (median of three rounds, the
+   file and the float model timed in turn), the float model's, the prediction anchored on the float model's time now
    (:attr:`hwsearch.verify.Verified.anchored_ms`: the predicted speed-up over float), and the top-1 agreement on the test split with the fake-quant model in the file's form (the kernels
    export's roundings, as the search scored it) and with the plain one.
 
@@ -167,7 +167,7 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         "# ort-cpu: predicted vs measured latency of exported models",
         "",
-        "Batch 1; measured = ONNX Runtime (CPU provider), the fastest of three rounds a second apart, the file and",
+        "Batch 1; measured = ONNX Runtime (CPU provider), the median of three rounds a second apart, the file and",
         "the float model timed in turn; `fit` marks two of the three policies the target calibrates on (all-float,",
         "all-W8A8; the third alternates them), so only the other rows test the prediction. `anchored` is the",
         "prediction at the float model's speed now (predicted x float measured / float predicted): the predicted",
