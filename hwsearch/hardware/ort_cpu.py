@@ -36,10 +36,9 @@ repeats, median and spread (interquartile range) of every cell. A timing is the 
 sessions' medians (:func:`time_onnx`: one session's median moves by ~10% from the next one's), and every cell
 is measured in two passes a few seconds apart, keeping the faster: on a shared host, load comes in bursts of
 about a second that slow a timing by up to 60%. Not the fastest session: the shared host this was built on
-also has a rare fast mode (the smallcnn float model at 0.12 ms in about one round in eight, 0.18 ms otherwise,
-its int8 twin less affected), and the fastest of nine sessions caught it by luck, so a table's calibration
-and a later check of the same model landed 40% apart in either direction; a median lands in the usual mode
-both times. Another machine, runtime or thread count gets
+also has a rare fast mode that an occasional round catches (float kernels gain more from it than integer
+ones), and the fastest of nine sessions caught it by luck, so a table's calibration and a later check of the
+same model could land in different modes; a median lands in the usual mode both times. Another machine, runtime or thread count gets
 its own file; a cell is measured once per machine.
 
 Device names: ``ort-cpu`` (1 thread), ``ort-cpu:N`` (N intra-op threads), ``ort-cpu:all`` (the cores this
