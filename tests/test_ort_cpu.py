@@ -301,6 +301,12 @@ def test_verify_reports_prediction_and_agreement(ws, cache: Path, tmp_path: Path
     assert len(calibration) == 1 and {"float_ms", "int8_ms", "rest_ms", "per_output_ms"} <= set(
         next(iter(calibration.values()))
     )
+    record = next(iter(calibration.values()))
+    from hwsearch.hardware.ort_cpu import CALIBRATION_MIXES
+
+    assert set(record["residual_ms"]) == {"float", "int8", "alternating"} | {
+        f"mix{k}" for k in range(CALIBRATION_MIXES)
+    }  # every calibration model's misfit is kept with the fit
 
 
 def test_verify_cli(checkpoint: Path, cache: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -686,3 +692,42 @@ def test_a_timing_is_the_median_session_not_the_fastest(monkeypatch: pytest.Monk
     monkeypatch.setattr(ort_cpu, "_session", lambda data, threads: None)
     monkeypatch.setattr(ort_cpu, "time_session", lambda session, feed, repeats, warmup: next(medians))
     assert ort_cpu.time_onnx(b"", {}, 1, 10, 1) == (0.18, 0.02)
+
+
+@pytest.mark.parametrize("n_mixes", [0, 5])
+def test_calibration_terms_are_the_least_squares_fit(n_mixes: int) -> None:
+    """Timings that are exactly cells + rest + rates x elements handed give those terms back, from the three
+    structured models alone or with random mixes; a term no model exercises (one layer hands nothing) is 0."""
+    import random
+
+    from hwsearch.hardware.ort_cpu import _fit_terms, _handed
+
+    layers = fake_layers()
+    names = [ly.name for ly in layers]
+    rng = random.Random(1)
+    policies = {
+        "float": Policy({n: (FLOAT_BITS, FLOAT_BITS) for n in names}, {}),
+        "int8": Policy({n: (8, 8) for n in names}, {}),
+        "alternating": Policy({n: (8, 8) if i % 2 else (FLOAT_BITS, FLOAT_BITS) for i, n in enumerate(names)}, {}),
+        **{
+            f"mix{k}": Policy({n: rng.choice([(8, 8), (4, 8), (32, 8), (FLOAT_BITS, FLOAT_BITS)]) for n in names}, {})
+            for k in range(n_mixes)
+        },
+    }
+
+    def raw(ls, policy):  # type: ignore[no-untyped-def]
+        return 0.01 * sum(policy[ly.name].w for ly in ls)
+
+    rest, per_output, per_transition = 0.05, -2e-7, 3e-7
+    measured = {
+        t: raw(layers, p)
+        + rest
+        + per_output * _handed(layers, p, both_int=True)
+        + per_transition * _handed(layers, p, both_int=False)
+        for t, p in policies.items()
+    }
+    assert _fit_terms(layers, policies, measured, raw) == pytest.approx((rest, per_output, per_transition))
+    one = layers[:1]
+    solo = {t: Policy({names[0]: p[names[0]]}, {}) for t, p in policies.items()}
+    got = _fit_terms(one, solo, {t: raw(one, p) + rest for t, p in solo.items()}, raw)
+    assert got == pytest.approx((rest, 0.0, 0.0))
