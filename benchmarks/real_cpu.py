@@ -12,9 +12,10 @@ cells are measured in this run, as a first use would):
    (:attr:`hwsearch.verify.Verified.anchored_ms`: the predicted speed-up over float), and the top-1 agreement on the test split with the fake-quant model in the file's form (the kernels
    export's roundings, as the search scored it) and with the plain one.
 
-All-float and all-W8A8 are two of the three policies ``ort-cpu`` calibrates the rest of the graph on (the third
-alternates float and W8A8 layers; :mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits
-(``calibration: true``); the searched policy and the random mixes are predictions.
+All-float and all-W8A8 are among the policies ``ort-cpu`` calibrates the rest of the graph on (with alternating
+float / W8A8 layers and five seeded random mixes of the search's choices, fitted by least squares;
+:mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits (``calibration: true``); the searched policy and
+this benchmark's random mixes (other seeds, other choices) are predictions.
 
     python -m benchmarks.real_cpu [--models smallcnn resnet20 mobilenet_v2] [--episodes 60]
 
@@ -168,8 +169,9 @@ def render(data: dict[str, Any]) -> str:
         "# ort-cpu: predicted vs measured latency of exported models",
         "",
         "Batch 1; measured = ONNX Runtime (CPU provider), the median of three rounds a second apart, the file and",
-        "the float model timed in turn; `fit` marks two of the three policies the target calibrates on (all-float,",
-        "all-W8A8; the third alternates them), so only the other rows test the prediction. `anchored` is the",
+        "the float model timed in turn; `fit` marks two of the policies the target calibrates on (all-float,",
+        "all-W8A8; with alternating and five seeded random mixes, fitted by least squares), so only the other rows",
+        "test the prediction. `anchored` is the",
         "prediction at the float model's speed now (predicted x float measured / float predicted): the predicted",
         "speed-up over float, which is what the search's relative budgets rely on, against the measured one.",
         "",

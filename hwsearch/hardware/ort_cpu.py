@@ -25,8 +25,7 @@ turn (:meth:`OrtCpuCostModel.time_models`), and fits by least squares what the c
   conversions and quantize / dequantize that a run boundary adds).
 
 The three structured models alone determine the three terms exactly, and so they were: but mixed policies on
-residual networks then ran 10-27% slower than predicted (``benchmarks/results/real_cpu.md`` at 8e08f96), so the
-fit weighs such mixes in. :meth:`OrtCpuCostModel.boundary_cost` charges the last two to each pair of consecutive
+residual networks then ran well slower than predicted, so the fit weighs such mixes in. :meth:`OrtCpuCostModel.boundary_cost` charges the last two to each pair of consecutive
 layers (forward order), in proportion to the tensor the first hands to the second. The calibration policies'
 predictions are fits (the record keeps each one's residual); every other policy's is a prediction, and
 ``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands. Cells stay additive and the boundary term is pairwise:
