@@ -25,7 +25,6 @@ from hwsearch.errors import ConfigError, HwsearchError
 from hwsearch.evaluate import Evaluator, EvaluatorConfig
 from hwsearch.evaluate_shards import why_not_sharded
 from hwsearch.hardware import DEFAULT_DEVICE, get_cost_model
-from hwsearch.hardware.cpu import is_ort_cpu
 from hwsearch.io import atomic_write_text
 from hwsearch.job_compute import choose_compute, close_evaluator
 from hwsearch.onnx_export import EXPORT_STYLES
@@ -37,7 +36,7 @@ from hwsearch.report import EpisodeLog, read_episode_log, search_summary
 from hwsearch.robust.attacks import AttackConfig, search_attacks
 from hwsearch.search import EpisodeRecord, SearchCheckpoint, SearchConfig, SearchResult, run_search
 from hwsearch.selection import final_pick
-from hwsearch.workflow import Workspace, build_env, prepare, range_images
+from hwsearch.workflow import Workspace, build_env, prepare, range_images, target_export_style
 
 __all__ = [
     "JOB_CONFIG",
@@ -159,8 +158,8 @@ class SearchJobConfig:
 
     @property
     def scoring_style(self) -> str:
-        """``export_style``, or the export the target prices: ``kernels`` for ort-cpu, else ``qdq``."""
-        return self.export_style or ("kernels" if is_ort_cpu(self.target) else "qdq")
+        """``export_style``, or the export the target prices (:func:`hwsearch.workflow.target_export_style`)."""
+        return self.export_style or target_export_style(self.target)
 
     def check(self) -> None:
         """Fail fast on what only the environment can tell (the target's name, the attack, Ray), before loading."""

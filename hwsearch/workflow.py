@@ -37,6 +37,9 @@ __all__ = [
     "finetune_policy",
     "robust_evaluator",
     "standard_entries",
+    "target_export_style",
+    "quantize_as_exported",
+    "range_images",
 ]
 
 CALIBRATION_IMAGES = 512
@@ -92,6 +95,12 @@ def prepare(
         x_cal, _ = tensors(splits.train, CALIBRATION_IMAGES)
         calibration = calibrate(model, x_cal.to(dev), method=calibration_method)
     return Workspace(model, meta["model_name"], splits, layers, calibration, dev, dict(meta))
+
+
+def target_export_style(target: str) -> str:
+    """The ONNX export a target prices, and so the roundings its policies are scored with: ``kernels`` for
+    ``ort-cpu`` (ONNX Runtime runs the integer-kernel file), ``qdq`` for every other target."""
+    return "kernels" if is_ort_cpu(target) else "qdq"
 
 
 def quantize_as_exported(ws: Workspace, policy: Policy, style: str) -> nn.Module:
@@ -221,7 +230,7 @@ def compare_policies(
             model = src.model
         else:
             policy.check_against(src.layer_names)
-            model = quantize_as_exported(src, policy, "kernels" if is_ort_cpu(target) else "qdq")
+            model = quantize_as_exported(src, policy, target_export_style(target))
         rows.append(
             score_policy(name, model, src.layers, policy, cost_model, x, y, reference=ref_cost, robust_eval=robust_eval)
         )

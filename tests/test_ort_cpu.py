@@ -440,6 +440,15 @@ def _bn_model():  # type: ignore[no-untyped-def]  # torch is imported lazily in 
     return model.eval()
 
 
+def _export_kernels(model, policy: Policy, calibration, tmp_path: Path, ranges, **kw):  # type: ignore[no-untyped-def]
+    """The 6x6 test models' ``kernels`` file, with the given output ranges."""
+    from hwsearch.onnx_export import export_onnx
+
+    return export_onnx(
+        model, policy, calibration, tmp_path / "m.onnx", (1, 6, 6), style="kernels", output_ranges=ranges, **kw
+    )
+
+
 def _quantized_with_chains(model, policy: Policy, method: str):  # type: ignore[no-untyped-def]
     """Seeded 6x6 images, the model calibrated on them with ``method``, quantized by ``policy``, and its chains."""
     import torch
@@ -457,23 +466,12 @@ def _quantized_with_chains(model, policy: Policy, method: str):  # type: ignore[
 def test_kernels_style_folds_batch_norm_and_relu_exactly(form: str, tmp_path: Path) -> None:
     import torch
 
-    from hwsearch.onnx_export import export_onnx
-
     model = _bn_model()
     policy = Policy({"0": (8, 8), "3": (6, 8), "6": (FLOAT_BITS, FLOAT_BITS)}, {})
     x, calibration, qmodel, chains = _quantized_with_chains(model, policy, "minmax")
     assert chains["0"].bn == "1" and chains["0"].act == "2" and chains["0"].feeds == "3"
     assert chains["3"].bn == "4" and chains["3"].act is None and chains["3"].feeds is None  # Flatten reads it
-    path = export_onnx(
-        model,
-        policy,
-        calibration,
-        tmp_path / "m.onnx",
-        (1, 6, 6),
-        int8_form=form,
-        style="kernels",
-        output_ranges={"3": (-8.0, 8.0)},
-    )
+    path = _export_kernels(model, policy, calibration, tmp_path, {"3": (-8.0, 8.0)}, int8_form=form)
     ops = _optimized_ops(path, tmp_path)
     assert "BatchNormalization" not in ops and ops.count("QLinearConv") == 2
     from hwsearch.hardware.cpu import int8_form
@@ -525,23 +523,13 @@ def _residual_model(kind: str):  # type: ignore[no-untyped-def]
 def test_kernels_chains_see_functional_reads_and_the_export_keeps_the_residual(kind: str, tmp_path: Path) -> None:
     import torch
 
-    from hwsearch.onnx_export import export_onnx
-
     model = _residual_model(kind)
     policy = Policy({"stem": (8, 8), "conv": (8, 8), "head": (FLOAT_BITS, FLOAT_BITS)}, {})
     # percentile ranges clip: a residual add reading its input on a reader's grid would read it clipped
     x, calibration, qmodel, chains = _quantized_with_chains(model, policy, "percentile")
     assert chains["stem"].bn == "stem_bn" and chains["stem"].feeds is None  # the add reads it too
     assert chains["conv"].bn == "bn" and chains["conv"].act is None  # the add comes before the ReLU
-    path = export_onnx(
-        model,
-        policy,
-        calibration,
-        tmp_path / "m.onnx",
-        (1, 6, 6),
-        style="kernels",
-        output_ranges={n: (-50.0, 50.0) for n in ("stem", "conv")},
-    )
+    path = _export_kernels(model, policy, calibration, tmp_path, {n: (-50.0, 50.0) for n in ("stem", "conv")})
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the file's own values
     got = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
@@ -726,8 +714,10 @@ def test_calibration_terms_are_the_least_squares_fit(n_mixes: int) -> None:
         + per_transition * _handed(layers, p, both_int=False)
         for t, p in policies.items()
     }
-    assert _fit_terms(layers, policies, measured, raw) == pytest.approx((rest, per_output, per_transition))
+    terms, residuals = _fit_terms(layers, policies, measured, raw)
+    assert terms == pytest.approx((rest, per_output, per_transition))
+    assert set(residuals) == set(policies) and max(map(abs, residuals.values())) < 1e-9
     one = layers[:1]
     solo = {t: Policy({names[0]: p[names[0]]}, {}) for t, p in policies.items()}
-    got = _fit_terms(one, solo, {t: raw(one, p) + rest for t, p in solo.items()}, raw)
+    got, _ = _fit_terms(one, solo, {t: raw(one, p) + rest for t, p in solo.items()}, raw)
     assert got == pytest.approx((rest, 0.0, 0.0))

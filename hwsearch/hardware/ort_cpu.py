@@ -58,7 +58,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -242,11 +242,11 @@ def _fit_terms(
     layers: list[LayerInfo],
     policies: Mapping[str, Policy],
     measured: Mapping[str, float],
-    raw: Any,
-) -> tuple[float, float, float]:
+    raw: Callable[[list[LayerInfo], Policy], float],
+) -> tuple[tuple[float, float, float], dict[str, float]]:
     """``rest_ms``, ``per_output_ms`` and ``per_transition_ms`` that best explain, in least squares, what each
-    measured model took beyond its cells (``raw(layers, policy)``); a term no model exercises (a one-layer model
-    hands nothing on) stays 0."""
+    measured model took beyond its cells (``raw(layers, policy)``), and each model's residual (fit - measured,
+    ms); a term no model exercises (a one-layer model hands nothing on) stays 0."""
     tags = list(policies)
     features = np.array(
         [[1.0, _handed(layers, policies[t], both_int=True), _handed(layers, policies[t], both_int=False)] for t in tags]
@@ -257,7 +257,10 @@ def _fit_terms(
     coef, *_ = np.linalg.lstsq(features[:, used] / scale, target, rcond=None)
     terms = np.zeros(3)
     terms[used] = coef / scale
-    return float(terms[0]), float(terms[1]), float(terms[2])
+    residuals = features @ terms - target
+    return (float(terms[0]), float(terms[1]), float(terms[2])), {
+        t: float(r) for t, r in zip(tags, residuals, strict=True)
+    }
 
 
 class OrtCpuCostModel:
@@ -490,15 +493,7 @@ class OrtCpuCostModel:
                     for tag, policy in policies.items()
                 ]
                 measured = dict(zip(policies, self.time_models(paths, shape), strict=True))
-            rest, per_output, per_transition = _fit_terms(layers, policies, measured, self._raw)
-            residuals = {
-                tag: self._raw(layers, policy)
-                + rest
-                + per_output * _handed(layers, policy, both_int=True)
-                + per_transition * _handed(layers, policy, both_int=False)
-                - measured[tag]
-                for tag, policy in policies.items()
-            }
+            (rest, per_output, per_transition), residuals = _fit_terms(layers, policies, measured, self._raw)
             record = {
                 "model": ws.model_name,
                 **{f"{tag}_ms": ms for tag, ms in measured.items()},

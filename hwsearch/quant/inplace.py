@@ -1,8 +1,7 @@
 """Activations computed in place for scoring, where nothing else reads what they overwrite.
 
 A ReLU that allocates its output costs a fresh activation-sized buffer per call, which on a CPU is a large part
-of its time: in a resnet20 robust evaluation (clean pass and attack) in-place ReLUs measured about 4% faster,
-with the same figures. In place is only right when the activation is the one reader of its input (in
+of its time (``benchmarks/search_speed.py`` times the evaluations this sits in). In place is only right when the activation is the one reader of its input (in
 ``y = conv(x); z = relu(y) + y`` it would change ``y``) and the input is not the model's own (the caller's
 images). :func:`hwsearch.quant.trace.trace_calls` answers both; a probe forward and backward pass then checks
 the values and the input gradient are unchanged, and any autograd complaint (an op that saved the overwritten
