@@ -13,8 +13,9 @@ cells are measured in this run, as a first use would):
    export's roundings, as the search scored it) and with the plain one.
 
 All-float and all-W8A8 are among the policies ``ort-cpu`` calibrates the rest of the graph on (with alternating
-float / W8A8 layers and five seeded random mixes of the search's choices, fitted by least squares;
-:mod:`hwsearch.hardware.ort_cpu`), so their predictions are fits (``calibration: true``); the searched policy and
+float / W8A8 layers and five seeded random mixes of the search's choices, fitted by least squares on top of the
+cells and the measured hand-overs between consecutive layers; :mod:`hwsearch.hardware.ort_cpu`), so their
+predictions are fits (``calibration: true``); the searched policy and
 this benchmark's random mixes (other seeds, other choices) are predictions.
 
     python -m benchmarks.real_cpu [--models smallcnn resnet20 mobilenet_v2] [--episodes 60]
@@ -170,8 +171,9 @@ def render(data: dict[str, Any]) -> str:
         "",
         "Batch 1; measured = ONNX Runtime (CPU provider), the median of three rounds a second apart, the file and",
         "the float model timed in turn; `fit` marks two of the policies the target calibrates on (all-float,",
-        "all-W8A8; with alternating and five seeded random mixes, fitted by least squares), so only the other rows",
-        "test the prediction. `anchored` is the",
+        "all-W8A8; with alternating and five seeded random mixes, fitted by least squares on top of the cells and",
+        "the hand-overs measured between consecutive layers), so only the other rows test the prediction.",
+        "`anchored` is the",
         "prediction at the float model's speed now (predicted x float measured / float predicted): the predicted",
         "speed-up over float, which is what the search's relative budgets rely on, against the measured one.",
         "",

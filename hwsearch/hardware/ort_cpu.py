@@ -14,23 +14,28 @@ predicted latency is the sum of its layers' cells plus one :attr:`OrtCpuCostMode
 A layer alone is not the whole story: the model's other nodes (normalization, pooling, residual adds) cost
 time too, and the layout changes between layers: ONNX Runtime runs integer convolutions in NHWC and float ones
 in its blocked NCHWc layout, converting where a run of one kind starts and ends, while each cell, timed alone,
-pays its own conversions. ``calibrate`` measures the whole exported model all float, all ``W8A8``, alternating
-(float, W8A8, float, ...) and in :data:`CALIBRATION_MIXES` seeded random mixes of the search's choices, all in
-turn (:meth:`OrtCpuCostModel.time_models`), and fits by least squares what the cells leave over:
+pays its own conversions. ``calibrate`` does two things, once per machine and model:
 
-- ``rest_ms``: the same for every policy, shared equally by the layers' cells;
-- ``per_output_ms`` per element handed between consecutive layers that are both integer kernels (usually
-  negative: the conversions they share);
-- ``per_transition_ms`` per element handed between an integer-kernel layer and a float one, either way (the
-  conversions and quantize / dequantize that a run boundary adds).
+1. it times each consecutive layer pair's *hand-over* where it happens (:mod:`hwsearch.hardware.handover`): the
+   exported model's segment from the first layer's input to the second's output, at each of the nine pairs of
+   layer kinds (float, float on quantized inputs, integer), less both layers' cells. A pool between a float and
+   an integer convolution, which ran in plain layout as long as the convolution itself, is priced there;
+2. it measures the whole exported model all float, all ``W8A8``, alternating (float, W8A8, float, ...) and in
+   :data:`CALIBRATION_MIXES` seeded random mixes of the search's choices, all in turn
+   (:meth:`OrtCpuCostModel.time_models`), and fits by least squares what cells and hand-overs leave over:
 
-The three structured models alone determine the three terms exactly, and so they were: but mixed policies on
-residual networks then ran well slower than predicted, so the fit weighs such mixes in. :meth:`OrtCpuCostModel.boundary_cost` charges the last two to each pair of consecutive
-layers (forward order), in proportion to the tensor the first hands to the second. The calibration policies'
+   - ``rest_ms``: the same for every policy (the nodes before the first layer and after the last, and what no
+     segment sees), shared equally by the layers' cells;
+   - ``per_output_ms`` per element handed between consecutive layers that are both integer kernels;
+   - ``per_transition_ms`` per element handed between an integer-kernel layer and a float one, either way.
+
+:meth:`OrtCpuCostModel.boundary_cost` charges a pair its measured hand-over and the fitted rate for the tensor
+the first layer hands to the second. What stays unmodelled is what spans more than two layers: a residual add
+meets a tensor from further back, whose layout depends on a third layer's kind. The calibration policies'
 predictions are fits (the record keeps each one's residual); every other policy's is a prediction, and
-``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands. Cells stay additive and the boundary term is pairwise:
-:func:`hwsearch.hardware.policy_cost` and the env's budget walk include it; the ILP baseline prices cells only
-and leaves the boundary to the walk.
+``hwsearch latency verify`` / ``python -m benchmarks.real_cpu`` measure how far it lands. Cells stay additive and
+the boundary term is pairwise: :func:`hwsearch.hardware.policy_cost`, the env's budget walk and the ILP baseline
+(``ilp.solve_ilp(pairs=...)``) include it.
 
 Cells are cached per machine in ``$HWSEARCH_CACHE`` (default ``~/.cache/hwsearch``) under ``ort-cpu/``, one file
 per CPU model, ONNX Runtime version, thread count and int8 form (:mod:`hwsearch.hardware.cpu`), with warm-up,
@@ -69,6 +74,7 @@ from torch import nn
 from hwsearch.errors import ConfigError, TableError
 from hwsearch.hardware.base import LayerCost, bit_key
 from hwsearch.hardware.cpu import ORT_CPU, check_int8_form, cpu_model, is_ort_cpu, parse_ort_cpu
+from hwsearch.hardware.handover import KIND_BITS, KINDS, kind_of, pair_key, time_handovers
 from hwsearch.int_kernels import int_kernel_layer
 from hwsearch.io import atomic_write_text
 from hwsearch.layers import LayerInfo
@@ -89,7 +95,7 @@ __all__ = [
     "time_session",
 ]
 
-CACHE_SCHEMA_VERSION = 5  # 4: timings are medians of sessions (3 kept the fastest); 5: least-squares calibration
+CACHE_SCHEMA_VERSION = 6  # 4: medians of sessions (3 kept the fastest); 5: least-squares calibration; 6: hand-overs
 #: seeded random mixes of the search's choices that ``calibrate`` times besides all-float, all-W8A8 and alternating
 CALIBRATION_MIXES = 5
 #: the widths a search on this target chooses among: 4 and 8 bits run integer kernels (4 bits for a smaller
@@ -307,6 +313,7 @@ class OrtCpuCostModel:
         self._extra: dict[str, float] = {}  # layer name -> its share of rest_ms (set by calibrate)
         self._per_output = 0.0
         self._per_transition = 0.0
+        self._handovers: dict[str, dict[str, float]] = {}  # pair_key -> kinds -> segment ms (set by calibrate)
         self.calibration: dict[str, Any] | None = None
         self._load()
 
@@ -427,8 +434,27 @@ class OrtCpuCostModel:
         return max(self._cells[layer.signature(1)][key]["median_ms"] - self.call_overhead_ms, 1e-6)
 
     def _raw(self, layers: list[LayerInfo], policy: Policy) -> float:
-        """The policy's sum of bare cells plus one call overhead (no calibration terms)."""
-        return self.call_overhead_ms + sum(self._bare_ms(ly, policy[ly.name].w, policy[ly.name].a) for ly in layers)
+        """The policy's bare cells, measured hand-overs and one call overhead (no fitted terms)."""
+        bits = [(policy[ly.name].w, policy[ly.name].a) for ly in layers]
+        cells = sum(self._bare_ms(ly, *b) for ly, b in zip(layers, bits, strict=True))
+        pairs = zip(layers, layers[1:], bits, bits[1:], strict=False)
+        return self.call_overhead_ms + cells + sum(self._handover_ms(*p) for p in pairs)
+
+    def _handover_ms(
+        self, prev: LayerInfo, layer: LayerInfo, prev_bits: tuple[int, int], bits: tuple[int, int]
+    ) -> float:
+        """The measured hand-over from ``prev`` to ``layer`` (:mod:`hwsearch.hardware.handover`): their segment's
+        time at their kinds less both kinds' cells and one call; 0 where none was measured (no path between)."""
+        kinds = kind_of(*prev_bits) + kind_of(*bits)
+        seg = self._handovers.get(pair_key(prev.name, layer.name), {}).get(kinds)
+        if seg is None:
+            return 0.0
+        cells = self._bare_ms(prev, *KIND_BITS[kinds[0]]) + self._bare_ms(layer, *KIND_BITS[kinds[1]])
+        return seg - self.call_overhead_ms - cells
+
+    def _time_segment(self, data: bytes, feed: dict[str, np.ndarray]) -> float:
+        """A segment's time as a cell's: the fastest of ``passes`` medians (see the module docstring)."""
+        return min(time_onnx(data, feed, self.threads, self.repeats, self.warmup)[0] for _ in range(self.passes))
 
     def time_model(
         self, path: str | os.PathLike[str], input_shape: tuple[int, ...], rounds: int = 3, pause_s: float = 1.0
@@ -485,6 +511,8 @@ class OrtCpuCostModel:
         }
         record = self._models.get(key)
         if record is None:
+            self.measure(layers, [KIND_BITS[k] for k in KINDS])
+            self._handovers = time_handovers(ws, self.int8_form, key, self._time_segment)
             with tempfile.TemporaryDirectory() as tmp:
                 paths = [
                     export_onnx(
@@ -502,9 +530,11 @@ class OrtCpuCostModel:
                 "per_transition_ms": per_transition,
                 "fit": "least squares",
                 "residual_ms": residuals,
+                "handover_segments_ms": self._handovers,
             }
             self._models[key] = record
             self._save()
+        self._handovers = {k: dict(v) for k, v in record["handover_segments_ms"].items()}
         self._extra = {n: record["rest_ms"] / len(layers) for n in names}
         self._per_output = record["per_output_ms"]
         self._per_transition = record["per_transition_ms"]
@@ -543,9 +573,10 @@ class OrtCpuCostModel:
         """Latency (ms, may be negative) of handing ``prev``'s output to ``layer``, the next layer in forward order,
         beyond both cells: ``per_output_ms`` per element when both run integer kernels, ``per_transition_ms`` when
         one does, else 0."""
+        measured = self._handover_ms(prev, layer, prev_bits, bits)
         a, b = int_kernel_layer(*prev_bits), int_kernel_layer(*bits)
         if a and b:
-            return self._per_output * _elements(prev)
+            return measured + self._per_output * _elements(prev)
         if a != b:
-            return self._per_transition * _elements(prev)
-        return 0.0
+            return measured + self._per_transition * _elements(prev)
+        return measured
