@@ -42,8 +42,9 @@ MEASURED = (("torch", "auto"), ("onnxruntime", "auto"), ("onnxruntime", "s8"))
 FLAGS = ("avx2", "avx512f", "avx512vnni", "avx512_vnni", "avxvnni")
 
 
-def prepare_files(work: Path, images: int) -> None:
-    """The exported files, the inputs, the fake-quant references and this machine's unfused outputs."""
+def prepare_files(work: Path, images: int, checkpoint: Path | None = None) -> None:
+    """The exported files, the inputs, the fake-quant references and this machine's unfused outputs (smallcnn's
+    benchmark checkpoint unless ``checkpoint`` names another)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -53,7 +54,7 @@ def prepare_files(work: Path, images: int) -> None:
     from hwsearch.onnx_export import export_onnx
     from hwsearch.workflow import prepare, quantize_as_exported
 
-    ws = prepare(_checkpoint("smallcnn"))
+    ws = prepare(checkpoint or _checkpoint("smallcnn"))
     policy = ws.uniform(8)
     x = ws.split("test")[0][:images]
     arrays: dict[str, Any] = {"x": x.numpy()}
