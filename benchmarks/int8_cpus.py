@@ -18,7 +18,7 @@ For smallcnn's all-W8A8 policy (the policy with the most 8-bit weights), on ``--
 
     python -m benchmarks.int8_cpus [--cpus host EPYC Haswell] [--images 500]
 
-Writes benchmarks/results/int8_cpus.json and int8_cpus.md. Needs ``qemu-x86_64`` (``apt-get install qemu-user``)
+Writes benchmarks/results/int8_cpus.json, int8_cpus.md and the README's table. Needs ``qemu-x86_64`` (``apt-get install qemu-user``)
 for any CPU but ``host``; an emulated run takes minutes (QEMU translates every vector instruction).
 """
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import provenance, write_results
+from benchmarks._common import RESULTS, provenance, provenance_md, update_readme, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("qdq", "kernels")
@@ -189,14 +189,45 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_block(data: dict[str, Any]) -> str:
+    """The README's table: per CPU, the form picked, its worst agreement, and what s8 gives there."""
+    lines = [
+        "| CPU | emulated | picked form | picked: worst agreement | s8, fused kernels: worst agreement "
+        "| W8A8 cells kept: torch / ORT picked / ORT s8 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for cpu in data["cpus"]:
+        picked = min(f["agreement"] for f in cpu["files"] if f["form"] == cpu["int8_form"])
+        s8 = min(f["agreement"] for f in cpu["files"] if f["form"] == "s8" and f["optimized"])
+        kept = " / ".join(f"{m['w8a8_kept']}/{m['layers']}" for m in cpu["measured"])
+        lines.append(
+            f"| {cpu['cpu']} | {'yes' if cpu['emulated'] else 'no'} | {cpu['int8_form']} | {100 * picked:.2f}% "
+            f"| {100 * s8:.2f}% | {kept} |"
+        )
+    meta = data["meta"]
+    lines.append(
+        f"\n`{meta['command']}` at {meta['commit'][:8]}, {meta['date'][:10]}, on {meta['machine']['cpu']}; smallcnn "
+        f"all-W8A8 on {data['images']} test images; every file and reason in `benchmarks/results/int8_cpus.md`."
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", nargs="+", default=["host", "EPYC", "Haswell"], help="host, or QEMU x86 CPU models")
     ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--render-only", action="store_true", help="re-render int8_cpus.md and the README table")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.child)))
+        return
+    if args.render_only:
+        from hwsearch.io import atomic_write_text
+
+        data = json.loads((RESULTS / "int8_cpus.json").read_text(encoding="utf-8"))
+        atomic_write_text(RESULTS / "int8_cpus.md", render(data) + provenance_md(data["meta"]))
+        update_readme("int8_cpus", readme_block(data))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -206,7 +237,8 @@ def main() -> None:
             cpus.append(run_cpu(cpu, work))
             print(f"{cpu}: form {cpus[-1]['int8_form']}, {cpus[-1]['wall_s']} s", flush=True)
     payload = {"meta": provenance(), "images": args.images, "cpus": cpus}
-    write_results("int8_cpus", payload, render)
+    js, _ = write_results("int8_cpus", payload, render)
+    update_readme("int8_cpus", readme_block(json.loads(js.read_text(encoding="utf-8"))))
 
 
 if __name__ == "__main__":

@@ -45,11 +45,16 @@ def test_the_summary_reads_the_picked_form_only() -> None:
 
     cpus = [
         {"cpu": "EPYC", "emulated": True, "flags": ["avx2"], "int8_form": "portable", "wall_s": 1.0,
-         "files": files(0.95, 1.0), "measured": []},
+         "files": files(0.95, 1.0), "measured": [{"runtime": "torch", "int8_form": "reduce_range", "w8a8_kept": 5, "layers": 5, "reasons": []}]},
         {"cpu": "host", "emulated": False, "flags": ["avx512vnni"], "int8_form": "s8", "wall_s": 1.0,
          "files": files(1.0, 1.0), "measured": []},
     ]  # fmt: skip
-    text = int8_cpus.render({"images": 10, "cpus": cpus})
+    data = {"images": 10, "cpus": cpus}
+    text = int8_cpus.render(data)
     assert "| EPYC | yes | avx2 | portable | qdq | portable (picked) | yes | 100.00% | 0 |" in text
     assert "| EPYC | yes | avx2 | portable | qdq | s8 | yes | 95.00% | 0 |" in text
     assert "- EPYC: hwsearch picks `portable`; its files agree on >= 100.00%" in text
+    meta = {"command": "python -m benchmarks.int8_cpus", "commit": "abcdef0123", "date": "2026-12-08T00:00:00"}
+    block = int8_cpus.readme_block({**data, "meta": {**meta, "machine": {"cpu": "Some CPU"}}})
+    assert "| EPYC | yes | portable | 100.00% | 95.00% |" in block  # the picked form, then s8 with fused kernels
+    assert "at abcdef01, 2026-12-08, on Some CPU" in block
