@@ -1,10 +1,19 @@
-"""Int8 on x86 CPUs other than this one: the exported file and the measured int8 kernels, checked on emulated CPUs.
+"""Int8 on CPUs other than this one: the exported file and the measured int8 kernels, checked on emulated CPUs.
 
-QEMU's user-mode emulator (``qemu-x86_64 -cpu MODEL``, Debian's ``qemu-user``) runs this Python on an emulated CPU
-whose ``cpuid`` reports only that model's features, so ONNX Runtime's and PyTorch's kernels take the code paths
-they take on such a CPU. ``EPYC`` (AMD Zen 1) and ``Haswell`` have AVX2 and no VNNI: their u8 x s8 kernels add
-pairs of products into saturating int16s (:mod:`hwsearch.hardware.cpu`), the cause of the wrong answers an AMD
-EPYC gave. QEMU 7.2 emulates AVX2, not AVX-512, so a VNNI CPU is checked as ``host`` where this machine has VNNI.
+QEMU's user-mode emulator runs a Python on an emulated CPU whose ``cpuid`` (x86) or ``HWCAP`` (aarch64) reports
+only that model's features, so ONNX Runtime's and PyTorch's kernels take the code paths they take on such a CPU:
+
+- ``EPYC`` (AMD Zen 1) and ``Haswell`` (``qemu-x86_64 -cpu MODEL``, Debian's ``qemu-user``) have AVX2 and no
+  VNNI: their u8 x s8 kernels add pairs of products into saturating int16s (:mod:`hwsearch.hardware.cpu`), the
+  cause of the wrong answers an AMD EPYC gave. QEMU 7.2 emulates AVX2, not AVX-512, so a VNNI CPU is checked as
+  ``host`` where this machine has VNNI.
+- ``aarch64:cortex-a72`` (no dot product) and ``aarch64:max`` (``sdot`` / ``udot``), under ``qemu-aarch64`` with
+  an arm64 Debian root (``--aarch64-root``: ``debootstrap --foreign --arch=arm64 --variant=minbase
+  --include=python3.11 bookworm ROOT`` and ``dpkg-deb -x`` of the debs it downloads into ``ROOT``) and the
+  aarch64 wheels of numpy and onnxruntime unpacked in ``--aarch64-site`` (``pip download --no-deps
+  --only-binary=:all: --platform manylinux_2_28_aarch64 --python-version 311``). Only the files are checked
+  there (no torch). QEMU shows the guest this machine's ``/proc/cpuinfo``, on which ONNX Runtime's CPU probe
+  crashes, so the root gets an aarch64 one (and ``/sys/devices/system/cpu``) that names the model's features.
 
 For smallcnn's all-W8A8 policy (the policy with the most 8-bit weights), on ``--images`` test images:
 
@@ -12,14 +21,19 @@ For smallcnn's all-W8A8 policy (the policy with the most 8-bit weights), on ``--
    ``kernels``, what ``ort-cpu`` prices), run by ONNX Runtime with its graph optimizations (the fused integer
    kernels that saturate) and without them (the file's own arithmetic): top-1 agreement with the fake-quant model
    in the file's form, and the largest logit difference from the same file run unfused on this machine;
-2. ``measure_layers`` (what ``hwsearch latency measure`` times): how many of the model's layers keep a ``W8A8`` cell,
-   PyTorch's fbgemm and ONNX Runtime in the form ``auto`` picks for the CPU, and ONNX Runtime in ``s8`` forced,
-   with the reasons a cell was left out.
+2. on x86, ``measure_layers`` (what ``hwsearch latency measure`` times): how many of the model's layers keep a
+   ``W8A8`` cell, PyTorch's fbgemm and ONNX Runtime in the form ``auto`` picks for the CPU, and ONNX Runtime in
+   ``s8`` forced, with the reasons a cell was left out.
 
-    python -m benchmarks.int8_cpus [--cpus host EPYC Haswell] [--images 500]
+The form hwsearch picks for each CPU is :func:`hwsearch.hardware.cpu.int8_form` of the machine and the features
+the emulated process reported (:mod:`benchmarks._int8_child`).
 
-Writes benchmarks/results/int8_cpus.json, int8_cpus.md and the README's table. Needs ``qemu-x86_64`` (``apt-get install qemu-user``)
-for any CPU but ``host``; an emulated run takes minutes (QEMU translates every vector instruction).
+    python -m benchmarks.int8_cpus [--cpus host EPYC Haswell aarch64:cortex-a72 aarch64:max] [--images 200]
+        [--aarch64-root DIR --aarch64-site DIR] [--merge]
+
+Writes benchmarks/results/int8_cpus.json, int8_cpus.md and the README's table (``--merge`` keeps the other CPUs'
+records of the last run, each with its own command and commit). An emulated run takes minutes (QEMU translates
+every vector instruction).
 """
 
 from __future__ import annotations
@@ -38,8 +52,15 @@ from benchmarks._common import RESULTS, provenance, provenance_md, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("qdq", "kernels")
-MEASURED = (("torch", "auto"), ("onnxruntime", "auto"), ("onnxruntime", "s8"))
-FLAGS = ("avx2", "avx512f", "avx512vnni", "avx512_vnni", "avxvnni")
+# the features a table shows: x86 AVX2 / AVX-512 / VNNI, aarch64 dot product
+FLAGS = ("avx2", "avx512f", "avx512vnni", "avx512_vnni", "avxvnni", "asimddp")
+# /proc/cpuinfo "Features" for the aarch64 models QEMU emulates here (its HWCAP is the model's; this file is what
+# ONNX Runtime's CPU probe parses)
+AARCH64_FEATURES = {
+    "cortex-a72": "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid",
+    "max": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+}
+CHILD = Path(__file__).resolve().parent / "_int8_child.py"
 
 
 def prepare_files(work: Path, images: int, checkpoint: Path | None = None) -> None:
@@ -73,104 +94,89 @@ def prepare_files(work: Path, images: int, checkpoint: Path | None = None) -> No
     torch.save({"net": ws.model.float().eval(), "layers": list(ws.layers)}, work / "net.pt")
 
 
-def child(work: Path) -> dict[str, Any]:
-    """What the CPU this process runs on (emulated or not) computes: run in a process of its own."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    from hwsearch.hardware.cpu import cpu_flags, has_vnni, int8_form
-    from hwsearch.hardware.measure import MeasureConfig, measure_layers
-
-    data = np.load(work / "data.npz")
-    x = data["x"]
-    files = []
-    for path in sorted(work.glob("*.onnx")):
-        style, form = path.stem.split("-")
-        ref = data[f"ref_{style}"].argmax(1)
-        for optimize in (True, False):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            if not optimize:
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            out = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-            files.append(
-                {
-                    "style": style,
-                    "form": form,
-                    "optimized": optimize,
-                    "agreement": float((out.argmax(1) == ref).mean()),
-                    "max_logit_diff": float(np.abs(out - data[f"unfused_{path.stem}"]).max()),
-                }
-            )
-    blob = torch.load(work / "net.pt", weights_only=False)
-    measured = []
-    for runtime, form in MEASURED:
-        rejected: dict[str, dict[str, str]] = {}
-        config = MeasureConfig(repeats=2, warmup=0, int8_form=form)
-        cells = measure_layers(blob["net"], blob["layers"], runtime=runtime, config=config, rejected=rejected)
-        reasons = sorted({why["W8A8"] for why in rejected.values() if "W8A8" in why})
-        shown = "reduce_range" if runtime == "torch" else form if form != "auto" else f"auto ({int8_form()})"
-        measured.append(
-            {
-                "runtime": runtime,
-                "int8_form": shown,
-                "layers": len(blob["layers"]),
-                "w8a8_kept": sum("W8A8" in cells[ly.name] for ly in blob["layers"]),
-                "reasons": reasons,
-            }
-        )
-    flags = cpu_flags()
-    return {
-        "flags": [f for f in FLAGS if f in flags],
-        "has_vnni": has_vnni(),
-        "int8_form": int8_form(),
-        "torch_capability": torch.backends.cpu.get_cpu_capability(),
-        "onnxruntime": ort.__version__,
-        "files": files,
-        "measured": measured,
-    }
+def _aarch64_root(root: Path, model: str) -> None:
+    """Give the arm64 root the /proc/cpuinfo and /sys CPU list QEMU's path prefix serves to the guest."""
+    if model not in AARCH64_FEATURES:
+        raise SystemExit(f"aarch64 CPU {model!r}: one of {', '.join(AARCH64_FEATURES)}")
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc" / "cpuinfo").write_text(
+        f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {AARCH64_FEATURES[model]}\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 0\n\n"
+    )
+    cpus = root / "sys" / "devices" / "system" / "cpu"
+    cpus.mkdir(parents=True, exist_ok=True)
+    for name in ("possible", "present", "online"):
+        (cpus / name).write_text("0\n")
 
 
-def run_cpu(cpu: str, work: Path) -> dict[str, Any]:
-    """Run :func:`child` on ``cpu`` (``host``: this machine; else a QEMU CPU model)."""
+def child_command(cpu: str, work: Path, aarch64_root: Path | None, aarch64_site: Path | None) -> tuple[list[str], dict]:
+    """The command (and extra environment) that runs :mod:`benchmarks._int8_child` on ``cpu``: ``host``, a QEMU
+    x86 model, or ``aarch64:MODEL``."""
+    import os
+
+    if cpu.startswith("aarch64:"):
+        qemu = shutil.which("qemu-aarch64")
+        if qemu is None or aarch64_root is None or aarch64_site is None:
+            raise SystemExit(f"{cpu} needs qemu-aarch64 (apt-get install qemu-user), --aarch64-root and --aarch64-site")
+        model = cpu.split(":", 1)[1]
+        _aarch64_root(aarch64_root, model)
+        python = aarch64_root / "usr" / "bin" / "python3.11"
+        cmd = [qemu, "-L", str(aarch64_root), "-cpu", model, str(python), str(CHILD), str(work)]
+        return cmd, {"PYTHONPATH": str(aarch64_site), "PATH": os.environ.get("PATH", "")}
     prefix: list[str] = []
     if cpu != "host":
         qemu = shutil.which("qemu-x86_64")
         if qemu is None:
             raise SystemExit("qemu-x86_64 is missing: apt-get install qemu-user, or pass --cpus host")
         prefix = [qemu, "-cpu", cpu]
+    return [*prefix, sys.executable, str(CHILD), str(work), "--measure"], {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run_cpu(cpu: str, work: Path, aarch64_root: Path | None = None, aarch64_site: Path | None = None) -> dict[str, Any]:
+    """Run the child on ``cpu``; the form hwsearch picks there follows from the machine and features it reports."""
+    from hwsearch.hardware.cpu import has_vnni, int8_form
+
+    cmd, env = child_command(cpu, work, aarch64_root, aarch64_site)
     t0 = time.perf_counter()
-    cmd = [*prefix, sys.executable, "-m", "benchmarks.int8_cpus", "--child", str(work)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = [ln for ln in done.stderr.splitlines() if "TCG doesn't support" not in ln][-20:]
         raise SystemExit(f"{cpu}: the child failed ({done.returncode}):\n" + "\n".join(tail))
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"cpu": cpu, "emulated": cpu != "host", "wall_s": round(time.perf_counter() - t0, 1), **row}
+    features = row.pop("features")
+    return {
+        "cpu": cpu,
+        "emulated": cpu != "host",
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "flags": [f for f in FLAGS if f in features],
+        "has_vnni": has_vnni(features),
+        "int8_form": int8_form(machine=row["machine"], flags=features),
+        **row,
+    }
 
 
 def render(data: dict[str, Any]) -> str:
     lines = [
-        "# Int8 on other x86 CPUs (QEMU user-mode emulation)",
+        "# Int8 on other CPUs (QEMU user-mode emulation)",
         "",
-        f"smallcnn, all W8A8, {data['images']} test images. `agreement`: top-1 agreement with the fake-quant model",
-        "in the file's form; `max logit diff`: against the same file run unfused (the file's own arithmetic) on the",
-        "host. `picked` marks the int8 form hwsearch chooses for that CPU (`int8_form`), the one `export` writes",
-        "with `--int8-form auto` and `ort-cpu` and `latency measure` use.",
+        "smallcnn, all W8A8, on each record's number of test images. `agreement`: top-1 agreement with the",
+        "fake-quant model in the file's form; `max logit diff`: against the same file run unfused (the file's own",
+        "arithmetic) on the host. `picked` marks the int8 form hwsearch chooses for that CPU (`int8_form` of the",
+        "machine and features the emulated process reported), the one `export --int8-form auto`, `ort-cpu` and",
+        "`latency measure` use.",
         "",
-        "| CPU | emulated | flags | picked form | style | form | ORT optimized | agreement | max logit diff |",
+        "| CPU | emulated | flags | images | style | form | ORT optimized | agreement | max logit diff |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for cpu in data["cpus"]:
         for f in cpu["files"]:
-            picked = " (picked)" if f["form"] == cpu["int8_form"] else ""
+            mark = " (picked)" if f["form"] == cpu["int8_form"] else ""
             lines.append(
                 f"| {cpu['cpu']} | {'yes' if cpu['emulated'] else 'no'} | {' '.join(cpu['flags']) or '-'} | "
-                f"{cpu['int8_form']} | {f['style']} | {f['form']}{picked} | {'yes' if f['optimized'] else 'no'} | "
+                f"{cpu['images']} | {f['style']} | {f['form']}{mark} | {'yes' if f['optimized'] else 'no'} | "
                 f"{100 * f['agreement']:.2f}% | {f['max_logit_diff']:.3g} |"
             )
-    lines += ["", "Measured int8 cells (`measure_layers`, as `hwsearch latency measure`):", ""]
+    lines += ["", "Measured int8 cells (`measure_layers`, as `hwsearch latency measure`; x86 only):", ""]
     lines += ["| CPU | runtime | int8 form | layers with W8A8 | why left out |", "|---|---|---|---|---|"]
     for cpu in data["cpus"]:
         for m in cpu["measured"]:
@@ -182,9 +188,11 @@ def render(data: dict[str, Any]) -> str:
     for cpu in data["cpus"]:
         picked = [f for f in cpu["files"] if f["form"] == cpu["int8_form"]]
         worst = min(f["agreement"] for f in picked)
+        run = cpu["run"]
         lines.append(
-            f"- {cpu['cpu']}: hwsearch picks `{cpu['int8_form']}`; its files agree on >= {100 * worst:.2f}% of images "
-            f"(optimized and not); run in {cpu['wall_s']} s"
+            f"- {cpu['cpu']} ({cpu['machine']}): hwsearch picks `{cpu['int8_form']}`; its files agree on >= "
+            f"{100 * worst:.2f}% of images (optimized and not); {cpu['wall_s']} s; `{run['command']}` at "
+            f"{run['commit'][:8]}, {run['date'][:10]}"
         )
     return "\n".join(lines) + "\n"
 
@@ -199,29 +207,35 @@ def readme_block(data: dict[str, Any]) -> str:
     for cpu in data["cpus"]:
         picked = min(f["agreement"] for f in cpu["files"] if f["form"] == cpu["int8_form"])
         s8 = min(f["agreement"] for f in cpu["files"] if f["form"] == "s8" and f["optimized"])
-        kept = " / ".join(f"{m['w8a8_kept']}/{m['layers']}" for m in cpu["measured"])
+        kept = " / ".join(f"{m['w8a8_kept']}/{m['layers']}" for m in cpu["measured"]) or "not run"
         lines.append(
             f"| {cpu['cpu']} | {'yes' if cpu['emulated'] else 'no'} | {cpu['int8_form']} | {100 * picked:.2f}% "
             f"| {100 * s8:.2f}% | {kept} |"
         )
-    meta = data["meta"]
+    runs = sorted({(c["run"]["commit"][:8], c["run"]["date"][:10], c["run"]["command"]) for c in data["cpus"]})
+    lines.append("")
+    lines += [f"`{cmd}` at {commit}, {date}" for commit, date, cmd in runs]
     lines.append(
-        f"\n`{meta['command']}` at {meta['commit'][:8]}, {meta['date'][:10]}, on {meta['machine']['cpu']}; smallcnn "
-        f"all-W8A8 on {data['images']} test images; every file and reason in `benchmarks/results/int8_cpus.md`."
+        f"on {data['meta']['machine']['cpu']}; smallcnn all-W8A8; every file and reason in "
+        "`benchmarks/results/int8_cpus.md`."
     )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cpus", nargs="+", default=["host", "EPYC", "Haswell"], help="host, or QEMU x86 CPU models")
-    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument(
+        "--cpus",
+        nargs="+",
+        default=["host", "EPYC", "Haswell", "aarch64:cortex-a72", "aarch64:max"],
+        help="host, QEMU x86 CPU models, aarch64:MODEL",
+    )
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--aarch64-root", type=Path, help="an arm64 Debian root with python3.11 (see the docstring)")
+    ap.add_argument("--aarch64-site", type=Path, help="the aarch64 numpy and onnxruntime wheels, unpacked")
+    ap.add_argument("--merge", action="store_true", help="keep the other CPUs' records of the last run")
     ap.add_argument("--render-only", action="store_true", help="re-render int8_cpus.md and the README table")
-    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child is not None:
-        print(json.dumps(child(args.child)))
-        return
     if args.render_only:
         from hwsearch.io import atomic_write_text
 
@@ -229,14 +243,20 @@ def main() -> None:
         atomic_write_text(RESULTS / "int8_cpus.md", render(data) + provenance_md(data["meta"]))
         update_readme("int8_cpus", readme_block(data))
         return
+    meta = provenance()
+    run = {k: meta[k] for k in ("command", "commit", "date")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepare_files(work, args.images)
         cpus = []
         for cpu in args.cpus:
-            cpus.append(run_cpu(cpu, work))
-            print(f"{cpu}: form {cpus[-1]['int8_form']}, {cpus[-1]['wall_s']} s", flush=True)
-    payload = {"meta": provenance(), "images": args.images, "cpus": cpus}
+            cpus.append({**run_cpu(cpu, work, args.aarch64_root, args.aarch64_site), "run": run, "images": args.images})
+            print(f"{cpu}: picked {cpus[-1]['int8_form']}, {cpus[-1]['wall_s']} s", flush=True)
+    if args.merge and (RESULTS / "int8_cpus.json").exists():
+        old = json.loads((RESULTS / "int8_cpus.json").read_text(encoding="utf-8"))
+        done = {c["cpu"] for c in cpus}
+        cpus = [c for c in old["cpus"] if c["cpu"] not in done] + cpus
+    payload = {"meta": meta, "cpus": cpus}
     js, _ = write_results("int8_cpus", payload, render)
     update_readme("int8_cpus", readme_block(json.loads(js.read_text(encoding="utf-8"))))
 
