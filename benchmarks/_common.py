@@ -147,3 +147,13 @@ def update_readme(name: str, block: str, readme: Path = RESULTS.parents[1] / "RE
     _, tail = rest.split(end, 1)
     atomic_write_text(readme, f"{head}{begin}\n{block}\n{end}{tail}")
     return True
+
+
+def rerender(
+    name: str, render: Callable[[dict[str, Any]], str], readme_block: Callable[[dict[str, Any]], str] | None = None
+) -> None:
+    """Write ``<name>.md`` (and the README block, when the benchmark has one) again from the JSON a run wrote."""
+    data = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    atomic_write_text(RESULTS / f"{name}.md", render(data) + provenance_md(data["meta"]))
+    if readme_block is not None:
+        update_readme(name, readme_block(data))

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS, provenance, provenance_md, update_readme, write_results
+from benchmarks._common import RESULTS, provenance, rerender, update_readme, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("qdq", "kernels")
@@ -237,11 +237,7 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true", help="re-render int8_cpus.md and the README table")
     args = ap.parse_args()
     if args.render_only:
-        from hwsearch.io import atomic_write_text
-
-        data = json.loads((RESULTS / "int8_cpus.json").read_text(encoding="utf-8"))
-        atomic_write_text(RESULTS / "int8_cpus.md", render(data) + provenance_md(data["meta"]))
-        update_readme("int8_cpus", readme_block(data))
+        rerender("int8_cpus", render, readme_block)
         return
     meta = provenance()
     run = {k: meta[k] for k in ("command", "commit", "date")}

@@ -291,14 +291,7 @@ def update_readme(data: dict[str, Any], readme: Path = RESULTS.parents[1] / "REA
 
 def rerender() -> None:
     """Render real_cpu.md and the README block again from the JSON a run wrote (no measuring)."""
-    import json
-
-    from benchmarks._common import provenance_md
-    from hwsearch.io import atomic_write_text
-
-    data = json.loads((RESULTS / "real_cpu.json").read_text(encoding="utf-8"))
-    atomic_write_text(RESULTS / "real_cpu.md", render(data) + provenance_md(data["meta"]))
-    update_readme(data)
+    _common.rerender("real_cpu", render, readme_table)
 
 
 def main() -> None:
