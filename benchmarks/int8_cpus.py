@@ -197,20 +197,26 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _worst(files: list[dict[str, Any]]) -> str:
+    """Lowest agreement and largest logit difference of the fused runs among ``files``."""
+    diff = max(f["max_logit_diff"] for f in files if f["optimized"])
+    return f"{100 * min(f['agreement'] for f in files):.2f}%, {diff:.3g}"
+
+
 def readme_block(data: dict[str, Any]) -> str:
     """The README's table: per CPU, the form picked, its worst agreement, and what s8 gives there."""
     lines = [
-        "| CPU | emulated | picked form | picked: worst agreement | s8, fused kernels: worst agreement "
-        "| W8A8 cells kept: torch / ORT picked / ORT s8 |",
+        "| CPU | emulated | picked form | picked: worst agreement, largest fused logit diff "
+        "| s8, fused kernels: worst agreement, largest logit diff | W8A8 cells kept: torch / ORT picked / ORT s8 |",
         "|---|---|---|---|---|---|",
     ]
     for cpu in data["cpus"]:
-        picked = min(f["agreement"] for f in cpu["files"] if f["form"] == cpu["int8_form"])
-        s8 = min(f["agreement"] for f in cpu["files"] if f["form"] == "s8" and f["optimized"])
+        picked = [f for f in cpu["files"] if f["form"] == cpu["int8_form"]]
+        s8 = [f for f in cpu["files"] if f["form"] == "s8" and f["optimized"]]
         kept = " / ".join(f"{m['w8a8_kept']}/{m['layers']}" for m in cpu["measured"]) or "not run"
         lines.append(
-            f"| {cpu['cpu']} | {'yes' if cpu['emulated'] else 'no'} | {cpu['int8_form']} | {100 * picked:.2f}% "
-            f"| {100 * s8:.2f}% | {kept} |"
+            f"| {cpu['cpu']} | {'yes' if cpu['emulated'] else 'no'} | {cpu['int8_form']} | {_worst(picked)} "
+            f"| {_worst(s8)} | {kept} |"
         )
     runs = sorted({(c["run"]["commit"][:8], c["run"]["date"][:10], c["run"]["command"]) for c in data["cpus"]})
     lines.append("")

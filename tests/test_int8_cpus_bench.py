@@ -84,6 +84,6 @@ def test_the_summary_reads_the_picked_form_only() -> None:
     assert "| EPYC | yes | avx2 | 10 | qdq | s8 | yes | 95.00% | 0 |" in text
     assert "- EPYC (x86_64): hwsearch picks `portable`; its files agree on >= 100.00%" in text
     block = int8_cpus.readme_block(data)
-    assert "| EPYC | yes | portable | 100.00% | 95.00% | 5/5 |" in block  # the picked form, then s8 fused
-    assert "| aarch64:max | yes | s8 | 100.00% | 100.00% | not run |" in block
+    assert "| EPYC | yes | portable | 100.00%, 0 | 95.00%, 0 | 5/5 |" in block  # the picked form, then s8 fused
+    assert "| aarch64:max | yes | s8 | 100.00%, 0 | 100.00%, 0 | not run |" in block
     assert "`python -m benchmarks.int8_cpus` at abcdef01, 2026-12-08" in block
