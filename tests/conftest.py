@@ -20,7 +20,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suite's checkpoint: trained here, or copied from ``$HWSEARCH_TEST_CHECKPOINT`` (one this fixture
+    trained before), so a run under an emulated CPU, where an epoch takes most of an hour, can skip training."""
+    import os
+    import shutil
+
     path = tmp_path_factory.mktemp("ckpt") / "fp32.pt"
+    given = os.environ.get("HWSEARCH_TEST_CHECKPOINT")
+    if given:
+        return Path(shutil.copyfile(given, path))
     return train_baseline(BaselineConfig(epochs=1), path).path
 
 
