@@ -21,7 +21,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The suite's checkpoint: trained here, or copied from ``$HWSEARCH_TEST_CHECKPOINT`` (one this fixture
-    trained before), so a run under an emulated CPU, where an epoch takes most of an hour, can skip training."""
+    trained before), so a run under an emulated CPU, where training is slowest, can skip it."""
     import os
     import shutil
 
