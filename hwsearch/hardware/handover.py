@@ -91,7 +91,7 @@ def time_handovers(
     import onnx
     from onnx import shape_inference
 
-    from hwsearch.hardware.onnx_segments import extract, find_layers, segment, segment_feed
+    from hwsearch.hardware.onnx_segments import constant_tensors, extract, find_layers, segment, segment_feed
 
     names = [ly.name for ly in ws.layers]
     policies = cover_policies(names)
@@ -100,8 +100,9 @@ def time_handovers(
         model = shape_inference.infer_shapes(onnx.load_from_string(data))
         nodes = find_layers(model, names)
         policy = policies[tag]
+        const = constant_tensors(model)
         for first, second in zip(nodes, nodes[1:], strict=False):
-            seg = segment(model, first, second)
+            seg = segment(model, first, second, const)
             if seg is None:
                 continue
             kinds = kind_of(*_bits(policy, first.name)) + kind_of(*_bits(policy, second.name))

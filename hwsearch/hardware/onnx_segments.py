@@ -98,11 +98,12 @@ def find_layers(model: Any, layer_names: Sequence[str]) -> list[LayerNodes]:
     return found
 
 
-def segment(model: Any, first: LayerNodes, second: LayerNodes) -> Segment | None:
+def segment(model: Any, first: LayerNodes, second: LayerNodes, const: set[str] | None = None) -> Segment | None:
     """The subgraph from ``first``'s input to ``second``'s output: the nodes on a path between them (both layers',
-    and what lies between); None when ``second`` does not read from ``first`` (no path)."""
+    and what lies between); None when ``second`` does not read from ``first`` (no path). ``const``: the model's
+    :func:`constant_tensors`, when the caller cuts many segments of one model."""
     nodes = list(model.graph.node)
-    const = constant_tensors(model)
+    const = constant_tensors(model) if const is None else const
     reached = {first.input}
     forward: set[int] = set()
     for i, node in enumerate(nodes):
