@@ -19,7 +19,7 @@ onnx = pytest.importorskip("onnx")
 
 from hwsearch.hardware import ort_cpu  # noqa: E402 - after the optional-dependency skip
 from hwsearch.hardware.handover import KIND_BITS, KINDS, cover_policies, kind_of, pair_key  # noqa: E402
-from hwsearch.hardware.onnx_segments import extract, find_layers, scope, segment, segment_feed  # noqa: E402
+from hwsearch.hardware.onnx_segments import alone, extract, find_layers, scope, segment, segment_feed  # noqa: E402
 
 # forward order of _net()'s layers; body.1.short reads the block's input, not body.1.conv2's output
 NAMES = ["stem.0", "body.0.conv1", "body.0.conv2", "body.1.conv1", "body.1.conv2", "body.1.short", "head"]
@@ -112,18 +112,28 @@ def test_segments_compute_what_the_whole_model_computes(tag: str, tmp_path: Path
     inputs = {pair: len(s.inputs) for pair, s in segments.items()}  # type: ignore[union-attr]
     assert inputs[("body.0.conv2", "body.1.conv1")] == 2  # block 0's add reads its input
     assert inputs[("body.0.conv1", "body.0.conv2")] == 1
+    kept = {pair: s.kept for pair, s in segments.items()}  # type: ignore[union-attr]
+    assert kept[("body.0.conv1", "body.0.conv2")] == ()
+    assert len(kept[("stem.0", "body.0.conv1")]) == 1  # the stem's output: block 0's add reads it too
+    assert len(kept[("body.0.conv2", "body.1.conv1")]) == 1  # block 0's output: block 1's shortcut reads it too
+    nodes = list(model.graph.node)
+    for s in segments.values():
+        assert s is not None
+        outside = {t for i, n in enumerate(nodes) if i not in s.nodes for t in n.input}
+        assert set(s.kept) <= outside
     whole = onnx.ModelProto()
     whole.CopyFrom(model)
     shapes = {v.name: v for v in model.graph.value_info}
-    for t in {t for s in segments.values() for t in (*s.inputs, s.output)}:  # type: ignore[union-attr]
+    for t in {t for s in segments.values() for t in (*s.inputs, s.output, *s.kept)}:  # type: ignore[union-attr]
         if t in shapes:
             whole.graph.output.append(shapes[t])
     x = np.random.default_rng(0).random((1, 1, 6, 6), dtype=np.float32)
     tensors = {"input": x, **_run(whole, {"input": x})}
     for s in segments.values():
         assert s is not None
-        got = _run(extract(model, s), {t: tensors[t] for t in s.inputs})[s.output]
-        np.testing.assert_array_equal(got, tensors[s.output])
+        got = _run(extract(model, s), {t: tensors[t] for t in s.inputs})
+        for t in (s.output, *s.kept):
+            np.testing.assert_array_equal(got[t], tensors[t])
 
 
 def test_a_layer_the_graph_lacks_is_refused(tmp_path: Path) -> None:
@@ -141,7 +151,7 @@ def test_segment_feed_matches_each_input_in_shape_and_type(tmp_path: Path) -> No
     feed = segment_feed(model, s.inputs)
     assert set(feed) == set(s.inputs)
     assert all(a.dtype == np.float32 and a.shape == (1, 4, 6, 6) for a in feed.values())
-    assert len(_run(extract(model, s), feed)) == 1  # the extracted segment runs on it
+    assert len(_run(extract(model, s), feed)) == 1 + len(s.kept)  # the extracted segment runs on it
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8])
@@ -175,20 +185,25 @@ def cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
     return times
 
 
-def test_a_hand_over_is_its_segment_less_both_cells(cells: dict[str, float]) -> None:
-    """Measured for its kinds, the boundary is segment - cells (whatever widths stand in the kind); a kind pair or
-    layer pair never measured hands over for free; the fitted per-element terms come on top."""
+def test_a_hand_over_is_its_measured_excess_plus_the_call_it_saves(
+    cells: dict[str, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured for its kinds (whatever widths stand in the kind), the boundary is segment - both layers + one
+    call; a kind pair or layer pair never measured hands over for free; the fitted per-element terms come on
+    top."""
+    monkeypatch.setattr(ort_cpu.OrtCpuCostModel, "call_overhead_ms", 0.01)
     a, b, c = layer("a", 0, 4, 4, 6), layer("b", 1, 4, 4, 6), layer("c", 2, 4, 4, 6)
     cm = ort_cpu.OrtCpuCostModel(repeats=3, warmup=1, passes=1)
-    cm._handovers = {pair_key("a", "b"): {"FI": 1.75, "II": 0.8}}
-    assert cm.boundary_cost(a, (FLOAT_BITS, FLOAT_BITS), b, (4, 8)) == pytest.approx(1.75 - 1.0 - 0.5)
-    assert cm.boundary_cost(a, (8, 8), b, (4, 8)) == pytest.approx(0.8 - 0.5 - 0.5)
+    cm._handovers = {pair_key("a", "b"): {"FI": 0.25, "II": -0.2}}
+    assert cm.boundary_cost(a, (FLOAT_BITS, FLOAT_BITS), b, (4, 8)) == pytest.approx(0.25 + 0.01)
+    assert cm.boundary_cost(a, (8, 8), b, (4, 8)) == pytest.approx(-0.2 + 0.01)
     assert cm.boundary_cost(a, (FLOAT_BITS, 8), b, (8, 8)) == 0.0  # QI: not measured
     assert cm.boundary_cost(b, (8, 8), c, (8, 8)) == 0.0  # no segment between b and c
     cm._per_output = 1e-3
-    assert cm.boundary_cost(a, (8, 8), b, (8, 8)) == pytest.approx(-0.2 + 1e-3 * 4 * 6 * 6)
+    assert cm.boundary_cost(a, (8, 8), b, (8, 8)) == pytest.approx(-0.19 + 1e-3 * 4 * 6 * 6)
     policy = Policy({"a": (FLOAT_BITS, FLOAT_BITS), "b": (8, 8), "c": (8, 8)}, {})
-    assert cm.predict_ms([a, b, c], policy) == pytest.approx(1.0 + 0.5 + 0.5 + 0.25 + 1e-3 * 4 * 6 * 6)
+    cells_ms = (1.0 - 0.01) + 2 * (0.5 - 0.01)
+    assert cm.predict_ms([a, b, c], policy) == pytest.approx(0.01 + cells_ms + 0.26 + 1e-3 * 4 * 6 * 6)
 
 
 def test_calibration_times_every_pair_at_every_kind_once_per_machine(
@@ -208,7 +223,7 @@ def test_calibration_times_every_pair_at_every_kind_once_per_machine(
     )
     record = ort_cpu.OrtCpuCostModel(repeats=3, warmup=1, passes=1).calibrate(ws)
     names = [ly.name for ly in ws.layers]
-    segments = record["handover_segments_ms"]
+    segments = record["handovers_ms"]
     assert list(segments) == [pair_key(a, b) for a, b in itertools.pairwise(names)]  # smallcnn is a chain
     assert all(sorted(v) == sorted(x + y for x, y in itertools.product(KINDS, repeat=2)) for v in segments.values())
     policy = Policy({n: [(8, 8), (FLOAT_BITS, FLOAT_BITS), (FLOAT_BITS, 8)][i % 3] for i, n in enumerate(names)}, {})
@@ -219,3 +234,42 @@ def test_calibration_times_every_pair_at_every_kind_once_per_machine(
     again = ort_cpu.OrtCpuCostModel(repeats=3, warmup=1, passes=1)
     again.calibrate(ws)
     assert again.predict_ms(ws.layers, policy) == predicted
+
+
+def test_hand_overs_are_timed_in_turn_with_their_layers(checkpoint: Path, tmp_path: Path) -> None:
+    """Each segment is timed within three timings of both its layers (cut from the same export), and its
+    hand-over is what it ran beyond them: with a timer that charges a graph one unit per node, the excess is the
+    segment's node count less both layers'. A shared host's speed drifts within a minute: what is compared must
+    be timed together."""
+    from hwsearch.hardware.handover import time_handovers
+    from hwsearch.onnx_export import export_onnx
+    from hwsearch.workflow import prepare
+
+    ws = prepare(checkpoint)
+    names = [ly.name for ly in ws.layers]
+    calls: list[frozenset[str]] = []
+
+    def timer(data: bytes, feed: dict[str, np.ndarray]) -> float:
+        graph = onnx.load_from_string(data).graph
+        calls.append(frozenset(n for n in names if any(x.name.startswith(scope(n)) for x in graph.node)))
+        return float(len(graph.node))
+
+    out = time_handovers(ws, "s8", "test", timer, passes=2)
+    assert len(calls) == 2 * 9 * (2 * len(names) - 1)  # every layer once and every segment once per cover
+    for k, scopes in enumerate(calls):
+        if len(scopes) == 2:
+            assert all(frozenset([n]) in calls[max(k - 3, 0) : k] for n in scopes)
+    for tag, policy in cover_policies(names).items():
+        shape = tuple(int(d) for d in ws.splits.input_shape)
+        path = export_onnx(ws, policy, None, tmp_path / f"{tag}.onnx", shape, int8_form="s8", style="kernels")
+        model = onnx.shape_inference.infer_shapes(onnx.load(path))
+        layers = find_layers(model, names)
+        for first, second in itertools.pairwise(layers):
+            s = segment(model, first, second)
+            assert s is not None  # smallcnn is a chain
+            kinds = kind_of(policy[first.name].w, policy[first.name].a) + kind_of(
+                policy[second.name].w, policy[second.name].a
+            )
+            count = len(extract(model, s).graph.node)
+            singles = [len(extract(model, alone(ly)).graph.node) for ly in (first, second)]
+            assert out[pair_key(first.name, second.name)][kinds] == count - sum(singles)

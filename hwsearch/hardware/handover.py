@@ -13,12 +13,14 @@ layer's output (:mod:`hwsearch.hardware.onnx_segments`), at each pair of layer *
 
 Nine exports cover every kind pair of every consecutive layer pair (:func:`cover_policies`): layer ``i`` of
 export ``(a, b)`` has kind ``(a + b * i) mod 3``, so pair ``(i, i + 1)`` meets kinds ``(a + b i, a + b i + b)``,
-all nine as ``a`` and ``b`` run over 0..2. The hand-over is the segment's time less both cells and one call.
+all nine as ``a`` and ``b`` run over 0..2. The hand-over is the segment's time less both layers', the layers cut
+from the same export and timed in turn with the segment, plus the one call the three timings paid beyond it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from hwsearch.policy import FLOAT_BITS, LayerBits, Policy
 __all__ = ["KINDS", "KIND_BITS", "cover_policies", "kind_of", "pair_key", "time_handovers"]
 
 KINDS: tuple[str, ...] = ("F", "Q", "I")
-#: the bit pair whose cells stand for a kind when a hand-over is separated from its segment
+#: the bit pair that stands for each kind in the cover exports (and whose cells calibration measures first)
 KIND_BITS: dict[str, tuple[int, int]] = {"F": (FLOAT_BITS, FLOAT_BITS), "Q": (FLOAT_BITS, 8), "I": (8, 8)}
 _EXPORTS: dict[tuple[str, ...], bytes] = {}  # the last model's cover exports: thread counts share them
 
@@ -84,31 +86,50 @@ def time_handovers(
     int8_form: str,
     key: str,
     timer: Callable[[bytes, dict[str, np.ndarray]], float],
+    passes: int = 2,
 ) -> dict[str, dict[str, float]]:
-    """Each consecutive layer pair's segment time (ms, ``timer``'s figure) at each kind pair, keyed by
-    :func:`pair_key` and then ``"FI"``-style kind pairs; pairs the graph does not connect (the second layer does
-    not read the first's output) are left out: nothing is handed over between them."""
+    """Each consecutive layer pair's hand-over less one call (ms): its segment's time less both layers' times, the
+    three timed in turn (``timer``'s figure), the median over ``passes``; keyed by :func:`pair_key` and then
+    ``"FI"``-style kind pairs. Pairs the graph does not connect (the second layer does not read the first's
+    output) are left out: nothing is handed over between them.
+
+    The layers are cut from the same export as the segment and timed right before and after it: a hand-over is a
+    few microseconds between timings of tens, and a shared host's speed drifts by tens of percent within a
+    minute, so a segment timed long after the cells it is compared with carried that drift into every hand-over
+    (resnet20's float pairs came out 10-20 us each where timed in turn they measured 0-7)."""
     import onnx
     from onnx import shape_inference
 
-    from hwsearch.hardware.onnx_segments import constant_tensors, extract, find_layers, segment, segment_feed
+    from hwsearch.hardware.onnx_segments import alone, constant_tensors, extract, find_layers, segment, segment_feed
 
     names = [ly.name for ly in ws.layers]
     policies = cover_policies(names)
-    out: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[str, list[float]]] = {}
+    graphs = []
     for tag, data in _exports(ws, policies, int8_form, key).items():
         model = shape_inference.infer_shapes(onnx.load_from_string(data))
         nodes = find_layers(model, names)
-        policy = policies[tag]
         const = constant_tensors(model)
-        for first, second in zip(nodes, nodes[1:], strict=False):
+        singles = [(extract(model, alone(n)).SerializeToString(), segment_feed(model, [n.input])) for n in nodes]
+        pairs = []
+        for i, (first, second) in enumerate(itertools.pairwise(nodes)):
             seg = segment(model, first, second, const)
             if seg is None:
                 continue
-            kinds = kind_of(*_bits(policy, first.name)) + kind_of(*_bits(policy, second.name))
-            sub = extract(model, seg).SerializeToString()
-            out.setdefault(pair_key(first.name, second.name), {})[kinds] = timer(sub, segment_feed(model, seg.inputs))
-    return out
+            kinds = kind_of(*_bits(policies[tag], first.name)) + kind_of(*_bits(policies[tag], second.name))
+            sub = (extract(model, seg).SerializeToString(), segment_feed(model, seg.inputs))
+            pairs.append((i, pair_key(first.name, second.name), kinds, sub))
+        graphs.append((singles, pairs))
+    for _ in range(passes):
+        for singles, pairs in graphs:
+            times: dict[int, float] = {}
+            for i, pair, kinds, (data, feed) in pairs:  # layer i, layer i + 1, then their segment
+                for j in (i, i + 1):
+                    if j not in times:
+                        times[j] = timer(*singles[j])
+                excess = timer(data, feed) - times[i] - times[i + 1]
+                runs.setdefault(pair, {}).setdefault(kinds, []).append(excess)
+    return {pair: {k: float(np.median(v)) for k, v in by_kind.items()} for pair, by_kind in runs.items()}
 
 
 def _bits(policy: Policy, name: str) -> tuple[int, int]:

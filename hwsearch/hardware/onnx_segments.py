@@ -24,7 +24,17 @@ import numpy as np
 
 from hwsearch.errors import ModelError
 
-__all__ = ["LayerNodes", "Segment", "constant_tensors", "extract", "find_layers", "scope", "segment", "segment_feed"]
+__all__ = [
+    "LayerNodes",
+    "Segment",
+    "alone",
+    "constant_tensors",
+    "extract",
+    "find_layers",
+    "scope",
+    "segment",
+    "segment_feed",
+]
 
 _MAIN_OPS = frozenset({"Conv", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"})
 # ONNX element types a segment input can carry (float activations; uint8 / int8 integer activations)
@@ -43,11 +53,14 @@ class LayerNodes:
 
 @dataclass(frozen=True)
 class Segment:
-    """A subgraph from one layer's input to the next layer's output: its nodes and the tensors it is fed."""
+    """A subgraph from one layer's input to the next layer's output: its nodes, the tensors it is fed, and
+    ``kept``: tensors it computes that the model also reads elsewhere (a block's output read by the next block's
+    residual add), kept as outputs so that ONNX Runtime cannot fuse them away where the whole model could not."""
 
     inputs: tuple[str, ...]
     output: str
     nodes: tuple[int, ...]
+    kept: tuple[str, ...] = ()
 
 
 def constant_tensors(model: Any) -> set[str]:
@@ -120,14 +133,22 @@ def segment(model: Any, first: LayerNodes, second: LayerNodes, const: set[str] |
             wanted.update(nodes[i].input)
     produced = {t for i in members for t in nodes[i].output}
     inputs = dict.fromkeys(t for i in sorted(members) for t in nodes[i].input if t and t not in produced | const)
-    return Segment(tuple(inputs), second.output, tuple(sorted(members)))
+    read_elsewhere = {t for i, n in enumerate(nodes) if i not in members for t in n.input}
+    read_elsewhere |= {o.name for o in model.graph.output}
+    kept = tuple(t for i in sorted(members) for t in nodes[i].output if t in read_elsewhere and t != second.output)
+    return Segment(tuple(inputs), second.output, tuple(sorted(members)), kept)
+
+
+def alone(layer: LayerNodes) -> Segment:
+    """The layer's own nodes as a segment: what a hand-over's segment is compared with."""
+    return Segment((layer.input,), layer.output, layer.nodes)
 
 
 def extract(model: Any, seg: Segment) -> Any:
     """The segment as a model of its own (constants carried along), by ONNX's own extractor."""
     import onnx.utils
 
-    return onnx.utils.Extractor(model).extract_model(list(seg.inputs), [seg.output])
+    return onnx.utils.Extractor(model).extract_model(list(seg.inputs), [seg.output, *seg.kept])
 
 
 def segment_feed(model: Any, names: Iterable[str], seed: int = 0) -> dict[str, np.ndarray]:

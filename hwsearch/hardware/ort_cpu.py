@@ -18,8 +18,9 @@ pays its own conversions. ``calibrate`` does two things, once per machine and mo
 
 1. it times each consecutive layer pair's *hand-over* where it happens (:mod:`hwsearch.hardware.handover`): the
    exported model's segment from the first layer's input to the second's output, at each of the nine pairs of
-   layer kinds (float, float on quantized inputs, integer), less both layers' cells. A pool between a float and
-   an integer convolution, which ran in plain layout as long as the convolution itself, is priced there;
+   layer kinds (float, float on quantized inputs, integer), less both layers cut from the same graph and timed
+   in turn with it. A pool between a float and an integer convolution, which ran in plain layout as long as the
+   convolution itself, is priced there;
 2. it measures the whole exported model all float, all ``W8A8``, alternating (float, W8A8, float, ...) and in
    :data:`CALIBRATION_MIXES` seeded random mixes of the search's choices, all in turn
    (:meth:`OrtCpuCostModel.time_models`), and fits by least squares what cells and hand-overs leave over:
@@ -95,7 +96,7 @@ __all__ = [
     "time_session",
 ]
 
-CACHE_SCHEMA_VERSION = 6  # 4: medians of sessions (3 kept the fastest); 5: least-squares calibration; 6: hand-overs
+CACHE_SCHEMA_VERSION = 7  # 4: medians of sessions (3 kept the fastest); 5: least squares; 6: hand-overs; 7: in turn
 #: seeded random mixes of the search's choices that ``calibrate`` times besides all-float, all-W8A8 and alternating
 CALIBRATION_MIXES = 5
 #: the widths a search on this target chooses among: 4 and 8 bits run integer kernels (4 bits for a smaller
@@ -313,7 +314,7 @@ class OrtCpuCostModel:
         self._extra: dict[str, float] = {}  # layer name -> its share of rest_ms (set by calibrate)
         self._per_output = 0.0
         self._per_transition = 0.0
-        self._handovers: dict[str, dict[str, float]] = {}  # pair_key -> kinds -> segment ms (set by calibrate)
+        self._handovers: dict[str, dict[str, float]] = {}  # pair_key -> kinds -> hand-over less a call (calibrate)
         self.calibration: dict[str, Any] | None = None
         self._load()
 
@@ -444,17 +445,14 @@ class OrtCpuCostModel:
         self, prev: LayerInfo, layer: LayerInfo, prev_bits: tuple[int, int], bits: tuple[int, int]
     ) -> float:
         """The measured hand-over from ``prev`` to ``layer`` (:mod:`hwsearch.hardware.handover`): their segment's
-        time at their kinds less both kinds' cells and one call; 0 where none was measured (no path between)."""
-        kinds = kind_of(*prev_bits) + kind_of(*bits)
-        seg = self._handovers.get(pair_key(prev.name, layer.name), {}).get(kinds)
-        if seg is None:
-            return 0.0
-        cells = self._bare_ms(prev, *KIND_BITS[kinds[0]]) + self._bare_ms(layer, *KIND_BITS[kinds[1]])
-        return seg - self.call_overhead_ms - cells
+        time at their kinds less both layers' (each of the three timings pays one call, the hand-over none); 0
+        where none was measured (no path between)."""
+        excess = self._handovers.get(pair_key(prev.name, layer.name), {}).get(kind_of(*prev_bits) + kind_of(*bits))
+        return 0.0 if excess is None else excess + self.call_overhead_ms
 
-    def _time_segment(self, data: bytes, feed: dict[str, np.ndarray]) -> float:
-        """A segment's time as a cell's: the fastest of ``passes`` medians (see the module docstring)."""
-        return min(time_onnx(data, feed, self.threads, self.repeats, self.warmup)[0] for _ in range(self.passes))
+    def _time_graph(self, data: bytes, feed: dict[str, np.ndarray]) -> float:
+        """One timing of a graph, as a cell's (the median of three sessions' medians)."""
+        return time_onnx(data, feed, self.threads, self.repeats, self.warmup)[0]
 
     def time_model(
         self, path: str | os.PathLike[str], input_shape: tuple[int, ...], rounds: int = 3, pause_s: float = 1.0
@@ -512,7 +510,7 @@ class OrtCpuCostModel:
         record = self._models.get(key)
         if record is None:
             self.measure(layers, [KIND_BITS[k] for k in KINDS])
-            self._handovers = time_handovers(ws, self.int8_form, key, self._time_segment)
+            self._handovers = time_handovers(ws, self.int8_form, key, self._time_graph, self.passes)
             with tempfile.TemporaryDirectory() as tmp:
                 paths = [
                     export_onnx(
@@ -530,11 +528,11 @@ class OrtCpuCostModel:
                 "per_transition_ms": per_transition,
                 "fit": "least squares",
                 "residual_ms": residuals,
-                "handover_segments_ms": self._handovers,
+                "handovers_ms": self._handovers,
             }
             self._models[key] = record
             self._save()
-        self._handovers = {k: dict(v) for k, v in record["handover_segments_ms"].items()}
+        self._handovers = {k: dict(v) for k, v in record["handovers_ms"].items()}
         self._extra = {n: record["rest_ms"] / len(layers) for n in names}
         self._per_output = record["per_output_ms"]
         self._per_transition = record["per_transition_ms"]
