@@ -49,9 +49,11 @@ REWARD_BASELINES = ("none", "moving")
 REWARD_DECIMALS = 9  # rewards equal to this many places are a tie (SearchResult.best)
 
 
-def reward_rank(rec: EpisodeRecord) -> tuple[float, int]:
-    """Sort key, best first: higher reward to :data:`REWARD_DECIMALS` places, then the earlier episode."""
-    return (-round(rec.reward, REWARD_DECIMALS), rec.episode)
+def reward_rank(rec: EpisodeRecord) -> tuple[float, float, int]:
+    """Sort key, best first: higher reward to :data:`REWARD_DECIMALS` places, then the cheaper policy on the
+    budget's metric (an accuracy-only reward ties every policy that scores the same images right, and of those
+    the user wants the fastest), then the earlier episode."""
+    return (-round(rec.reward, REWARD_DECIMALS), round(rec.relative_cost, REWARD_DECIMALS), rec.episode)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ class SearchResult:
 
     @property
     def best(self) -> EpisodeRecord:
-        """Highest reward; ties go to the earlier episode, so the result does not depend on list order.
+        """Highest reward; ties go to the cheaper policy, then the earlier episode, so the result does not depend
+        on list order.
 
         Rewards are compared to :data:`REWARD_DECIMALS` places: two policies with the same accuracy and robustness
         counts tie even when float arithmetic summed their terms to neighbouring doubles (1.08 vs 1.0800000000000002).

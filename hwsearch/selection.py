@@ -98,7 +98,8 @@ class Selection:
 
 
 def top_records(result: SearchResult, top: int) -> list[EpisodeRecord]:
-    """The ``top`` distinct policies of highest reward (ties to the earlier episode), each at its first episode."""
+    """The ``top`` distinct policies of highest reward (ties to the cheaper, then the earlier episode), each at its
+    first episode."""
     seen: set[tuple] = set()
     out: list[EpisodeRecord] = []
     for rec in sorted(result.episodes, key=reward_rank):

@@ -25,7 +25,9 @@ SERIES = {
 NAMES = [ly.name for ly in fake_layers()]
 
 
-def _fake_result(rewards: list[float], warmup: int, agent: str = "ddpg") -> SearchResult:
+def _fake_result(
+    rewards: list[float], warmup: int, agent: str = "ddpg", costs: list[float] | None = None
+) -> SearchResult:
     eps = [
         EpisodeRecord(
             episode=i,
@@ -36,7 +38,7 @@ def _fake_result(rewards: list[float], warmup: int, agent: str = "ddpg") -> Sear
             latency_ms=1.0,
             energy_mj=None,
             size_bits=100.0,
-            relative_cost=0.5,
+            relative_cost=0.5 if costs is None else costs[i],
             requested_relative_cost=0.5 + 0.1 * (i % 3),
             noise_sigma=None if i < warmup else 0.99 ** (i - warmup),
         )
@@ -59,6 +61,20 @@ def test_learning_figures(
     f = learning_figures(_fake_result(rewards, warmup))
     assert (f["best_phase"], f["best_episode"], f["last20_mean"]) == (phase, best, pytest.approx(last20))
     assert f["warmup_mean"] == (None if warm_mean is None else pytest.approx(warm_mean))
+
+
+@pytest.mark.parametrize(
+    ("rewards", "costs", "best"),
+    [
+        ([1.0, 1.0, 1.0], [0.9, 0.7, 0.7], 1),  # equal reward: the cheaper, then the earlier
+        ([1.0, 1.0 + 1e-12, 0.5], [0.9, 0.7, 0.1], 1),  # equal to REWARD_DECIMALS places is a tie
+        ([1.0, 0.99, 1.0], [0.9, 0.1, 0.9], 0),  # a higher reward wins at any cost
+    ],
+)
+def test_ties_go_to_the_cheaper_policy_then_the_earlier_episode(
+    rewards: list[float], costs: list[float], best: int
+) -> None:
+    assert _fake_result(rewards, 0, costs=costs).best.episode == best
 
 
 def test_summary_states_where_the_best_episode_falls() -> None:
