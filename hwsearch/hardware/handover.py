@@ -95,8 +95,7 @@ def time_handovers(
 
     The layers are cut from the same export as the segment and timed right before and after it: a hand-over is a
     few microseconds between timings of tens, and a shared host's speed drifts by tens of percent within a
-    minute, so a segment timed long after the cells it is compared with carried that drift into every hand-over
-    (resnet20's float pairs came out 10-20 us each where timed in turn they measured 0-7)."""
+    minute, so a segment timed long after the cells it is compared with carried that drift into every hand-over."""
     import onnx
     from onnx import shape_inference
 
